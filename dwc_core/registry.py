@@ -1,0 +1,490 @@
+"""The run registry: one SQLite file (WAL) indexing runs, their metrics, events, evaluations and per-query results.
+
+Built on sqlite-utils for schema management and queries. Every state change is a short ``BEGIN IMMEDIATE``
+transaction (so concurrent writers wait on the busy timeout instead of failing), and schema migrations are applied
+once, in order, before anything else touches the file. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from dwc_core.errors import RegistryError
+
+BUSY_TIMEOUT_S = 30.0
+STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")
+ACTIVE = ("starting", "running")
+FINISHED = ("done", "failed", "cancelled", "lost")
+JSON_COLUMNS = ("config", "variant", "versions", "gpus", "progress", "last_metrics", "best_metrics")
+
+
+# --------------------------------------------------------------------------------------------------- migrations
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": int,
+            "experiment": str,
+            "status": str,
+            "config": str,
+            "variant": str,
+            "seed": int,
+            "priority": int,
+            "created": float,
+            "claimed": float,
+            "started": float,
+            "ended": float,
+            "worker": str,
+            "host": str,
+            "pid": int,
+            "pgid": int,
+            "gpus": str,
+            "device": str,
+            "heartbeat": float,
+            "epoch": int,
+            "epochs": int,
+            "step": int,
+            "total_steps": int,
+            "progress": str,
+            "best_metric": str,
+            "best_value": float,
+            "best_epoch": int,
+            "best_metrics": str,
+            "last_metrics": str,
+            "git_commit": str,
+            "git_dirty": int,
+            "versions": str,
+            "run_dir": str,
+            "exit_code": int,
+            "error": str,
+            "cancel_requested": int,
+            "resumes": int,
+            "deleted": int,
+            "skipped_queries": int,
+        },
+        pk="id",
+        not_null={"experiment", "status", "config", "created"},
+        defaults={"priority": 0, "cancel_requested": 0, "resumes": 0, "deleted": 0, "epoch": 0, "step": 0},
+    )
+    db["runs"].create_index(["status", "priority"])
+    db["metrics"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "step": int,
+            "epoch": float,
+            "split": str,
+            "name": str,
+            "value": float,
+            "time": float,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["metrics"].create_index(["run_id", "split", "name", "step"], unique=True)
+    db["events"].create(
+        {"id": int, "run_id": int, "time": float, "kind": str, "message": str},
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["events"].create_index(["run_id", "time"])
+    db["evaluations"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "epoch": int,
+            "step": int,
+            "kind": str,
+            "split": str,
+            "checkpoint": str,
+            "protocol": str,
+            "metrics": str,
+            "num_queries": int,
+            "gallery_size": int,
+            "skipped_queries": int,
+            "is_best": int,
+            "time": float,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+        defaults={"is_best": 0},
+    )
+    db["evaluations"].create_index(["run_id", "epoch"])
+    db["query_results"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "evaluation_id": int,
+            "eval_set": str,
+            "qidx": int,
+            "ref_id": str,
+            "text": str,
+            "target_ids": str,
+            "topk_ids": str,
+            "topk_scores": str,
+            "target_rank": int,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id"), ("evaluation_id", "evaluations", "id")],
+    )
+    db["query_results"].create_index(["evaluation_id", "eval_set", "qidx"], unique=True)
+
+
+MIGRATIONS = [("001_initial", _m001_initial)]
+
+
+def _apply_migrations(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS _dwc_migrations (name TEXT PRIMARY KEY, applied REAL)")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        done = {row[0] for row in conn.execute("SELECT name FROM _dwc_migrations")}
+        db = sqlite_utils.Database(conn)
+        for name, fn in MIGRATIONS:
+            if name not in done:
+                fn(db)
+                conn.execute("INSERT INTO _dwc_migrations (name, applied) VALUES (?, ?)", (name, time.time()))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------- registry
+def _decode(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    for key in JSON_COLUMNS:
+        if key in row and isinstance(row[key], str):
+            try:
+                row[key] = json.loads(row[key])
+            except ValueError:
+                pass
+    return row
+
+
+class Registry:
+    """Access to ``runs/registry.db``. Cheap to open; open one per process (connections are not shared)."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = True):
+        self.path = Path(path)
+        if not self.path.exists() and not create:
+            raise RegistryError(f"{self.path}: no registry here yet (no run has been queued in this project).")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _apply_migrations(conn)
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(f"{self.path}: cannot open the run registry: {exc}.") from None
+        except OSError as exc:
+            raise RegistryError(f"{self.path}: cannot create the run registry: {exc.strerror}.") from None
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --------------------------------------------------------------------------------------------- primitives
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction (BEGIN IMMEDIATE … COMMIT)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Iterable = ()) -> list[dict]:
+        return [_decode(dict(r)) for r in self.db.query(sql, list(params))]
+
+    # ---------------------------------------------------------------------------------------------------- runs
+    def create_run(
+        self,
+        experiment: str,
+        config: dict,
+        runs_dir: str | os.PathLike,
+        variant: dict | None = None,
+        priority: int = 0,
+    ) -> dict:
+        """Queue a run: a row with status ``queued`` and its frozen config; creates its run directory."""
+        now = time.time()
+        with self.write() as c:
+            cur = c.execute(
+                "INSERT INTO runs (experiment, status, config, variant, seed, priority, created, epochs) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (
+                    experiment,
+                    json.dumps(config, sort_keys=True),
+                    json.dumps(variant or {}, sort_keys=True),
+                    int(config.get("trainer", {}).get("seed", 0)),
+                    priority,
+                    now,
+                    int(config.get("trainer", {}).get("epochs", 0)),
+                ),
+            )
+            run_id = int(cur.lastrowid)
+            run_dir = Path(runs_dir) / f"{run_id}-{experiment}"
+            c.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (str(run_dir.resolve()), run_id))
+            c.execute(
+                "INSERT INTO events (run_id, time, kind, message) VALUES (?, ?, 'queued', ?)",
+                (run_id, now, f"queued {experiment}"),
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return self.get(run_id)
+
+    def get(self, run_id: int) -> dict:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
+        if not rows:
+            raise RegistryError(f"no run with id {run_id} in {self.path}.")
+        return rows[0]
+
+    def runs(
+        self,
+        experiments: list[str] | None = None,
+        statuses: list[str] | None = None,
+        include_deleted: bool = False,
+        limit: int | None = None,
+    ) -> list[dict]:
+        where, params = [], []
+        if not include_deleted:
+            where.append("deleted = 0")
+        if experiments:
+            where.append(f"experiment IN ({', '.join('?' for _ in experiments)})")
+            params += experiments
+        if statuses:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params += statuses
+        sql = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self._rows(sql, params)
+
+    def claim(self, worker: str, run_id: int | None = None, host: str | None = None) -> dict | None:
+        """Atomically move one queued run (the given one, or the next by priority) to ``starting``."""
+        host = host or socket.gethostname()
+        with self.write() as c:
+            if run_id is None:
+                row = c.execute(
+                    "SELECT id FROM runs WHERE status = 'queued' AND deleted = 0 ORDER BY priority DESC, id LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+                run_id = int(row[0])
+            cur = c.execute(
+                "UPDATE runs SET status = 'starting', worker = ?, host = ?, claimed = ?, cancel_requested = 0 "
+                "WHERE id = ? AND status = 'queued'",
+                (worker, host, time.time(), run_id),
+            )
+            if cur.rowcount != 1:
+                return None
+            self._event(c, run_id, "starting", f"claimed by {worker} on {host}")
+        return self.get(run_id)
+
+    def update(self, run_id: int, **fields: Any) -> None:
+        """Set columns of a run row (JSON columns are encoded)."""
+        if not fields:
+            return
+        for key in JSON_COLUMNS:
+            if key in fields and not isinstance(fields[key], str | type(None)):
+                fields[key] = json.dumps(fields[key], sort_keys=True)
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.write() as c:
+            c.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
+
+    def set_status(self, run_id: int, status: str, message: str = "", only_from: tuple = (), **fields: Any) -> bool:
+        """Change a run's status (and columns) with an event; with ``only_from``, only from those statuses."""
+        assert status in STATUSES, status
+        now = time.time()
+        if status in FINISHED:
+            fields.setdefault("ended", now)
+        if status == "running":
+            fields.setdefault("heartbeat", now)
+        for key in JSON_COLUMNS:
+            if key in fields and not isinstance(fields[key], str | type(None)):
+                fields[key] = json.dumps(fields[key], sort_keys=True)
+        cols = ", ".join(["status = ?", *(f"{k} = ?" for k in fields)])
+        sql = f"UPDATE runs SET {cols} WHERE id = ?"
+        params: list[Any] = [status, *fields.values(), run_id]
+        if only_from:
+            sql += f" AND status IN ({', '.join('?' for _ in only_from)})"
+            params += list(only_from)
+        with self.write() as c:
+            changed = c.execute(sql, params).rowcount == 1
+            if changed:
+                self._event(c, run_id, status, message or status)
+        return changed
+
+    def heartbeat(self, run_id: int, **progress: Any) -> None:
+        fields: dict[str, Any] = {"heartbeat": time.time()}
+        for key in ("epoch", "step", "total_steps"):
+            if key in progress:
+                fields[key] = progress.pop(key)
+        if progress:
+            fields["progress"] = json.dumps(progress, sort_keys=True)
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.write() as c:
+            c.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
+
+    def request_cancel(self, run_id: int) -> None:
+        row = self.get(run_id)
+        if row["status"] == "queued":
+            self.set_status(run_id, "cancelled", "cancelled before it started", only_from=("queued",))
+        else:
+            self.update(run_id, cancel_requested=1)
+            self.event(run_id, "cancel", "cancellation requested")
+
+    def requeue(self, run_id: int, reason: str = "resume") -> None:
+        """Queue a finished run again (resume from its last checkpoint in the same run directory)."""
+        row = self.get(run_id)
+        if row["status"] not in FINISHED:
+            raise RegistryError(f"run {run_id} is {row['status']}; only a finished run can be resumed.")
+        with self.write() as c:
+            c.execute(
+                "UPDATE runs SET status = 'queued', ended = NULL, error = NULL, exit_code = NULL, pid = NULL, "
+                "pgid = NULL, cancel_requested = 0, resumes = resumes + 1 WHERE id = ?",
+                (run_id,),
+            )
+            self._event(c, run_id, "queued", reason)
+
+    def soft_delete(self, run_id: int, deleted: bool = True) -> None:
+        self.update(run_id, deleted=int(deleted))
+
+    # ------------------------------------------------------------------------------------------------- events
+    @staticmethod
+    def _event(c: sqlite3.Connection, run_id: int, kind: str, message: str) -> None:
+        c.execute(
+            "INSERT INTO events (run_id, time, kind, message) VALUES (?, ?, ?, ?)", (run_id, time.time(), kind, message)
+        )
+
+    def event(self, run_id: int, kind: str, message: str) -> None:
+        with self.write() as c:
+            self._event(c, run_id, kind, message)
+
+    def events(self, run_id: int) -> list[dict]:
+        return self._rows("SELECT time, kind, message FROM events WHERE run_id = ? ORDER BY id", [run_id])
+
+    # ------------------------------------------------------------------------------------------------ metrics
+    def log_metrics(self, run_id: int, rows: list[dict]) -> None:
+        """Insert metric rows (step, epoch, split, name, value[, time]); a repeated (split, name, step) replaces."""
+        if not rows:
+            return
+        now = time.time()
+        with self.write() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO metrics (run_id, step, epoch, split, name, value, time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, int(r["step"]), float(r.get("epoch", 0)), r["split"], r["name"], float(r["value"]),
+                     float(r.get("time", now)))
+                    for r in rows
+                ],
+            )
+
+    def delete_metrics_after(self, run_id: int, step: int) -> int:
+        """Drop metric rows written after ``step`` (used on resume from a checkpoint taken at ``step``)."""
+        with self.write() as c:
+            return c.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step)).rowcount
+
+    def metrics(self, run_id: int, split: str | None = None, name: str | None = None) -> list[dict]:
+        sql, params = "SELECT step, epoch, split, name, value, time FROM metrics WHERE run_id = ?", [run_id]
+        if split:
+            sql += " AND split = ?"
+            params.append(split)
+        if name:
+            sql += " AND name = ?"
+            params.append(name)
+        return self._rows(sql + " ORDER BY step, id", params)
+
+    # -------------------------------------------------------------------------------------------- evaluations
+    def add_evaluation(self, run_id: int, **fields: Any) -> int:
+        for key in ("protocol", "metrics"):
+            if key in fields and not isinstance(fields[key], str):
+                fields[key] = json.dumps(fields[key], sort_keys=True)
+        fields.setdefault("time", time.time())
+        cols = ", ".join(["run_id", *fields])
+        marks = ", ".join("?" for _ in range(len(fields) + 1))
+        with self.write() as c:
+            cur = c.execute(f"INSERT INTO evaluations ({cols}) VALUES ({marks})", (run_id, *fields.values()))
+            return int(cur.lastrowid)
+
+    def evaluations(self, run_id: int, kind: str | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM evaluations WHERE run_id = ?", [run_id]
+        if kind:
+            sql += " AND kind = ?"
+            params.append(kind)
+        rows = self._rows(sql + " ORDER BY id", params)
+        for r in rows:
+            for key in ("protocol", "metrics"):
+                if isinstance(r.get(key), str):
+                    r[key] = json.loads(r[key])
+        return rows
+
+    def delete_evaluations_after(self, run_id: int, epoch: int) -> None:
+        with self.write() as c:
+            ids = [r[0] for r in c.execute(
+                "SELECT id FROM evaluations WHERE run_id = ? AND kind = 'epoch' AND epoch > ?", (run_id, epoch)
+            )]
+            for eid in ids:
+                c.execute("DELETE FROM query_results WHERE evaluation_id = ?", (eid,))
+                c.execute("DELETE FROM evaluations WHERE id = ?", (eid,))
+
+    def mark_best(self, run_id: int, evaluation_id: int) -> None:
+        with self.write() as c:
+            c.execute("UPDATE evaluations SET is_best = 0 WHERE run_id = ? AND kind = 'epoch'", (run_id,))
+            c.execute("UPDATE evaluations SET is_best = 1 WHERE id = ?", (evaluation_id,))
+
+    # ---------------------------------------------------------------------------------------- query results
+    def add_query_results(self, run_id: int, evaluation_id: int, rows: list[dict]) -> None:
+        with self.write() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO query_results (run_id, evaluation_id, eval_set, qidx, ref_id, text, "
+                "target_ids, topk_ids, topk_scores, target_rank) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id, evaluation_id, r["eval_set"], int(r["qidx"]), str(r["ref_id"]), r["text"],
+                        json.dumps(r["target_ids"]), json.dumps(r["topk_ids"]),
+                        json.dumps([round(float(s), 5) for s in r["topk_scores"]]),
+                        r["target_rank"],
+                    )
+                    for r in rows
+                ],
+            )
+
+    def prune_query_results(self, run_id: int, keep: Iterable[int]) -> None:
+        """Keep per-query rows only for the given evaluations (the best and the last epoch) of a run."""
+        keep = [int(k) for k in keep]
+        with self.write() as c:
+            c.execute(
+                f"DELETE FROM query_results WHERE run_id = ? AND evaluation_id IN (SELECT id FROM evaluations "
+                f"WHERE run_id = ? AND kind = 'epoch' AND id NOT IN ({', '.join('?' for _ in keep) or 'NULL'}))",
+                (run_id, run_id, *keep),
+            )
+
+    def query_results(self, evaluation_id: int, eval_set: str | None = None, limit: int | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM query_results WHERE evaluation_id = ?", [evaluation_id]
+        if eval_set:
+            sql += " AND eval_set = ?"
+            params.append(eval_set)
+        sql += " ORDER BY eval_set, qidx"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        rows = self._rows(sql, params)
+        for r in rows:
+            for key in ("target_ids", "topk_ids", "topk_scores"):
+                r[key] = json.loads(r[key])
+        return rows

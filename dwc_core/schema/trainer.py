@@ -1,0 +1,51 @@
+"""Options of the ``trainer:`` and ``eval:`` sections."""
+
+from __future__ import annotations
+
+from dwc_core.schema import Opt, Section
+
+TRAINER: Section = {
+    "epochs": Opt("int", 30, help="number of training epochs", min=0),
+    "batch_size": Opt("int", 32, help="training batch size (per process)", min=2),
+    "lr": Opt("float", 1.0e-4, help="base learning rate", min=0),
+    "weight_decay": Opt("float", 1.0e-6, help="L2 weight decay", min=0),
+    "precision": Opt(
+        "str",
+        "auto",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="autocast precision; auto = bf16 on a GPU that supports it, fp32 on CPU",
+    ),
+    "seed": Opt("int", 599, help="one seed for python random, numpy, torch and the data order"),
+    "device": Opt("str", "auto", choices=("auto", "cpu", "cuda"), help="where to train"),
+    "gpus": Opt("int", 1, help="number of GPUs (>1 launches torchrun with DDP)", min=1),
+    "num_workers": Opt("int", 2, help="DataLoader worker processes", min=0),
+    "log_every": Opt("int", 10, help="write step losses every N steps", min=1),
+    "eval_every": Opt("int", 1, help="evaluate every N epochs", min=1),
+    "eval_at_start": Opt("bool", True, help="evaluate the untrained model as epoch 0"),
+    "select_on": Opt(
+        "str",
+        "test",
+        choices=("test", "val_split", "last"),
+        help="model selection: test split (as the papers do), a held-out slice of train, or the last epoch",
+    ),
+    "val_fraction": Opt("float", 0.1, help="share of train held out when select_on=val_split", min=0, max=0.5),
+    "schedule": Opt("str", "constant", choices=("constant", "step", "cosine"), help="learning-rate schedule"),
+    "lr_decay_epochs": Opt("list[int]", [], help="epochs at which the step schedule multiplies lr by gamma"),
+    "gamma": Opt("float", 0.1, help="step-schedule factor", min=0),
+    "warmup_steps": Opt("int", 0, help="linear warm-up steps", min=0),
+    "grad_clip": Opt("float", 0.0, help="clip gradient norm (0 = off)", min=0),
+    "ema": Opt("float", 0.0, help="weight EMA decay (0 = off)", min=0, max=1),
+    "compile": Opt("bool", False, help="torch.compile the model"),
+    "channels_last": Opt("bool", True, help="channels_last memory format for CNNs on GPU"),
+    "max_steps_per_epoch": Opt("int", None, nullable=True, help="cap steps per epoch (quick runs)", min=1),
+    "nan_skip": Opt("int", 0, help="skip up to N batches with a non-finite loss before failing", min=0),
+    "heartbeat_s": Opt("float", 5.0, help="seconds between heartbeats", min=0.5),
+}
+
+EVAL: Section = {
+    "ks": Opt("list[int]", None, nullable=True, help="Recall@K cut-offs (null = the dataset's protocol)"),
+    "batch_size": Opt("int", 128, help="encoding batch size", min=1),
+    "chunk_size": Opt("int", 2048, help="queries ranked per matrix multiply", min=1),
+    "store_topk": Opt("int", 50, help="gallery ids kept per query for the browser", min=1),
+    "query_results": Opt("bool", True, help="store per-query rankings for the best and last epoch"),
+}
