@@ -78,6 +78,14 @@ def build_cnn(arch: str, pretrained: str = "none") -> nn.Module:
     raise ConfigError(f"model.cnn.arch = {arch!r} is not supported. Allowed: resnet18 | resnet50 | tiny.")
 
 
+def freeze_batchnorm_stats(module: nn.Module) -> None:
+    """Put every BatchNorm layer inside ``module`` in eval mode: running statistics are used and not updated,
+    while the affine weights stay trainable (AMC's backbone). Call it after every ``train()``."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def load_state_dict_file(module: nn.Module, path: str, what: str, strict: bool = True) -> None:
     """Load weights from a local file (a state_dict, or a checkpoint holding one under 'state_dict'/'model')."""
     path = os.path.expanduser(path)
@@ -166,3 +174,10 @@ class LSTMTextEncoder(nn.Module):
     def last(outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         idx = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
         return outputs.gather(1, idx).squeeze(1)
+
+    @staticmethod
+    def masked_max(outputs: torch.Tensor, lengths: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Max over time after the padded positions (≥ length) are set to ``fill``. AMC fills with 0, so a caption
+        shorter than the batch maximum gets max(valid outputs, 0) per channel."""
+        valid = torch.arange(outputs.size(1), device=outputs.device).view(1, -1) < lengths.view(-1, 1)
+        return outputs.masked_fill(~valid.unsqueeze(-1), fill).max(dim=1).values

@@ -1,0 +1,142 @@
+"""`dwc run` in the foreground: start a run's training process and follow it with a live rich display.
+
+Ctrl-C asks the run to stop (SIGTERM to its process group: it checkpoints and ends as ``cancelled``). If this
+process itself is killed or the terminal goes away, the training process carries on and finishes its row itself.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dwc_core import launcher
+from dwc_core.registry import FINISHED, Registry
+from dwc_tui.output import cell, duration, err, is_headline, metric_order, out
+
+POLL_S = 0.5
+
+
+def _progress_line(row: dict) -> str:
+    p = row.get("progress") or {}
+    phase = p.get("phase", row["status"])
+    parts = [f"[bold]{row['experiment']}[/] #{row['id']}", f"{phase}"]
+    if phase == "cache" and p.get("cache_total"):
+        parts.append(f"images {p.get('cache_done', 0)}/{p['cache_total']}")
+    if p.get("loss") is not None:
+        parts.append(f"loss {p['loss']:.4f}")
+    if p.get("it_s"):
+        parts.append(f"{p['it_s']:.2f} it/s")
+    return "  ".join(parts)
+
+
+def follow(registry: Registry, run_id: int, proc: subprocess.Popen, interactive: bool) -> dict:
+    """Poll the registry while the process runs; returns the final run row."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=None),
+        MofNCompleteColumn(),
+        TextColumn("epoch {task.fields[epoch]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        expand=True,
+    )
+    task = progress.add_task("starting", total=None, epoch="-")
+    last_line = ""
+    last_eval = 0
+    live = Live(Group(progress), console=err, refresh_per_second=4, transient=True) if interactive else None
+    if live:
+        live.start()
+    try:
+        while True:
+            code = proc.poll()
+            row = registry.get(run_id)
+            p = row.get("progress") or {}
+            total = p.get("total_steps")
+            progress.update(
+                task,
+                description=_progress_line(row),
+                total=total,
+                completed=row.get("step") or 0,
+                epoch=f"{p.get('epoch', row.get('epoch', 0))}/{row['epochs']}",
+            )
+            evals = registry.evaluations(run_id, kind="epoch")
+            for ev in evals[last_eval:]:
+                m = ev["metrics"]
+                keys = sorted((k for k in m if is_headline(k)), key=metric_order)
+                shown = "  ".join(f"{k} {m[k]:.2f}" for k in keys)
+                (err if interactive else out).print(f"  eval epoch {ev['epoch']:>3} [{ev['split']}]  {shown}")
+            last_eval = len(evals)
+            if not interactive:
+                line = _progress_line(row)
+                if line != last_line and p.get("epoch_step") in (None, p.get("epoch_steps")):
+                    last_line = line
+            if code is not None:
+                return launcher.reconcile_exit(registry, run_id, code)
+            time.sleep(POLL_S)
+    finally:
+        if live:
+            live.stop()
+
+
+def run_foreground(registry: Registry, registry_path: Path, run: dict, interactive: bool) -> dict:
+    """Claim, start and follow one queued run. Ctrl-C cancels it cleanly."""
+    claimed = registry.claim(worker=f"cli:{__import__('os').getpid()}", run_id=run["id"])
+    if claimed is None:
+        raise RuntimeError(f"run {run['id']} could not be claimed (already taken by a worker?)")
+    proc = launcher.spawn(registry, claimed, registry_path)
+    err.print(f"[dim]run {run['id']} → {run['run_dir']} (log: train.log, pid {proc.pid})[/]")
+    try:
+        return follow(registry, run["id"], proc, interactive)
+    except KeyboardInterrupt:
+        err.print("[yellow]Ctrl-C: cancelling the run (it saves a checkpoint first; Ctrl-C again to kill)…[/]")
+        previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+        try:
+            launcher.terminate(proc.pid, grace_s=120, proc=proc)
+            proc.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        row = launcher.reconcile_exit(registry, run["id"], proc.returncode)
+        if row["status"] not in FINISHED:
+            registry.set_status(run["id"], "cancelled", "cancelled from the terminal")
+        return registry.get(run["id"])
+
+
+def results_table(registry: Registry, run_id: int) -> Table:
+    row = registry.get(run_id)
+    evals = registry.evaluations(run_id, kind="epoch")
+    keys: list[str] = []
+    for ev in evals:
+        for k in ev["metrics"]:
+            if is_headline(k) and k not in keys:
+                keys.append(k)
+    keys.sort(key=metric_order)
+    table = Table(title=f"{row['experiment']} #{run_id} — {row['status']}", show_edge=False, header_style="bold")
+    table.add_column("epoch", justify="right")
+    table.add_column("split")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for ev in evals:
+        mark = " ★" if ev["is_best"] else ""
+        table.add_row(f"{ev['epoch']}{mark}", ev["split"], *(cell(ev["metrics"].get(k)) for k in keys))
+    return table
+
+
+def print_summary(registry: Registry, run_id: int) -> None:
+    row = registry.get(run_id)
+    out.print(results_table(registry, run_id))
+    took = (row["ended"] or time.time()) - (row["started"] or row["created"])
+    out.print(f"status: [bold]{row['status']}[/]  time: {duration(took)}  run dir: {row['run_dir']}")
+    if row.get("error"):
+        err.print(f"[red]error:[/] {row['error']}")
+    sys.stdout.flush()
