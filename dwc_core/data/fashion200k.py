@@ -26,7 +26,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from dwc_core.data.files import ImageTable, read_lines, require_file, require_root, split_report
+from dwc_core.data.files import (
+    ImageTable,
+    read_lines,
+    remember_last,
+    require_file,
+    require_root,
+    split_report,
+)
 from dwc_core.data.types import CIRDataset, EvalSet, Query, Triplet
 from dwc_core.errors import DataError
 from dwc_core.schema.datasets import DEFAULT_KS
@@ -63,7 +70,9 @@ def read_split(root: Path, split: str) -> tuple[list[tuple[str, str]], int]:
     repeated paths dropped."""
     folder = root / "labels"
     if not folder.is_dir():
-        raise DataError(f"{TITLE}: the label folder {folder} does not exist. dataset.root must hold {LAYOUT}.")
+        raise DataError(
+            f"{TITLE}: the label folder {folder} does not exist. dataset.root must hold {LAYOUT}."
+        )
     files = sorted(p for p in folder.glob(f"*_{split}_detect_all.txt") if not p.name.startswith("._"))
     if not files:
         raise DataError(
@@ -82,7 +91,9 @@ def read_split(root: Path, split: str) -> tuple[list[tuple[str, str]], int]:
                 )
             caption = clean_caption(parts[2])
             if not caption:
-                raise DataError(f"{path}:{lineno}: {TITLE}: empty caption for {parts[0].strip()}. Fix or remove the line.")
+                raise DataError(
+                    f"{path}:{lineno}: {TITLE}: empty caption for {parts[0].strip()}. Fix or remove the line."
+                )
             rel = parts[0].strip()
             if rel in out:
                 repeated += 1
@@ -161,6 +172,7 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
         )
     label_codes = {c: k for k, c in enumerate(sorted(index.images_of))}
 
+    @remember_last
     def sampler(epoch: int, seed: int) -> list[Triplet]:
         rng = random.Random(f"fashion200k:{seed}:{epoch}")
         out = []
@@ -168,7 +180,12 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
             src, tgt = index.sample(rng, pos)
             src_cap, tgt_cap = index.captions[src], index.captions[tgt]
             out.append(
-                Triplet(image_of[src], modification_text(src_cap, tgt_cap, mode), image_of[tgt], label_codes[tgt_cap])
+                Triplet(
+                    image_of[src],
+                    modification_text(src_cap, tgt_cap, mode),
+                    image_of[tgt],
+                    label_codes[tgt_cap],
+                )
             )
         return out
 

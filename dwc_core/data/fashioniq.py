@@ -52,14 +52,20 @@ def _asin(value, bad) -> str:
 
 def read_captions(path: Path) -> list[tuple[str, str, list[str]]]:
     """(candidate, target, [c1, c2]) per entry of a ``cap.<cat>.<split>.json`` file."""
-    doc = JsonList(require_file(path, TITLE, "relative captions"), TITLE, '{"candidate", "target", "captions"}')
+    doc = JsonList(
+        require_file(path, TITLE, "relative captions"), TITLE, '{"candidate", "target", "captions"}'
+    )
     out = []
     for i, entry in doc:
         if not isinstance(entry, dict):
-            raise doc.bad(i, f"expected an object with candidate, target and captions, found {type(entry).__name__}.")
+            raise doc.bad(
+                i, f"expected an object with candidate, target and captions, found {type(entry).__name__}."
+            )
         for key in ("candidate", "target", "captions"):
             if key not in entry:
-                raise doc.bad(i, f"the key '{key}' is missing (test-split files have no targets: use train and val).")
+                raise doc.bad(
+                    i, f"the key '{key}' is missing (test-split files have no targets: use train and val)."
+                )
         caps = entry["captions"]
         if not isinstance(caps, list) or len(caps) != 2:
             raise doc.bad(i, f"'captions' must be a list of two strings, found {caps!r}.")

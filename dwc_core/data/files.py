@@ -35,7 +35,9 @@ def require_root(cfg: dict, title: str, layout: str) -> Path:
 
 def require_file(path: Path, title: str, what: str) -> Path:
     if not path.is_file():
-        raise DataError(f"{title}: missing annotation file {path} ({what}). Check dataset.root and the download.")
+        raise DataError(
+            f"{title}: missing annotation file {path} ({what}). Check dataset.root and the download."
+        )
     return path
 
 
@@ -86,7 +88,9 @@ class JsonList:
         self.title = title
         data = read_json(path, title)
         if not isinstance(data, list):
-            raise DataError(f"{path}:1: {title}: expected a JSON list of {expect}, found {type(data).__name__}.")
+            raise DataError(
+                f"{path}:1: {title}: expected a JSON list of {expect}, found {type(data).__name__}."
+            )
         self.items: list = data
 
     def bad(self, index: int, problem: str) -> DataError:
@@ -165,7 +169,9 @@ class ImageTable:
         present = existing_files(paths)
         self.missing = [k for k, (p, _) in self._wanted.items() if p is not None and p not in present]
         if self.missing and policy != "skip":
-            raise DataError(missing_message(self.title, [self._wanted[k][0] for k in self.missing], len(paths), self.hint))
+            raise DataError(
+                missing_message(self.title, [self._wanted[k][0] for k in self.missing], len(paths), self.hint)
+            )
         gone = set(self.missing)
         for key, (path, display) in self._wanted.items():
             if key not in gone:
@@ -194,3 +200,18 @@ def missing_message(title: str, paths: list, total: int, hint: str) -> str:
 def split_report(train_samples: int, missing: int, skipped_triplets: int = 0) -> dict:
     """The per-split entry of ``CIRDataset.info['splits']`` read by ``data check``."""
     return {"train_samples": train_samples, "missing_images": missing, "skipped_triplets": skipped_triplets}
+
+
+def remember_last(sampler):
+    """Wrap a ``sampler(epoch, seed)`` so that asking again for the same (epoch, seed) reuses the result (training
+    asks for epoch 0 several times while it sets up; a large dataset's epoch takes a second to sample)."""
+    memo: dict[tuple[int, int], list] = {}
+
+    def wrapped(epoch: int, seed: int) -> list:
+        key = (int(epoch), int(seed))
+        if key not in memo:
+            memo.clear()
+            memo[key] = sampler(*key)
+        return list(memo[key])
+
+    return wrapped

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dwc_core.data.files import ImageTable, JsonList, clean_text, read_lines, require_file, require_root, split_report
+from dwc_core.data.files import (
+    ImageTable,
+    JsonList,
+    clean_text,
+    read_lines,
+    require_file,
+    require_root,
+    split_report,
+)
 from dwc_core.data.types import CIRDataset, EvalSet, Query, Triplet
 from dwc_core.errors import DataError
 from dwc_core.schema.datasets import DEFAULT_KS
@@ -95,8 +103,11 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
     test_pairs = [p for p in test_pairs if p[0] in eval_set_names and p[1] in eval_set_names]
 
     table = ImageTable(TITLE, f"Unpack the missing images into {image_base}/womens_*/.")
+
     def want(name: str) -> None:
-        path = on_disk.get(name) or str(image_base / "womens_*" / "*" / name)  # a missing one: where it was sought
+        path = on_disk.get(name) or str(
+            image_base / "womens_*" / "*" / name
+        )  # a missing one: where it was sought
         table.want(name, path, str(Path(path).relative_to(image_base)))
 
     train_used, eval_used = set(), set(eval_names)
@@ -123,7 +134,9 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
             skipped_missing += 1
             continue
         queries.append(Query(ref=r, text=text, target=t))
-    notes = [f"gallery = eval_im_names.txt ({len(gallery)} images); pairs with both images listed appear twice"]
+    notes = [
+        f"gallery = eval_im_names.txt ({len(gallery)} images); pairs with both images listed appear twice"
+    ]
     if outside:
         notes.append(f"{len(outside)} queries skipped: an image outside eval_im_names.txt")
     if skipped_missing:
@@ -148,7 +161,9 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
         "skipped_queries": test.skipped_queries,
         "skipped_triplets": skipped_triplets,
         "queries_outside_eval_list": len(outside),
-        "splits": {"test": split_report(len(train), len((train_used | eval_used) & missing), skipped_triplets)},
+        "splits": {
+            "test": split_report(len(train), len((train_used | eval_used) & missing), skipped_triplets)
+        },
     }
     return CIRDataset(
         name="shoes",

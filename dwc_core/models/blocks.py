@@ -47,8 +47,26 @@ class _Inception(nn.Module):
         )
         self.out_channels = c
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)], dim=1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (N, 1, *spatial) of 0/1 makes masked positions behave like the zero padding beyond the edge:
+        inputs and every intermediate activation are zeroed there and the average pool ignores them."""
+        branches = (self.branch0, self.branch1, self.branch2, self.branch3)
+        if mask is None:
+            return torch.cat([branch(x) for branch in branches], dim=1)
+        mask = mask.to(x.dtype)
+        x = x * mask
+        return torch.cat([self._masked(branch, x, mask) for branch in branches], dim=1) * mask
+
+    @staticmethod
+    def _masked(branch: nn.Sequential, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in branch:
+            if isinstance(layer, nn.AvgPool1d | nn.AvgPool2d):
+                x = layer(x) / layer(mask).clamp(min=1e-6)  # x is already zero where masked
+            else:
+                x = layer(x)
+            if isinstance(layer, nn.AvgPool1d | nn.AvgPool2d | nn.BatchNorm1d | nn.BatchNorm2d):
+                x = x * mask
+        return x
 
 
 class Inception2d(_Inception):

@@ -157,11 +157,11 @@ class CnnStream(nn.Module):
         fmap = gate_img * fmap + F.relu(self.img_res(s_map))
         # text editor: image attended per word
         image_per_word = torch.bmm(regions_flat, attn_regions.transpose(1, 2))  # V: (N, E, L)
-        if mask is not None:
-            keep = mask.unsqueeze(1).to(words_t.dtype)
+        keep = None if mask is None else mask.unsqueeze(1).to(words_t.dtype)  # (N, 1, L)
+        if keep is not None:  # padded words act like the zero padding past the end of the sentence
             words_t, image_per_word = words_t * keep, image_per_word * keep
-        gate_txt = torch.sigmoid(self.txt_mask(torch.cat([words_t, image_per_word], dim=1)))
-        words_t = gate_txt * words_t + F.relu(self.txt_res(image_per_word))
+        gate_txt = torch.sigmoid(self.txt_mask(torch.cat([words_t, image_per_word], dim=1), keep))
+        words_t = gate_txt * words_t + F.relu(self.txt_res(image_per_word, keep))
         return fmap, words_t
 
 

@@ -1,0 +1,121 @@
+"""End to end: `dwc run` trains a tiny experiment in a subprocess; kills, cancels and resumes leave the registry
+right."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dwc_core.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+TINY = """\
+experiments:
+  tiny:
+    dataset: {name: synthetic, num_train: 320, num_test: 48, image_size: 32}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+    trainer: {epochs: 2, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5}
+  long:
+    extends: tiny
+    dataset: {num_train: 1600}
+"""
+
+
+def dwc(project: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
+        capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw,
+    )  # fmt: skip
+
+
+def start(project: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    (tmp_path / "experiments.yaml").write_text(TINY)
+    return tmp_path
+
+
+def wait_for(pred, timeout=120.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_run_compare_show(proj):
+    res = dwc(proj, "run", "tiny")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "done" in res.stdout
+    reg = Registry(proj / "runs" / "registry.db")
+    (row,) = reg.runs()
+    assert row["status"] == "done" and row["exit_code"] == 0
+    assert row["versions"]["torch"] and row["device"].startswith("cpu")
+    run_dir = Path(row["run_dir"])
+    for name in ("config.json", "train.log", "last.pt", "best.pt", "metrics.jsonl"):
+        assert (run_dir / name).is_file(), name
+    evals = reg.evaluations(row["id"])
+    assert [e["epoch"] for e in evals] == [0, 1, 2]  # the untrained model is evaluated as epoch 0
+    assert evals[0]["metrics"]["R@1"] >= 0 and evals[-1]["gallery_size"] > 48
+    best = [e for e in evals if e["is_best"]]
+    assert len(best) == 1 and best[0]["epoch"] == row["best_epoch"]
+    qr = reg.query_results(best[0]["id"])
+    assert len(qr) == 48 and all(len(q["topk_ids"]) == 50 for q in qr)
+    losses = reg.metrics(row["id"], split="train", name="loss")
+    assert len(losses) >= 10 and len({m["step"] for m in losses}) == len(losses)
+    cmp_ = dwc(proj, "compare", "--format", "json")
+    assert cmp_.returncode == 0
+    (line,) = json.loads(cmp_.stdout)
+    assert line["experiment"] == "tiny" and line["R@10"] == row["best_metrics"]["R@10"]
+    show = dwc(proj, "show", str(row["id"]))
+    assert show.returncode == 0 and "config" in show.stdout
+
+
+def test_sigkill_marks_failed_and_keeps_metrics(proj):
+    proc = start(proj, "run", "long")
+    reg = Registry(proj / "runs" / "registry.db")
+    wait_for(lambda: reg.runs() and reg.get(1)["status"] == "running", what="running")
+    wait_for(lambda: len(reg.metrics(1, split="train", name="loss")) >= 3, what="metrics")
+    before = len(reg.metrics(1))
+    os.kill(reg.get(1)["pid"], signal.SIGKILL)
+    out, errs = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + errs
+    row = reg.get(1)
+    assert row["status"] == "failed" and "SIGKILL" in row["error"]
+    assert len(reg.metrics(1)) >= before
+
+
+def test_ctrl_c_cancels_then_resume_continues_without_duplicates(proj):
+    proc = start(proj, "run", "long")
+    reg = Registry(proj / "runs" / "registry.db")
+    wait_for(lambda: reg.runs() and len(reg.metrics(1, split="train", name="loss")) >= 3, what="metrics")
+    proc.send_signal(signal.SIGINT)
+    out, errs = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + errs
+    row = reg.get(1)
+    assert row["status"] == "cancelled"
+    assert (Path(row["run_dir"]) / "last.pt").is_file()
+    res = dwc(proj, "resume", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    row = reg.get(1)
+    assert row["status"] == "done" and row["resumes"] == 1
+    steps = [m["step"] for m in reg.metrics(1, split="train", name="loss")]
+    assert steps == sorted(set(steps))  # no duplicated steps
+    assert max(steps) == 2 * (1600 // 16)
+    assert [e["epoch"] for e in reg.evaluations(1)] == [0, 1, 2]
