@@ -77,7 +77,9 @@ def _load_yaml(text: str, name: str) -> Any:
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
         problem = exc.problem or "malformed YAML"
         context = f" ({exc.context})" if exc.context else ""
-        raise ConfigError(f"{where}: malformed YAML: {problem}{context}. Fix the syntax and try again.") from None
+        raise ConfigError(
+            f"{where}: malformed YAML: {problem}{context}. Fix the syntax and try again."
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: malformed YAML: {exc}") from None
     finally:
@@ -165,7 +167,9 @@ class ExperimentsFile:
             raw = _Map()
             raw.lines = {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"{name}:1: the file must be a mapping with the keys 'defaults' and 'experiments'.")
+            raise ConfigError(
+                f"{name}:1: the file must be a mapping with the keys 'defaults' and 'experiments'."
+            )
         for key in raw:
             if key not in TOP_KEYS:
                 line = raw.lines[key] if isinstance(raw, _Map) else 1
@@ -208,7 +212,9 @@ class ExperimentsFile:
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"{p}: no such file. Create an experiments.yaml or pass --experiments FILE.") from None
+            raise ConfigError(
+                f"{p}: no such file. Create an experiments.yaml or pass --experiments FILE."
+            ) from None
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read: {exc.strerror}.") from None
         return cls(text, str(p))
@@ -262,7 +268,11 @@ class ExperimentsFile:
             for key, value in exp.items():
                 if key == "extends":
                     continue
-                if key in ("dataset", "model") and isinstance(value, dict) and isinstance(out.data.get(key), dict):
+                if (
+                    key in ("dataset", "model")
+                    and isinstance(value, dict)
+                    and isinstance(out.data.get(key), dict)
+                ):
                     new_name = value.get("name")
                     if new_name is not None and new_name != out.data[key].get("name"):
                         out.data[key] = {}  # a different dataset/method: start its section afresh
@@ -290,11 +300,17 @@ class ExperimentsFile:
         description = tree.data.pop("description", "")
         tags = tree.data.pop("tags", []) or []
         if not isinstance(grid, dict):
-            raise ConfigError(f"{tree.where(('grid',), self.name)}: 'grid' must map dotted options to lists of values.")
+            raise ConfigError(
+                f"{tree.where(('grid',), self.name)}: 'grid' must map dotted options to lists of values."
+            )
         if seeds is not None and (
-            not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
         ):
-            raise ConfigError(f"{tree.where(('seeds',), self.name)}: 'seeds' must be a non-empty list of integers.")
+            raise ConfigError(
+                f"{tree.where(('seeds',), self.name)}: 'seeds' must be a non-empty list of integers."
+            )
         if not isinstance(tags, list):
             raise ConfigError(f"{tree.where(('tags',), self.name)}: 'tags' must be a list of strings.")
         grid_keys = list(grid)
@@ -313,7 +329,9 @@ class ExperimentsFile:
                 variant: dict[str, Any] = {}
                 for key, value in zip(grid_keys, combo, strict=True):
                     path = tuple(key.split("."))
-                    _set_path(variant_tree, path, value, tree.where(("grid", key), self.name), must_exist=True)
+                    _set_path(
+                        variant_tree, path, value, tree.where(("grid", key), self.name), must_exist=True
+                    )
                     variant[key] = value
                 if seed is not None:
                     variant_tree.data.setdefault("trainer", {})["seed"] = seed
@@ -355,9 +373,12 @@ def _set_path(tree: Tree, path: Path_, value: Any, where: str, must_exist: bool)
         elif section == "model" and path[1:] != ("name",):
             schema = model_section(tree.data.get("model", {}).get("name", ""))
         else:
-            schema = {"dataset": dataset_section(""), "model": model_section(""), "trainer": TRAINER, "eval": EVAL}[
-                section
-            ]
+            schema = {
+                "dataset": dataset_section(""),
+                "model": model_section(""),
+                "trainer": TRAINER,
+                "eval": EVAL,
+            }[section]
         flat = flatten_section(schema)
         rel = _dotted(path[1:])
         if rel not in flat:
@@ -426,7 +447,7 @@ def _validate_section(schema: Section, values: Any, tree: Tree, path: Path_, fil
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: '{_dotted(path)}' must be a mapping of options ({', '.join(schema)}).")
     out = {}
-    for key, value in values.items():
+    for key, _value in values.items():
         if key not in schema:
             raise ConfigError(
                 f"{tree.where((*path, key), file)}: unknown key '{_dotted((*path, key))}'.{_suggest(key, schema)} "
@@ -460,7 +481,9 @@ def validate(tree: Tree, file: str) -> dict:
             f"Allowed: {' | '.join(METHOD_NAMES)}."
         )
     out = {
-        "dataset": _validate_section(dataset_section(str(dataset_name)), data.get("dataset"), tree, ("dataset",), file),
+        "dataset": _validate_section(
+            dataset_section(str(dataset_name)), data.get("dataset"), tree, ("dataset",), file
+        ),
         "model": _validate_section(model_section(str(model_name)), data.get("model"), tree, ("model",), file),
         "trainer": _validate_section(TRAINER, data.get("trainer"), tree, ("trainer",), file),
         "eval": _validate_section(EVAL, data.get("eval"), tree, ("eval",), file),

@@ -35,8 +35,9 @@ def rank(
 ) -> Ranking:
     """Top-k gallery positions per query by dot product, masking each query's reference position (−1 = none).
 
-    Ties are broken towards the lower gallery position (``topk`` on a stable order is not guaranteed, so the
-    scores are nudged by nothing; equal scores keep torch's order, which is the lower index on CPU and CUDA).
+    Equal scores are ordered by gallery position (lower first): ``topk`` returns an unspecified order among ties,
+    so its k results are re-sorted stably by (score desc, position asc). Exact for every K below k unless more
+    than k − K gallery items tie with the K-th.
     """
     k = min(k, gallery.size(0))
     out_idx, out_scores = [], []
@@ -50,12 +51,18 @@ def rank(
             if rows.numel():
                 scores[rows, refs[rows]] = float("-inf")
         s, i = scores.topk(k, dim=1)
+        by_pos = i.argsort(dim=1)
+        i, s = i.gather(1, by_pos), s.gather(1, by_pos)
+        s, by_score = s.sort(dim=1, descending=True, stable=True)
+        i = i.gather(1, by_score)
         out_idx.append(i)
         out_scores.append(s)
     return Ranking(torch.cat(out_idx), torch.cat(out_scores))
 
 
-def first_hit_ranks(ranking_idx: torch.Tensor, gallery_keys: torch.Tensor, query_keys: torch.Tensor) -> torch.Tensor:
+def first_hit_ranks(
+    ranking_idx: torch.Tensor, gallery_keys: torch.Tensor, query_keys: torch.Tensor
+) -> torch.Tensor:
     """0-based rank of the first hit within the top-k per query; k when there is none."""
     hits = gallery_keys[ranking_idx] == query_keys.view(-1, 1)
     k = ranking_idx.size(1)
@@ -111,7 +118,9 @@ def score_set(
     position = {img: pos for pos, img in enumerate(eval_set.gallery)}
     refs = None
     if eval_set.mask_reference:
-        refs = torch.tensor([position.get(q.ref, -1) for q in eval_set.queries], dtype=torch.long, device=device)
+        refs = torch.tensor(
+            [position.get(q.ref, -1) for q in eval_set.queries], dtype=torch.long, device=device
+        )
     k = max(max(ks), keep)
     ranking = rank(query_emb, gallery_emb, k, refs, chunk_size)
     metrics: dict[str, float] = {}
@@ -147,7 +156,9 @@ def combine(sets: dict[str, SetResult], ks: list[int]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------------------- encoding
 @torch.inference_mode()
-def encode_images(method, cache: ImageCache, indices: list[int], device, batch_size: int, autocast, workers: int = 0):
+def encode_images(
+    method, cache: ImageCache, indices: list[int], device, batch_size: int, autocast, workers: int = 0
+):
     loader = torch.utils.data.DataLoader(
         IndexedImages(indices, cache), batch_size=batch_size, shuffle=False,
         **loader_kwargs(workers, device.type == "cuda"),
@@ -191,7 +202,9 @@ def evaluate(
             ks = list(eval_cfg.get("ks") or es.ks)
             g = encode_images(method, cache, es.gallery, device, bs, autocast, workers)
             q = encode_queries(method, cache, es, device, bs, autocast)
-            sets[name] = score_set(es, q, g, ks, int(eval_cfg.get("store_topk", 50)), int(eval_cfg.get("chunk_size", 2048)))
+            sets[name] = score_set(
+                es, q, g, ks, int(eval_cfg.get("store_topk", 50)), int(eval_cfg.get("chunk_size", 2048))
+            )
         ks_all = list(eval_cfg.get("ks") or next(iter((eval_sets or ds.eval_sets).values())).ks)
         return EvalResult(combine(sets, ks_all), sets)
     finally:

@@ -8,6 +8,7 @@ finishing it itself (killed by a signal, crashed before reporting) and detects r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,7 +25,14 @@ def train_command(run: dict, registry_path: Path) -> list[str]:
     gpus = int(run["config"]["trainer"].get("gpus", 1))
     base = ["-m", "dwc_core.train", str(run["id"]), "--registry", str(registry_path)]
     if gpus > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *base]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={gpus}",
+            *base,
+        ]
     return [sys.executable, *base]
 
 
@@ -88,10 +96,8 @@ def terminate(pgid: int, grace_s: float = 60.0, proc: subprocess.Popen | None = 
         if proc is None and not pid_alive(pgid):
             return
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +164,8 @@ def _decode(row: dict | None) -> dict | None:
         return None
     for key in JSON_COLUMNS:
         if key in row and isinstance(row[key], str):
-            try:
+            with suppress(ValueError):
                 row[key] = json.loads(row[key])
-            except ValueError:
-                pass
     return row
 
 
@@ -177,7 +175,9 @@ class Registry:
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = Path(path)
         if not self.path.exists() and not create:
-            raise RegistryError(f"{self.path}: no registry here yet (no run has been queued in this project).")
+            raise RegistryError(
+                f"{self.path}: no registry here yet (no run has been queued in this project)."
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -306,7 +306,9 @@ class Registry:
         with self.write() as c:
             c.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
 
-    def set_status(self, run_id: int, status: str, message: str = "", only_from: tuple = (), **fields: Any) -> bool:
+    def set_status(
+        self, run_id: int, status: str, message: str = "", only_from: tuple = (), **fields: Any
+    ) -> bool:
         """Change a run's status (and columns) with an event; with ``only_from``, only from those statuses."""
         assert status in STATUSES, status
         now = time.time()
@@ -368,7 +370,8 @@ class Registry:
     @staticmethod
     def _event(c: sqlite3.Connection, run_id: int, kind: str, message: str) -> None:
         c.execute(
-            "INSERT INTO events (run_id, time, kind, message) VALUES (?, ?, ?, ?)", (run_id, time.time(), kind, message)
+            "INSERT INTO events (run_id, time, kind, message) VALUES (?, ?, ?, ?)",
+            (run_id, time.time(), kind, message),
         )
 
     def event(self, run_id: int, kind: str, message: str) -> None:
@@ -389,8 +392,15 @@ class Registry:
                 "INSERT OR REPLACE INTO metrics (run_id, step, epoch, split, name, value, time) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (run_id, int(r["step"]), float(r.get("epoch", 0)), r["split"], r["name"], float(r["value"]),
-                     float(r.get("time", now)))
+                    (
+                        run_id,
+                        int(r["step"]),
+                        float(r.get("epoch", 0)),
+                        r["split"],
+                        r["name"],
+                        float(r["value"]),
+                        float(r.get("time", now)),
+                    )
                     for r in rows
                 ],
             )
@@ -436,9 +446,13 @@ class Registry:
 
     def delete_evaluations_after(self, run_id: int, epoch: int) -> None:
         with self.write() as c:
-            ids = [r[0] for r in c.execute(
-                "SELECT id FROM evaluations WHERE run_id = ? AND kind = 'epoch' AND epoch > ?", (run_id, epoch)
-            )]
+            ids = [
+                r[0]
+                for r in c.execute(
+                    "SELECT id FROM evaluations WHERE run_id = ? AND kind = 'epoch' AND epoch > ?",
+                    (run_id, epoch),
+                )
+            ]
             for eid in ids:
                 c.execute("DELETE FROM query_results WHERE evaluation_id = ?", (eid,))
                 c.execute("DELETE FROM evaluations WHERE id = ?", (eid,))
@@ -456,8 +470,14 @@ class Registry:
                 "target_ids, topk_ids, topk_scores, target_rank) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        run_id, evaluation_id, r["eval_set"], int(r["qidx"]), str(r["ref_id"]), r["text"],
-                        json.dumps(r["target_ids"]), json.dumps(r["topk_ids"]),
+                        run_id,
+                        evaluation_id,
+                        r["eval_set"],
+                        int(r["qidx"]),
+                        str(r["ref_id"]),
+                        r["text"],
+                        json.dumps(r["target_ids"]),
+                        json.dumps(r["topk_ids"]),
                         json.dumps([round(float(s), 5) for s in r["topk_scores"]]),
                         r["target_rank"],
                     )
@@ -475,7 +495,9 @@ class Registry:
                 (run_id, run_id, *keep),
             )
 
-    def query_results(self, evaluation_id: int, eval_set: str | None = None, limit: int | None = None) -> list[dict]:
+    def query_results(
+        self, evaluation_id: int, eval_set: str | None = None, limit: int | None = None
+    ) -> list[dict]:
         sql, params = "SELECT * FROM query_results WHERE evaluation_id = ?", [evaluation_id]
         if eval_set:
             sql += " AND eval_set = ?"

@@ -16,7 +16,9 @@ from dwc_core.registry import Registry
 
 
 class Reporter:
-    def __init__(self, registry_path: Path, run_id: int, run_dir: Path, interval: float = 5.0, enabled: bool = True):
+    def __init__(
+        self, registry_path: Path, run_id: int, run_dir: Path, interval: float = 5.0, enabled: bool = True
+    ):
         self.registry_path = registry_path
         self.run_id = run_id
         self.run_dir = run_dir
@@ -38,7 +40,14 @@ class Reporter:
             return
         with self._lock:
             self._rows.append(
-                {"step": step, "epoch": epoch, "split": split, "name": name, "value": float(value), "time": time.time()}
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "split": split,
+                    "name": name,
+                    "value": float(value),
+                    "time": time.time(),
+                }
             )
 
     def progress(self, **fields) -> None:

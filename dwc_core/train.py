@@ -10,6 +10,7 @@ from there with the same metric history (rows after the checkpoint's step are dr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -150,7 +151,9 @@ class Trainer:
         if not self.cache.is_built():
             log(f"building the decoded-image cache: {self.cache.count} images at {self.cache.size}px")
             self.reporter.progress(phase="cache")
-            self.cache.ensure(progress=lambda d, n: self.reporter.progress(phase="cache", cache_done=d, cache_total=n))
+            self.cache.ensure(
+                progress=lambda d, n: self.reporter.progress(phase="cache", cache_done=d, cache_total=n)
+            )
         self.eval_sets = dict(self.ds.eval_sets)
         self.base_train: list[Triplet] | None = None
         if t["select_on"] == "val_split":
@@ -189,7 +192,9 @@ class Trainer:
                 child.compile()
         counts = self.method.parameter_counts()
         log(f"method {self.config['model']['name']}: {counts}")
-        self.registry.event(self.run_id, "info", f"parameters {counts}; precision {self.precision}; device {self.device}")
+        self.registry.event(
+            self.run_id, "info", f"parameters {counts}; precision {self.precision}; device {self.device}"
+        )
 
     def _steps_per_epoch(self) -> int:
         n = len(self.base_train or self.ds.train_triplets(0, int(self.tcfg["seed"])))
@@ -255,10 +260,18 @@ class Trainer:
         if self.ema:
             self.ema.swap_in()
         try:
-            results = {"test": evaluate(self.method, self.ds, self.cache, self.device, self.ecfg, self.autocast)}
+            results = {
+                "test": evaluate(self.method, self.ds, self.cache, self.device, self.ecfg, self.autocast)
+            }
             if self.tcfg["select_on"] == "val_split":
                 results["val"] = evaluate(
-                    self.method, self.ds, self.cache, self.device, self.ecfg, self.autocast, eval_sets=self.val_set
+                    self.method,
+                    self.ds,
+                    self.cache,
+                    self.device,
+                    self.ecfg,
+                    self.autocast,
+                    eval_sets=self.val_set,
                 )
         finally:
             if self.ema:
@@ -282,7 +295,12 @@ class Trainer:
             self.best_value, self.best_epoch, self.best_eval_id = value, epoch, eval_ids["test"]
             self.registry.mark_best(self.run_id, eval_ids["test"])
             checkpoint.save_atomic(
-                {"model": self.method.state_dict(), "epoch": epoch, "step": self.step, "metrics": test.metrics},
+                {
+                    "model": self.method.state_dict(),
+                    "epoch": epoch,
+                    "step": self.step,
+                    "metrics": test.metrics,
+                },
                 self.run_dir / "best.pt",
             )
         self.registry.update(
@@ -297,7 +315,9 @@ class Trainer:
             self.registry.add_query_results(self.run_id, eval_ids["test"], rows)
             keep = [eval_ids["test"]] + ([self.best_eval_id] if self.best_eval_id else [])
             self.registry.prune_query_results(self.run_id, keep)
-        shown = ", ".join(f"{k} {v:.2f}" for k, v in test.metrics.items() if "/" not in k or k.startswith("avg/"))
+        shown = ", ".join(
+            f"{k} {v:.2f}" for k, v in test.metrics.items() if "/" not in k or k.startswith("avg/")
+        )
         log(f"eval epoch {epoch} ({seconds:.1f}s): {shown}")
 
     def _protocol(self) -> dict:
@@ -325,7 +345,9 @@ class Trainer:
         bs = int(self.tcfg["batch_size"])
         start_batch = self.batch_in_epoch
         loader = self._loader(epoch, start_batch)
-        ctx = StepContext(self.optimizers, self.autocast, self.scalers, float(self.tcfg["grad_clip"]), self.step, epoch)
+        ctx = StepContext(
+            self.optimizers, self.autocast, self.scalers, float(self.tcfg["grad_clip"]), self.step, epoch
+        )
         t_epoch = time.time()
         t_log, steps_since = time.time(), 0
         sums: dict[str, torch.Tensor] = {}
@@ -350,7 +372,9 @@ class Trainer:
                         f"(trainer.nan_skip = {self.tcfg['nan_skip']}). Lower trainer.lr, set trainer.grad_clip, or "
                         f"use precision fp32/bf16."
                     ) from None
-                self.registry.event(self.run_id, "warning", f"skipped a batch with a non-finite loss at step {self.step + 1}")
+                self.registry.event(
+                    self.run_id, "warning", f"skipped a batch with a non-finite loss at step {self.step + 1}"
+                )
                 for o in self.optimizers.values():
                     o.zero_grad(set_to_none=True)
                 continue
@@ -369,10 +393,16 @@ class Trainer:
                 rate = steps_since / max(now - t_log, 1e-9)
                 lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
                 for k, v in values.items():
-                    self.reporter.metric(self.step, epoch - 1 + self.batch_in_epoch / self.steps_per_epoch, "train", k, v)
+                    self.reporter.metric(
+                        self.step, epoch - 1 + self.batch_in_epoch / self.steps_per_epoch, "train", k, v
+                    )
                 self.reporter.metric(self.step, epoch, "train", "lr", lr)
                 self.reporter.metric(self.step, epoch, "train", "samples_per_s", rate * bs)
-                remaining = (self.tcfg["epochs"] - epoch) * self.steps_per_epoch + self.steps_per_epoch - self.batch_in_epoch
+                remaining = (
+                    (self.tcfg["epochs"] - epoch) * self.steps_per_epoch
+                    + self.steps_per_epoch
+                    - self.batch_in_epoch
+                )
                 self.reporter.progress(
                     phase="train", epoch=epoch, step=self.step, total_steps=self.tcfg["epochs"] * self.steps_per_epoch,
                     epoch_step=self.batch_in_epoch, epoch_steps=self.steps_per_epoch, loss=values.get("loss"),
@@ -382,7 +412,9 @@ class Trainer:
         seconds = time.time() - t_epoch
         self.reporter.metric(self.step, epoch, "train", "epoch_seconds", seconds)
         if self.device.type == "cuda":
-            self.reporter.metric(self.step, epoch, "train", "gpu_mem_peak_gb", torch.cuda.max_memory_allocated() / 2**30)
+            self.reporter.metric(
+                self.step, epoch, "train", "gpu_mem_peak_gb", torch.cuda.max_memory_allocated() / 2**30
+            )
         log(f"epoch {epoch} done: {self.batch_in_epoch - start_batch} steps in {seconds:.1f}s")
 
     def run(self) -> int:
@@ -438,7 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         code = trainer.run()
         trainer.reporter.close()
         registry.set_status(
-            args.run_id, "done", f"finished: best {trainer.best_value} at epoch {trainer.best_epoch}", exit_code=0,
+            args.run_id,
+            "done",
+            f"finished: best {trainer.best_value} at epoch {trainer.best_epoch}",
+            exit_code=0,
         )
         log("done")
         return code
@@ -462,10 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         log(f"failed: {message}")
         if trainer is not None:
-            try:
+            with contextlib.suppress(Exception):
                 trainer.reporter.close()
-            except Exception:  # noqa: BLE001
-                pass
         registry.set_status(args.run_id, "failed", message, error=message, exit_code=1)
         return 1
 

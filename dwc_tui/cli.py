@@ -85,7 +85,9 @@ def main_callback(
 def run(
     name: Annotated[str, typer.Argument(help="experiment name in experiments.yaml")],
     experiments: Annotated[Path | None, typer.Option("--experiments", "-e", help="experiments file")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override an option: key=value")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="override an option: key=value")
+    ] = None,
     queue_only: Annotated[bool, typer.Option("--queue", help="only queue the run(s) for a worker")] = False,
 ) -> None:
     """Queue experiment NAME and train it in the foreground with a live progress display."""
@@ -113,7 +115,9 @@ def run(
         print_summary(registry, r["id"])
         if row["status"] == "cancelled":
             for rest in runs[i + 1 :]:
-                registry.set_status(rest["id"], "cancelled", "cancelled with the run before it", only_from=("queued",))
+                registry.set_status(
+                    rest["id"], "cancelled", "cancelled with the run before it", only_from=("queued",)
+                )
             raise typer.Exit(130)
         if row["status"] != "done":
             worst = 1
@@ -165,7 +169,9 @@ def runs_cmd(
         from dwc_core.launcher import reap_lost
 
         reap_lost(registry, socket.gethostname())
-        rows = [_run_summary(r) for r in registry.runs(experiment or None, status or None, include_deleted=all_)]
+        rows = [
+            _run_summary(r) for r in registry.runs(experiment or None, status or None, include_deleted=all_)
+        ]
     if fmt == "table":
         if not rows:
             err.print("no runs yet — start one with `dwc run demo`")
@@ -209,7 +215,13 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
         info.append(f"[red]error {row['error']}[/]")
     out.print(Panel("\n".join(info), title="run", expand=False))
     cfg = {k: row["config"][k] for k in ("dataset", "model", "trainer", "eval") if k in row["config"]}
-    out.print(Panel(Syntax(yaml.safe_dump(cfg, sort_keys=False), "yaml", theme="ansi_dark"), title="config", expand=False))
+    out.print(
+        Panel(
+            Syntax(yaml.safe_dump(cfg, sort_keys=False), "yaml", theme="ansi_dark"),
+            title="config",
+            expand=False,
+        )
+    )
     if evals:
         out.print(results_table(registry, run_id))
     emit([{"time": when(e["time"]), "kind": e["kind"], "message": e["message"]} for e in events[-15:]],
@@ -220,8 +232,12 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
 @app.command(rich_help_panel="Results")
 @handle_errors
 def compare(
-    names: Annotated[list[str] | None, typer.Argument(help="experiments to compare (default: all with results)")] = None,
-    per_run: Annotated[bool, typer.Option("--runs", help="one row per run instead of per experiment")] = False,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="experiments to compare (default: all with results)")
+    ] = None,
+    per_run: Annotated[
+        bool, typer.Option("--runs", help="one row per run instead of per experiment")
+    ] = False,
     fmt: FormatOpt = "table",
 ) -> None:
     """Results table: best Recall@K per experiment (mean ± std over seeds/runs)."""
@@ -245,7 +261,12 @@ def compare(
                  "method": r["config"]["model"]["name"], "dataset": r["config"]["dataset"]["name"]}  # fmt: skip
             d.update({k: r["best_metrics"].get(k) for k in keys})
             table_rows.append(d)
-        emit(table_rows, ["experiment", "run", "method", "dataset", "seed", *keys], fmt, title="best epoch per run")
+        emit(
+            table_rows,
+            ["experiment", "run", "method", "dataset", "seed", *keys],
+            fmt,
+            title="best epoch per run",
+        )
         return
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -302,7 +323,9 @@ def resume(
         return
     from dwc_tui.supervise import print_summary, run_foreground
 
-    row = run_foreground(registry, _project() / "runs" / "registry.db", registry.get(run_id), sys.stderr.isatty())
+    row = run_foreground(
+        registry, _project() / "runs" / "registry.db", registry.get(run_id), sys.stderr.isatty()
+    )
     print_summary(registry, run_id)
     raise typer.Exit(0 if row["status"] == "done" else 130 if row["status"] == "cancelled" else 1)
 

@@ -17,7 +17,9 @@ out = Console(soft_wrap=False)
 err = Console(stderr=True)
 
 
-def emit(rows: list[dict], columns: Sequence[str], fmt: str, title: str | None = None, styles: dict | None = None) -> None:
+def emit(
+    rows: list[dict], columns: Sequence[str], fmt: str, title: str | None = None, styles: dict | None = None
+) -> None:
     """Print ``rows`` (dicts) restricted to ``columns`` in format ``fmt``."""
     if fmt == "json":
         print(json.dumps(rows, indent=2, default=str))

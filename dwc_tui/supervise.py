@@ -14,7 +14,14 @@ from pathlib import Path
 
 from rich.console import Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from dwc_core import launcher
@@ -99,7 +106,9 @@ def run_foreground(registry: Registry, registry_path: Path, run: dict, interacti
     try:
         return follow(registry, run["id"], proc, interactive)
     except KeyboardInterrupt:
-        err.print("[yellow]Ctrl-C: cancelling the run (it saves a checkpoint first; Ctrl-C again to kill)…[/]")
+        err.print(
+            "[yellow]Ctrl-C: cancelling the run (it saves a checkpoint first; Ctrl-C again to kill)…[/]"
+        )
         previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
             launcher.terminate(proc.pid, grace_s=120, proc=proc)
@@ -121,7 +130,9 @@ def results_table(registry: Registry, run_id: int) -> Table:
             if is_headline(k) and k not in keys:
                 keys.append(k)
     keys.sort(key=metric_order)
-    table = Table(title=f"{row['experiment']} #{run_id} — {row['status']}", show_edge=False, header_style="bold")
+    table = Table(
+        title=f"{row['experiment']} #{run_id} — {row['status']}", show_edge=False, header_style="bold"
+    )
     table.add_column("epoch", justify="right")
     table.add_column("split")
     for k in keys:

@@ -231,6 +231,7 @@ MIT_FOLDERS = {
     "small dog": 1,
     "new wheel": 1,
     "old wheel": 1,
+    "old persimmon": 1,
     "ripe persimmon": 2,
     "unripe persimmon": 1,
     "adj apple": 2,  # unlabelled: left out

@@ -112,7 +112,9 @@ def test_attention_has_no_output_projection_and_no_residual_from_z():
 
 def test_interaction_parameter_count_and_every_parameter_gets_a_gradient():
     module = InteractionModule(D, 16, 8)
-    assert sum(p.numel() for p in module.parameters()) == 19_328  # baselines.md §1.7, verified on the original
+    assert (
+        sum(p.numel() for p in module.parameters()) == 19_328
+    )  # baselines.md §1.7, verified on the original
     model = make_model()
     batch = make_batch()
     terms = model.loss_terms(batch.ref, batch.texts, batch.target)
@@ -202,7 +204,9 @@ def test_state_dict_round_trip_gives_identical_embeddings():
     other.eval()
     batch = make_batch(seed=3)
     with torch.no_grad():
-        assert torch.equal(model.encode_queries(batch.ref, batch.texts), other.encode_queries(batch.ref, batch.texts))
+        assert torch.equal(
+            model.encode_queries(batch.ref, batch.texts), other.encode_queries(batch.ref, batch.texts)
+        )
         assert torch.equal(model.encode_gallery(batch.target), other.encode_gallery(batch.target))
 
 
@@ -215,7 +219,9 @@ def test_bad_options_raise_config_error():
 
 def test_glove_initialises_known_words(tmp_path):
     glove = tmp_path / "glove.txt"
-    glove.write_text("red " + " ".join(["0.5"] * 8) + "\nzebra " + " ".join(["1"] * 8) + "\n", encoding="utf-8")
+    glove.write_text(
+        "red " + " ".join(["0.5"] * 8) + "\nzebra " + " ".join(["1"] * 8) + "\n", encoding="utf-8"
+    )
     model = make_model(text={"word_dim": 8, "glove": str(glove)})
     emb = model.text.embedding.weight
     assert torch.equal(emb[model.text.vocab.index["red"]], torch.full((8,), 0.5))

@@ -91,7 +91,9 @@ def test_combiner_gradients_reach_every_linear_layer():
 def test_defaults_image_stats_and_shapes():
     model = make_model(projection_dim=None, hidden_dim=None)
     assert model.image_mean == CLIP_MEAN and model.image_std == CLIP_STD
-    assert model.combiner.text_proj.out_features == 4 * C and model.combiner.combiner_layer.out_features == 8 * C
+    assert (
+        model.combiner.text_proj.out_features == 4 * C and model.combiner.combiner_layer.out_features == 8 * C
+    )
     model.eval()
     batch = make_batch()
     q, g = model.encode_queries(batch.ref, batch.texts), model.encode_gallery(batch.target)
@@ -126,7 +128,9 @@ def test_frozen_clip_step_trains_only_the_combiner():
     assert not any(p.requires_grad for p in model.clip.parameters())
     opt = model.make_optimizers(trainer_cfg())["main"]
     assert isinstance(opt, torch.optim.Adam)
-    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.combiner.parameters()}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in model.combiner.parameters()
+    }
     clip_before = {k: v.clone() for k, v in model.clip.state_dict().items()}
     comb_before = {n: p.detach().clone() for n, p in model.combiner.named_parameters()}
     out = model.train_step(make_batch(), StepContext({"main": opt}, autocast=contextlib.nullcontext))
@@ -148,7 +152,9 @@ def test_trainable_clip_stage1_sum():
     with torch.no_grad():
         img = model.clip.encode_image(model.prepare_images(batch.ref))
         txt = model.clip.encode_text(batch.texts)
-        assert torch.allclose(model.encode_queries(batch.ref, batch.texts), F.normalize(img + txt, dim=1), atol=1e-5)
+        assert torch.allclose(
+            model.encode_queries(batch.ref, batch.texts), F.normalize(img + txt, dim=1), atol=1e-5
+        )
     model.train()
     before = {n: p.detach().clone() for n, p in model.clip.named_parameters()}
     model.train_step(batch, StepContext({"main": opt}, autocast=contextlib.nullcontext))
@@ -191,5 +197,7 @@ def test_state_dict_round_trip_gives_identical_embeddings():
     other.eval()
     batch = make_batch(seed=3)
     with torch.no_grad():
-        assert torch.equal(model.encode_queries(batch.ref, batch.texts), other.encode_queries(batch.ref, batch.texts))
+        assert torch.equal(
+            model.encode_queries(batch.ref, batch.texts), other.encode_queries(batch.ref, batch.texts)
+        )
         assert torch.equal(model.encode_gallery(batch.target), other.encode_gallery(batch.target))

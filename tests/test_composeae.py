@@ -87,7 +87,9 @@ def test_conjugate_negates_only_the_imaginary_half():
     assert not torch.allclose(plus[:, D:], torch.zeros(B, D))
     assert torch.equal(parts_plus[:, 2], z)  # [φ, δ, z, re, im]
     phi, delta = parts_plus[:, 0], parts_plus[:, 1]
-    assert torch.allclose(plus[:, :D], phi * torch.cos(delta)) and torch.allclose(plus[:, D:], phi * torch.sin(delta))
+    assert torch.allclose(plus[:, :D], phi * torch.cos(delta)) and torch.allclose(
+        plus[:, D:], phi * torch.sin(delta)
+    )
 
 
 def test_fusion_weights_and_independent_projections(model):
@@ -158,7 +160,12 @@ def test_text_encoder_is_frozen_and_cached():
     model.train()
     assert not enc.training and not enc.clip.training
     assert not any(p.requires_grad for p in enc.parameters())
-    opt_params = {id(p) for o in model.make_optimizers(trainer_cfg(1e-2)).values() for g in o.param_groups for p in g["params"]}
+    opt_params = {
+        id(p)
+        for o in model.make_optimizers(trainer_cfg(1e-2)).values()
+        for g in o.param_groups
+        for p in g["params"]
+    }
     assert not opt_params & {id(p) for p in enc.parameters()}
     first = model.text_features(TEXTS)
     assert set(enc._cache) == set(TEXTS)
@@ -176,7 +183,9 @@ def test_optimizer_groups_and_step_changes_only_trainable():
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
     lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lrs[id(next(model.cnn.parameters()))] == pytest.approx(1e-3)
-    assert lrs[id(model.img_fc.weight)] == pytest.approx(1e-2) and lrs[id(model.composer.a)] == pytest.approx(1e-2)
+    assert lrs[id(model.img_fc.weight)] == pytest.approx(1e-2) and lrs[id(model.composer.a)] == pytest.approx(
+        1e-2
+    )
     adam = make_model(optimizer="adam").make_optimizers(trainer_cfg(1e-4))["main"]
     assert isinstance(adam, torch.optim.Adam)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -192,11 +201,19 @@ def test_optimizer_groups_and_step_changes_only_trainable():
 def test_overfits_a_fixed_batch():
     model = make_model(optimizer="adam")
     batch = make_batch()
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = float(model.loss_terms(batch.ref, batch.texts, batch.target)["loss"])
+        model.train()
+        return value
+
+    before = eval_loss()
     ctx = step_ctx(model, lr=1e-3)
-    first = float(model.train_step(batch, ctx)["loss"])
-    for _ in range(19):
-        last = float(model.train_step(batch, ctx)["loss"])
-    assert last < 0.5 * first
+    losses = [float(model.train_step(batch, ctx)["loss"]) for _ in range(20)]
+    assert sum(losses[-5:]) < 0.4 * sum(losses[:5])  # dropout 0.5 makes single steps noisy
+    assert eval_loss() < 0.5 * before
 
 
 def test_state_dict_round_trip_gives_identical_embeddings():
@@ -208,7 +225,9 @@ def test_state_dict_round_trip_gives_identical_embeddings():
     other.eval()
     batch = make_batch(seed=3)
     with torch.no_grad():
-        assert torch.equal(model.encode_queries(batch.ref, batch.texts), other.encode_queries(batch.ref, batch.texts))
+        assert torch.equal(
+            model.encode_queries(batch.ref, batch.texts), other.encode_queries(batch.ref, batch.texts)
+        )
         assert torch.equal(model.encode_gallery(batch.target), other.encode_gallery(batch.target))
 
 

@@ -46,7 +46,9 @@ def test_create_claim_lifecycle(tmp_path):
 def test_metrics_long_table_replaces_duplicates_and_trims_on_resume(tmp_path):
     reg = make(tmp_path)
     rid = reg.create_run("demo", default_config(), tmp_path / "runs")["id"]
-    reg.log_metrics(rid, [{"step": s, "epoch": 1, "split": "train", "name": "loss", "value": 1 / s} for s in (1, 2, 3)])
+    reg.log_metrics(
+        rid, [{"step": s, "epoch": 1, "split": "train", "name": "loss", "value": 1 / s} for s in (1, 2, 3)]
+    )
     reg.log_metrics(rid, [{"step": 3, "epoch": 1, "split": "train", "name": "loss", "value": 9.0}])
     rows = reg.metrics(rid, name="loss")
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["value"] == 9.0
@@ -97,13 +99,17 @@ def test_query_results_pruned_to_best_and_last(tmp_path):
     rid = reg.create_run("demo", default_config(), tmp_path / "runs")["id"]
     eids = []
     for epoch in (1, 2, 3):
-        eid = reg.add_evaluation(rid, epoch=epoch, step=epoch, kind="epoch", split="test", metrics={"mean": epoch})
+        eid = reg.add_evaluation(
+            rid, epoch=epoch, step=epoch, kind="epoch", split="test", metrics={"mean": epoch}
+        )
         eids.append(eid)
         row = {"eval_set": "test", "qidx": 0, "ref_id": "a", "text": "t", "target_ids": ["b"],
                "topk_ids": ["b"], "topk_scores": [1.0], "target_rank": 1}  # fmt: skip
         reg.add_query_results(rid, eid, [row])
     reg.prune_query_results(rid, keep=[eids[0], eids[2]])
-    assert len(reg.query_results(eids[0])) == 1 and not reg.query_results(eids[1]) and reg.query_results(eids[2])
+    assert (
+        len(reg.query_results(eids[0])) == 1 and not reg.query_results(eids[1]) and reg.query_results(eids[2])
+    )
 
 
 def test_corrupt_registry_file_is_a_clear_error(tmp_path):

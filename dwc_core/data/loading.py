@@ -90,7 +90,9 @@ class ImageCache:
                 if pixels.shape[:2] != (size, size):
                     from PIL import Image
 
-                    pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC))
+                    pixels = np.asarray(
+                        Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
+                    )
             else:
                 pixels = decode_image(rec.path, size)
             out[i] = pixels
@@ -105,7 +107,6 @@ class ImageCache:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 list(pool.map(one, range(self.count)))
             out.flush()
-            del out
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -51,7 +51,9 @@ def position_name(pos: int, grid: int) -> str:
 def describe(scene: Scene, grid: int) -> str:
     if not scene:
         return "an empty scene"
-    return ", ".join(f"{size} {color} {shape} at {position_name(pos, grid)}" for shape, color, size, pos in scene)
+    return ", ".join(
+        f"{size} {color} {shape} at {position_name(pos, grid)}" for shape, color, size, pos in scene
+    )
 
 
 def _canon(objs) -> Scene:
@@ -145,7 +147,9 @@ class _Generator:
                 color = self.rng.choice([c for c in COLORS if c != obj[1]])
                 if not allow_held and (obj[0], color) in self.held_out:
                     return None
-                text = self.rng.choice(("make {n} {c}", "change {n} to {c}", "paint {n} {c}")).format(n=name, c=color)
+                text = self.rng.choice(("make {n} {c}", "change {n} to {c}", "paint {n} {c}")).format(
+                    n=name, c=color
+                )
                 objs[i] = (obj[0], color, obj[2], obj[3])
             elif kind == "size":
                 size = "large" if obj[2] == "small" else "small"

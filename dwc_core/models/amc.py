@@ -164,7 +164,9 @@ def load_glove(embedding: nn.Embedding, vocab: Vocabulary, path: str) -> int:
     """
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise ConfigError(f"model.text.glove: no such file '{path}'. Give a GloVe .txt file, or null for random init.")
+        raise ConfigError(
+            f"model.text.glove: no such file '{path}'. Give a GloVe .txt file, or null for random init."
+        )
     dim = embedding.embedding_dim
     found = 0
     weight = embedding.weight.data
@@ -220,7 +222,9 @@ class AMC(Method):
         if dim % heads != 0:
             raise ConfigError(f"model.embed_dim = {dim} must be divisible by model.heads = {heads}.")
         if dim < 2:
-            raise ConfigError(f"model.embed_dim = {dim} must be at least 2 (the FFN hidden size is embed_dim // 2).")
+            raise ConfigError(
+                f"model.embed_dim = {dim} must be at least 2 (the FFN hidden size is embed_dim // 2)."
+            )
         self.cnn = build_cnn(opts["cnn"]["arch"], opts["cnn"]["pretrained"])
         self.img_proj = nn.Conv2d(self.cnn.out_channels, dim, kernel_size=1, bias=False)
         vocab = Vocabulary(ctx.train_texts)
@@ -256,7 +260,9 @@ class AMC(Method):
     def target_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_tokens(images).mean(dim=1)
 
-    def loss_terms(self, ref: torch.Tensor, texts: list[str], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(
+        self, ref: torch.Tensor, texts: list[str], target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         out = self.compose(ref, texts)
         q, q1 = out["q"].float(), out["q1"].float()
         t = self.target_features(target).float()

@@ -188,5 +188,7 @@ def build_method(opts: dict, ctx: BuildContext) -> Method:
 
     name = opts["name"]
     if name not in METHODS:
-        raise ConfigError(f"model.name = {name!r} is not a known method. Allowed: {' | '.join(sorted(METHODS))}.")
+        raise ConfigError(
+            f"model.name = {name!r} is not a known method. Allowed: {' | '.join(sorted(METHODS))}."
+        )
     return METHODS[name](opts, ctx)

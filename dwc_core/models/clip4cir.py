@@ -103,7 +103,9 @@ class CLIP4Cir(Method):
             return F.normalize(image + text, dim=-1)
         return self.combiner(image, text)[0]
 
-    def loss_terms(self, ref: torch.Tensor, texts: list[str], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(
+        self, ref: torch.Tensor, texts: list[str], target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         query = self.combine(self.image_features(ref), self.text_features(texts)).float()
         gallery = F.normalize(self.image_features(target), dim=-1)
         logits = self.logit_scale * query @ gallery.t()

@@ -85,9 +85,13 @@ class ComplexProjection(nn.Module):
         self.img = nn.Sequential(
             nn.BatchNorm1d(dim), nn.Linear(dim, dim), nn.Dropout(0.5), nn.ReLU(), nn.Linear(dim, dim)
         )
-        self.txt = nn.Sequential(nn.BatchNorm1d(text_dim), nn.Linear(text_dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.txt = nn.Sequential(
+            nn.BatchNorm1d(text_dim), nn.Linear(text_dim, dim), nn.ReLU(), nn.Linear(dim, dim)
+        )
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, conjugate: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, t: torch.Tensor, conjugate: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         phi = self.img(z)
         delta = self.txt(t)
         re = phi * torch.cos(delta)
@@ -117,14 +121,18 @@ class ConvMapping(nn.Module):
         self.conv = nn.Conv1d(5, channels, kernel_size=3, padding=1)
         self.pool = nn.AdaptiveMaxPool1d(pool)
         flat = channels * pool
-        self.net = nn.Sequential(nn.BatchNorm1d(flat), nn.ReLU(), nn.Linear(flat, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.net = nn.Sequential(
+            nn.BatchNorm1d(flat), nn.ReLU(), nn.Linear(flat, dim), nn.ReLU(), nn.Linear(dim, dim)
+        )
 
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
         return self.net(self.pool(self.conv(stacked)).flatten(1))
 
 
 def _decoder(dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm1d(dim), nn.ReLU(), nn.Linear(dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
+    return nn.Sequential(
+        nn.BatchNorm1d(dim), nn.ReLU(), nn.Linear(dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim)
+    )
 
 
 class ComposeAEComposer(nn.Module):
@@ -133,7 +141,9 @@ class ComposeAEComposer(nn.Module):
 
     def __init__(self, dim: int, text_dim: int, conv_channels: int, pool_len: int):
         super().__init__()
-        self.a = nn.Parameter(torch.tensor([1.0, 10.0, 1.0, 1.0]))  # only a[0] (conv) and a[1] (linear) are used
+        self.a = nn.Parameter(
+            torch.tensor([1.0, 10.0, 1.0, 1.0])
+        )  # only a[0] (conv) and a[1] (linear) are used
         self.proj_linear = ComplexProjection(dim, text_dim)
         self.proj_conv = ComplexProjection(dim, text_dim)
         self.linear = LinearMapping(dim)
@@ -164,7 +174,9 @@ class ComposeAE(Method):
         self.composer = ComposeAEComposer(
             dim, self.text_encoder.out_dim, int(opts["conv_channels"]), int(opts["pool_len"])
         )
-        self.norm_scale = nn.Parameter(torch.tensor(4.0))  # s, shared by every normalisation inside the losses
+        self.norm_scale = nn.Parameter(
+            torch.tensor(4.0)
+        )  # s, shared by every normalisation inside the losses
 
     # ------------------------------------------------------------------------------------------ features
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -183,7 +195,9 @@ class ComposeAE(Method):
             return losses.soft_triplet(query, target)
         return losses.batch_based_classification(query, target)
 
-    def loss_terms(self, ref: torch.Tensor, texts: list[str], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(
+        self, ref: torch.Tensor, texts: list[str], target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         z_src = self.image_features(ref)
         z_tgt = self.image_features(target)
         t = self.text_features(texts).to(z_src.dtype)

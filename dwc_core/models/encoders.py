@@ -90,7 +90,9 @@ def load_state_dict_file(module: nn.Module, path: str, what: str, strict: bool =
     """Load weights from a local file (a state_dict, or a checkpoint holding one under 'state_dict'/'model')."""
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise ConfigError(f"{what}: no such file '{path}'. Allowed: imagenet | none | a path to a .pth state_dict.")
+        raise ConfigError(
+            f"{what}: no such file '{path}'. Allowed: imagenet | none | a path to a .pth state_dict."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -135,7 +137,9 @@ class Vocabulary(nn.Module):
     def __len__(self) -> int:
         return len(self.words)
 
-    def encode(self, texts: list[str], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, texts: list[str], device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ids = [[self.index.get(w, 0) for w in tokenize(t)] or [0] for t in texts]
         lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
         out = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)

@@ -22,7 +22,11 @@ class TirgComposer(nn.Module):
         self.a = nn.Parameter(torch.tensor([1.0, 10.0, 1.0, 1.0]))
         self.gate = nn.Sequential(nn.BatchNorm1d(2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
         self.res = nn.Sequential(
-            nn.BatchNorm1d(2 * dim), nn.ReLU(), nn.Linear(2 * dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim)
+            nn.BatchNorm1d(2 * dim),
+            nn.ReLU(),
+            nn.Linear(2 * dim, 2 * dim),
+            nn.ReLU(),
+            nn.Linear(2 * dim, dim),
         )
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
@@ -68,7 +72,9 @@ class TIRG(Method):
     def make_optimizers(self, trainer: dict) -> dict[str, torch.optim.Optimizer]:
         groups = self.param_groups(trainer)["main"]
         if self.opts.get("optimizer", "adam") == "sgd":
-            opt = torch.optim.SGD(groups, lr=trainer["lr"], momentum=0.9, weight_decay=trainer["weight_decay"])
+            opt = torch.optim.SGD(
+                groups, lr=trainer["lr"], momentum=0.9, weight_decay=trainer["weight_decay"]
+            )
         else:
             opt = torch.optim.Adam(groups, lr=trainer["lr"], weight_decay=trainer["weight_decay"])
         return {"main": opt}

@@ -36,7 +36,9 @@ PER_DATASET: dict[str, Section] = {
         ),
     },
     "fashioniq": {
-        "category": Opt("str", "dress", choices=("dress", "shirt", "toptee", "all"), help="FashionIQ category"),
+        "category": Opt(
+            "str", "dress", choices=("dress", "shirt", "toptee", "all"), help="FashionIQ category"
+        ),
         "image_dir": Opt("str", "all_imgs", help="image folder under root (DWC: all_imgs, CLIP4Cir: images)"),
         "image_ext": Opt("str", "png", help="image file extension (DWC: png, CLIP4Cir: jpg)"),
         "protocol": Opt(
@@ -46,12 +48,21 @@ PER_DATASET: dict[str, Section] = {
             help="preset for gallery, mask_reference and text",
         ),
         "gallery": Opt("str", None, nullable=True, choices=("val_union", "split_all"), help="test gallery"),
-        "mask_reference": Opt("bool", None, nullable=True, help="remove the reference image from the ranking"),
-        "text": Opt("str", None, nullable=True, choices=("dwc", "joined", "per_caption"), help="query text form"),
+        "mask_reference": Opt(
+            "bool", None, nullable=True, help="remove the reference image from the ranking"
+        ),
+        "text": Opt(
+            "str", None, nullable=True, choices=("dwc", "joined", "per_caption"), help="query text form"
+        ),
     },
     "shoes": {},
     "fashion200k": {
-        "text": Opt("str", "tirg", choices=("tirg", "dwc"), help='"replace X with Y" (tirg) or with " and get <target caption>" (dwc)'),
+        "text": Opt(
+            "str",
+            "tirg",
+            choices=("tirg", "dwc"),
+            help='"replace X with Y" (tirg) or with " and get <target caption>" (dwc)',
+        ),
     },
     "css3d": {
         "render_2d": Opt("bool", False, help="render the 2D version of each scene from objects_img"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dwc_core.schema import Opt, Section
 
 CNN: Section = {
-    "arch": Opt("str", "resnet18", choices=("resnet18", "resnet50", "tiny"), help="torchvision CNN or a tiny CPU CNN"),
+    "arch": Opt(
+        "str", "resnet18", choices=("resnet18", "resnet50", "tiny"), help="torchvision CNN or a tiny CPU CNN"
+    ),
     "pretrained": Opt("str", "none", help="imagenet | none | path to a state_dict file"),
 }
 
@@ -15,8 +17,12 @@ LSTM_TEXT: Section = {
 }
 
 AMC_CNN: Section = {
-    "arch": Opt("str", "resnet50", choices=("resnet18", "resnet50", "tiny"), help="backbone (original: resnet50)"),
-    "pretrained": Opt("str", "imagenet", help="imagenet | none | path to a state_dict file (original: imagenet)"),
+    "arch": Opt(
+        "str", "resnet50", choices=("resnet18", "resnet50", "tiny"), help="backbone (original: resnet50)"
+    ),
+    "pretrained": Opt(
+        "str", "imagenet", help="imagenet | none | path to a state_dict file (original: imagenet)"
+    ),
 }
 
 CLIP: Section = {
@@ -74,18 +80,27 @@ METHODS: dict[str, Section] = {
             choices=("batch_based_classification", "soft_triplet"),
             help="training loss",
         ),
-        "optimizer": Opt("str", "adam", choices=("adam", "sgd"), help="adam, or SGD with momentum 0.9 (original TIRG)"),
-        "backbone_lr_mult": Opt("float", 1.0, help="lr multiplier of the CNN backbone (original: 0.1)", min=0),
+        "optimizer": Opt(
+            "str", "adam", choices=("adam", "sgd"), help="adam, or SGD with momentum 0.9 (original TIRG)"
+        ),
+        "backbone_lr_mult": Opt(
+            "float", 1.0, help="lr multiplier of the CNN backbone (original: 0.1)", min=0
+        ),
     },
     "amc": {
-        "embed_dim": Opt("int", 1024, help="token/query size D (= LSTM hidden size); divisible by heads", min=2),
+        "embed_dim": Opt(
+            "int", 1024, help="token/query size D (= LSTM hidden size); divisible by heads", min=2
+        ),
         "hid_router": Opt("int", 512, help="router hidden size", min=1),
         "heads": Opt("int", 8, help="attention heads of the GlobalCell", min=1),
         "cnn": AMC_CNN,
         "text": {
             "word_dim": Opt("int", 300, help="word embedding size (300 = GloVe)", min=1),
             "glove": Opt(
-                "path", None, nullable=True, help="GloVe .txt file to initialise the word embeddings (null = random)"
+                "path",
+                None,
+                nullable=True,
+                help="GloVe .txt file to initialise the word embeddings (null = random)",
             ),
         },
         "class_weight": Opt("float", 1.0, help="weight of CE(10·cos) query→target", min=0),
@@ -94,16 +109,26 @@ METHODS: dict[str, Section] = {
     "composeae": {
         "embed_dim": Opt("int", 512, help="image feature size d (fc output) = composed size", min=1),
         "cnn": {
-            "arch": Opt("str", "resnet18", choices=("resnet18", "resnet50", "tiny"), help="original: resnet18"),
-            "pretrained": Opt("str", "imagenet", help="imagenet | none | a state_dict file (original: imagenet)"),
+            "arch": Opt(
+                "str", "resnet18", choices=("resnet18", "resnet50", "tiny"), help="original: resnet18"
+            ),
+            "pretrained": Opt(
+                "str", "imagenet", help="imagenet | none | a state_dict file (original: imagenet)"
+            ),
         },
         "text_encoder": {
-            "arch": Opt("str", "ViT-B-32", help="open_clip model whose frozen text tower replaces BERT (tiny: CPU)"),
-            "pretrained": Opt("str", "openai", help="open_clip tag (openai), a local weights file, or none (random)"),
+            "arch": Opt(
+                "str", "ViT-B-32", help="open_clip model whose frozen text tower replaces BERT (tiny: CPU)"
+            ),
+            "pretrained": Opt(
+                "str", "openai", help="open_clip tag (openai), a local weights file, or none (random)"
+            ),
             "cache": Opt("bool", True, help="memoise the frozen sentence vectors per caption"),
         },
         "conv_channels": Opt("int", 64, help="Conv1d channels C of the conv mapping (original 64)", min=1),
-        "pool_len": Opt("int", 16, help="adaptive max-pool length P of the conv mapping (original 16)", min=1),
+        "pool_len": Opt(
+            "int", 16, help="adaptive max-pool length P of the conv mapping (original 16)", min=1
+        ),
         "loss": Opt(
             "str",
             "batch_based_classification",
@@ -113,26 +138,46 @@ METHODS: dict[str, Section] = {
         "img_rec_weight": Opt("float", 0.1, help="weight of the image reconstruction MSE", min=0),
         "txt_rec_weight": Opt("float", 0.1, help="weight of the text reconstruction MSE", min=0),
         "rot_weight": Opt("float", 0.01, help="weight of the rotational-symmetry loss", min=0),
-        "optimizer": Opt("str", "sgd", choices=("sgd", "adam"), help="SGD momentum 0.9 (original, lr 1e-2) or Adam"),
+        "optimizer": Opt(
+            "str", "sgd", choices=("sgd", "adam"), help="SGD momentum 0.9 (original, lr 1e-2) or Adam"
+        ),
         "backbone_lr_mult": Opt("float", 0.1, help="lr multiplier of the CNN backbone (not its fc)", min=0),
     },
     "clip4cir": {
         "clip": {
             "arch": Opt("str", "RN50x4", help="open_clip architecture (original RN50x4; tiny, tiny-rn: CPU)"),
-            "pretrained": Opt("str", "openai", help="open_clip tag (openai), a local weights file (e.g. a stage-1 "
-                              "checkpoint), or none (random)"),
-            "trainable": Opt("bool", False, help="fine-tune CLIP too (stage 1; with combiner: sum exactly stage 1)"),
-            "lr_mult": Opt("float", 1.0, help="CLIP's lr multiplier when trainable (stage 1 2e-6 vs 2e-5)", min=0),
+            "pretrained": Opt(
+                "str",
+                "openai",
+                help="open_clip tag (openai), a local weights file (e.g. a stage-1 "
+                "checkpoint), or none (random)",
+            ),
+            "trainable": Opt(
+                "bool", False, help="fine-tune CLIP too (stage 1; with combiner: sum exactly stage 1)"
+            ),
+            "lr_mult": Opt(
+                "float", 1.0, help="CLIP's lr multiplier when trainable (stage 1 2e-6 vs 2e-5)", min=0
+            ),
         },
         "combiner": Opt(
-            "str", "combiner", choices=("combiner", "sum"), help="the Combiner network, or the L2norm(i + t) baseline"
+            "str",
+            "combiner",
+            choices=("combiner", "sum"),
+            help="the Combiner network, or the L2norm(i + t) baseline",
         ),
-        "projection_dim": Opt("int", None, nullable=True, help="Combiner projection size P (null = 4·CLIP dim)", min=1),
-        "hidden_dim": Opt("int", None, nullable=True, help="Combiner hidden size H (null = 8·CLIP dim)", min=1),
+        "projection_dim": Opt(
+            "int", None, nullable=True, help="Combiner projection size P (null = 4·CLIP dim)", min=1
+        ),
+        "hidden_dim": Opt(
+            "int", None, nullable=True, help="Combiner hidden size H (null = 8·CLIP dim)", min=1
+        ),
         "dropout": Opt("float", 0.5, help="Combiner dropout", min=0, max=1),
         "logit_scale": Opt("float", 100.0, help="fixed logit scale of the CE loss (temperature 0.01)", min=0),
         "optimizer": Opt(
-            "str", "adam", choices=("adam", "adamw"), help="adam (stage 2, wd 0) or adamw (stage 1, eps 1e-7, wd 0.01)"
+            "str",
+            "adam",
+            choices=("adam", "adamw"),
+            help="adam (stage 2, wd 0) or adamw (stage 1, eps 1e-7, wd 0.01)",
         ),
     },
 }

@@ -28,7 +28,9 @@ TRAINER: Section = {
         choices=("test", "val_split", "last"),
         help="model selection: test split (as the papers do), a held-out slice of train, or the last epoch",
     ),
-    "val_fraction": Opt("float", 0.1, help="share of train held out when select_on=val_split", min=0, max=0.5),
+    "val_fraction": Opt(
+        "float", 0.1, help="share of train held out when select_on=val_split", min=0, max=0.5
+    ),
     "schedule": Opt("str", "constant", choices=("constant", "step", "cosine"), help="learning-rate schedule"),
     "lr_decay_epochs": Opt("list[int]", [], help="epochs at which the step schedule multiplies lr by gamma"),
     "gamma": Opt("float", 0.1, help="step-schedule factor", min=0),
