@@ -171,15 +171,26 @@ def encode_images(
 
 
 @torch.inference_mode()
-def encode_queries(method, cache: ImageCache, eval_set: EvalSet, device, batch_size: int, autocast):
+def encode_queries(method, cache: ImageCache, queries: list, device, batch_size: int, autocast):
     out = []
-    queries = eval_set.queries
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
         images = torch.from_numpy(cache.get([q.ref for q in chunk])).permute(0, 3, 1, 2).to(device)
         with autocast():
             out.append(method.encode_queries(images, [q.text for q in chunk]).float())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, 1, device=device)
+
+
+def _encode_sharded(encode, items: list, dist, device) -> torch.Tensor:
+    """Encode this rank's slice of ``items`` and gather every slice (all rows, in order) on every rank."""
+    if dist is None or not dist.enabled:
+        return encode(items)
+    start, stop, per = dist.shard(len(items))
+    local = encode(items[start:stop])
+    dim = dist.gather_dim(local.size(1) if local.size(0) else 0, device)
+    if local.size(0) == 0:
+        local = torch.zeros(0, dim, device=device)
+    return dist.gather_rows(local, len(items), per)
 
 
 def evaluate(
@@ -191,21 +202,37 @@ def evaluate(
     autocast,
     eval_sets: dict[str, EvalSet] | None = None,
     workers: int = 0,
-) -> EvalResult:
-    """Encode and score every evaluation set of ``ds`` with ``method`` (switched to eval mode and back)."""
+    dist=None,
+) -> EvalResult | None:
+    """Encode and score every evaluation set of ``ds`` with ``method`` (switched to eval mode and back).
+
+    With a data-parallel ``dist``, every rank encodes a slice; rank 0 scores and gets the result, the other
+    ranks get ``None``.
+    """
     was_training = method.training
     method.eval()
+    sets_in = eval_sets or ds.eval_sets
     try:
         sets = {}
         bs = int(eval_cfg.get("batch_size", 128))
-        for name, es in (eval_sets or ds.eval_sets).items():
+        for name, es in sets_in.items():
             ks = list(eval_cfg.get("ks") or es.ks)
-            g = encode_images(method, cache, es.gallery, device, bs, autocast, workers)
-            q = encode_queries(method, cache, es, device, bs, autocast)
-            sets[name] = score_set(
-                es, q, g, ks, int(eval_cfg.get("store_topk", 50)), int(eval_cfg.get("chunk_size", 2048))
+            g = _encode_sharded(
+                lambda idx: encode_images(method, cache, idx, device, bs, autocast, workers),
+                es.gallery,
+                dist,
+                device,
             )
-        ks_all = list(eval_cfg.get("ks") or next(iter((eval_sets or ds.eval_sets).values())).ks)
+            q = _encode_sharded(
+                lambda qs: encode_queries(method, cache, qs, device, bs, autocast), es.queries, dist, device
+            )
+            if dist is not None and not dist.is_main:
+                continue
+            keep, chunk = int(eval_cfg.get("store_topk", 50)), int(eval_cfg.get("chunk_size", 2048))
+            sets[name] = score_set(es, q, g, ks, keep, chunk)
+        if dist is not None and not dist.is_main:
+            return None
+        ks_all = list(eval_cfg.get("ks") or next(iter(sets_in.values())).ks)
         return EvalResult(combine(sets, ks_all), sets)
     finally:
         method.train(was_training)

@@ -26,6 +26,7 @@ from dwc_core import checkpoint, runtime
 from dwc_core.data import load_dataset
 from dwc_core.data.loading import ImageCache, TripletData, collate_triplets, loader_kwargs
 from dwc_core.data.types import EvalSet, Triplet
+from dwc_core.distributed import Dist
 from dwc_core.errors import ConfigError, DwcError, TrainingError
 from dwc_core.evaluate import EvalResult, evaluate, query_rows
 from dwc_core.models import BuildContext, build_method
@@ -108,7 +109,8 @@ class EMA:
 
 
 class Trainer:
-    def __init__(self, run_id: int, registry_path: Path):
+    def __init__(self, run_id: int, registry_path: Path, dist: Dist | None = None):
+        self.dist = dist or Dist()
         self.run_id = run_id
         self.registry_path = registry_path
         self.registry = Registry(registry_path)
@@ -119,7 +121,9 @@ class Trainer:
         self.run_dir = Path(self.row["run_dir"])
         self.project = registry_path.resolve().parent.parent
         self.stop_requested = threading.Event()
-        self.reporter = Reporter(registry_path, run_id, self.run_dir, float(self.tcfg["heartbeat_s"]))
+        self.reporter = Reporter(
+            registry_path, run_id, self.run_dir, float(self.tcfg["heartbeat_s"]), enabled=self.dist.is_main
+        )
         self.step = 0
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0
@@ -136,8 +140,8 @@ class Trainer:
         self.precision = runtime.effective_precision(t["precision"], self.device)
         self.autocast = runtime.autocast_factory(self.precision, self.device)
         commit, dirty = runtime.git_state(self.project)
-        self.registry.set_status(
-            self.run_id, "running", f"running on {runtime.hostname()} pid {os.getpid()}",
+        self._main(
+            self.registry.set_status, self.run_id, "running", f"running on {runtime.hostname()} pid {os.getpid()}",
             pid=os.getpid(), pgid=os.getpgid(0), host=runtime.hostname(), started=self.row["started"] or time.time(),
             device=runtime.device_name(self.device), versions={**runtime.versions(), "precision": self.precision},
             git_commit=commit, git_dirty=dirty, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -146,14 +150,19 @@ class Trainer:
         self.reporter.progress(phase="data")
         cache_dir = self.config["dataset"].get("cache_dir") or str(self.project / "runs" / ".cache")
         log(f"loading dataset {self.config['dataset']['name']} (cache {cache_dir})")
-        self.ds = load_dataset(self.config["dataset"], cache_dir)
-        self.cache = ImageCache(self.ds, int(self.config["dataset"]["image_size"]), cache_dir)
-        if not self.cache.is_built():
-            log(f"building the decoded-image cache: {self.cache.count} images at {self.cache.size}px")
-            self.reporter.progress(phase="cache")
-            self.cache.ensure(
-                progress=lambda d, n: self.reporter.progress(phase="cache", cache_done=d, cache_total=n)
-            )
+        if self.dist.is_main:  # rank 0 generates/decodes once; the other ranks wait, then read the result
+            self.ds = load_dataset(self.config["dataset"], cache_dir)
+            self.cache = ImageCache(self.ds, int(self.config["dataset"]["image_size"]), cache_dir)
+            if not self.cache.is_built():
+                log(f"building the decoded-image cache: {self.cache.count} images at {self.cache.size}px")
+                self.reporter.progress(phase="cache")
+                self.cache.ensure(
+                    progress=lambda d, n: self.reporter.progress(phase="cache", cache_done=d, cache_total=n)
+                )
+        self.dist.barrier()
+        if not self.dist.is_main:
+            self.ds = load_dataset(self.config["dataset"], cache_dir)
+            self.cache = ImageCache(self.ds, int(self.config["dataset"]["image_size"]), cache_dir)
         self.eval_sets = dict(self.ds.eval_sets)
         self.base_train: list[Triplet] | None = None
         if t["select_on"] == "val_split":
@@ -166,9 +175,14 @@ class Trainer:
             val.ks = list(next(iter(self.ds.eval_sets.values())).ks)
             self.val_set = {"val": val}
         skipped = sum(es.skipped_queries for es in self.eval_sets.values())
-        self.registry.update(self.run_id, skipped_queries=skipped)
+        self._main(self.registry.update, self.run_id, skipped_queries=skipped)
         if skipped:
-            self.registry.event(self.run_id, "warning", f"{skipped} test queries skipped (missing images)")
+            self._main(
+                self.registry.event,
+                self.run_id,
+                "warning",
+                f"{skipped} test queries skipped (missing images)",
+            )
         ctx = BuildContext(
             train_texts=[x.text for x in (self.base_train or self.ds.train_triplets(0, int(t["seed"])))],
             num_labels=self.ds.num_labels,
@@ -177,6 +191,7 @@ class Trainer:
             precision=self.precision,
         )
         self.method = build_method(self.config["model"], ctx).to(self.device)
+        self.dist.broadcast_module(self.method)
         if self.device.type == "cuda" and t["channels_last"]:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.optimizers = self.method.make_optimizers(t)
@@ -192,13 +207,20 @@ class Trainer:
                 child.compile()
         counts = self.method.parameter_counts()
         log(f"method {self.config['model']['name']}: {counts}")
-        self.registry.event(
-            self.run_id, "info", f"parameters {counts}; precision {self.precision}; device {self.device}"
-        )
+        self._main(
+            self.registry.event, self.run_id, "info",
+            f"parameters {counts}; precision {self.precision}; device {self.device}; world size {self.dist.world}",
+        )  # fmt: skip
+
+    def _main(self, fn, *args, **kwargs):
+        """Call ``fn`` on rank 0 only (registry writes, checkpoints)."""
+        if self.dist.is_main:
+            return fn(*args, **kwargs)
+        return None
 
     def _steps_per_epoch(self) -> int:
         n = len(self.base_train or self.ds.train_triplets(0, int(self.tcfg["seed"])))
-        steps = n // int(self.tcfg["batch_size"])
+        steps = n // (int(self.tcfg["batch_size"]) * self.dist.world)
         if self.tcfg["max_steps_per_epoch"]:
             steps = min(steps, int(self.tcfg["max_steps_per_epoch"]))
         if steps < 1:
@@ -224,7 +246,9 @@ class Trainer:
         }
 
     def save_last(self) -> None:
-        checkpoint.save_atomic(self._state(), self.run_dir / "last.pt")
+        if self.dist.is_main:
+            checkpoint.save_atomic(self._state(), self.run_dir / "last.pt")
+        self.dist.barrier()
 
     def resume_if_possible(self) -> bool:
         path = self.run_dir / "last.pt"
@@ -246,11 +270,11 @@ class Trainer:
         self.best_value, self.best_epoch, self.best_eval_id = best["value"], best["epoch"], best["eval_id"]
         self.nan_skipped = state.get("nan_skipped", 0)
         checkpoint.set_rng_state(state["rng"])
-        dropped = self.registry.delete_metrics_after(self.run_id, self.step)
-        self.registry.delete_evaluations_after(self.run_id, self.epoch)
+        dropped = self._main(self.registry.delete_metrics_after, self.run_id, self.step)
+        self._main(self.registry.delete_evaluations_after, self.run_id, self.epoch)
         msg = f"resumed from last.pt at epoch {self.epoch} step {self.step} (dropped {dropped} later metric rows)"
         log(msg)
-        self.registry.event(self.run_id, "resume", msg)
+        self._main(self.registry.event, self.run_id, "resume", msg)
         return True
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -260,22 +284,15 @@ class Trainer:
         if self.ema:
             self.ema.swap_in()
         try:
-            results = {
-                "test": evaluate(self.method, self.ds, self.cache, self.device, self.ecfg, self.autocast)
-            }
+            args = (self.method, self.ds, self.cache, self.device, self.ecfg, self.autocast)
+            results = {"test": evaluate(*args, dist=self.dist)}
             if self.tcfg["select_on"] == "val_split":
-                results["val"] = evaluate(
-                    self.method,
-                    self.ds,
-                    self.cache,
-                    self.device,
-                    self.ecfg,
-                    self.autocast,
-                    eval_sets=self.val_set,
-                )
+                results["val"] = evaluate(*args, eval_sets=self.val_set, dist=self.dist)
         finally:
             if self.ema:
                 self.ema.swap_out()
+        if not self.dist.is_main:
+            return
         seconds = time.time() - t0
         test: EvalResult = results["test"]
         select_split = {"test": "test", "val_split": "val", "last": "test"}[self.tcfg["select_on"]]
@@ -331,8 +348,10 @@ class Trainer:
         bs = int(self.tcfg["batch_size"])
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(len(triplets), generator=gen).tolist()
-        n_batches = self.steps_per_epoch
-        batches = [order[i * bs : (i + 1) * bs] for i in range(n_batches)][skip_batches:]
+        world, rank = self.dist.world, self.dist.rank
+        global_batches = [order[i * bs : (i + 1) * bs] for i in range(self.steps_per_epoch * world)]
+        batches = global_batches[rank::world][skip_batches:]  # each rank its share of every global step
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * rank)  # per-rank augmentation seeds
         data = TripletData(triplets, self.cache, self.config["dataset"]["augment"])
         workers = int(self.tcfg["num_workers"])
         return torch.utils.data.DataLoader(
@@ -346,14 +365,17 @@ class Trainer:
         start_batch = self.batch_in_epoch
         loader = self._loader(epoch, start_batch)
         ctx = StepContext(
-            self.optimizers, self.autocast, self.scalers, float(self.tcfg["grad_clip"]), self.step, epoch
-        )
+            self.optimizers, self.autocast, self.scalers, float(self.tcfg["grad_clip"]), self.step, epoch,
+            sync_gradients=self.dist.average_gradients if self.dist.enabled else None,
+            any_rank=(lambda flag: self.dist.any(flag, self.device)) if self.dist.enabled else None,
+        )  # fmt: skip
         t_epoch = time.time()
         t_log, steps_since = time.time(), 0
         sums: dict[str, torch.Tensor] = {}
         log_every = int(self.tcfg["log_every"])
         for ref, tgt, texts, labels in loader:
-            if self.stop_requested.is_set() or self.reporter.cancel_requested.is_set():
+            stop = self.stop_requested.is_set() or self.reporter.cancel_requested.is_set()
+            if self.dist.any(stop, self.device):  # every rank stops at the same step
                 raise Stop()
             nb = self.device.type == "cuda"
             batch = Batch(
@@ -372,9 +394,10 @@ class Trainer:
                         f"(trainer.nan_skip = {self.tcfg['nan_skip']}). Lower trainer.lr, set trainer.grad_clip, or "
                         f"use precision fp32/bf16."
                     ) from None
-                self.registry.event(
-                    self.run_id, "warning", f"skipped a batch with a non-finite loss at step {self.step + 1}"
-                )
+                self._main(
+                    self.registry.event, self.run_id, "warning",
+                    f"skipped a batch with a non-finite loss at step {self.step + 1}",
+                )  # fmt: skip
                 for o in self.optimizers.values():
                     o.zero_grad(set_to_none=True)
                 continue
@@ -464,8 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     registry = Registry(registry_path)
+    dist = Dist.from_env()
+    if not dist.is_main:  # only rank 0 records the run's outcome
+        registry.set_status = lambda *a, **k: None  # type: ignore[method-assign]
     try:
-        trainer = Trainer(args.run_id, registry_path)
+        trainer = Trainer(args.run_id, registry_path, dist)
         trainer.stop_requested = stop
         code = trainer.run()
         trainer.reporter.close()
@@ -501,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                 trainer.reporter.close()
         registry.set_status(args.run_id, "failed", message, error=message, exit_code=1)
         return 1
+    finally:
+        dist.close()
 
 
 if __name__ == "__main__":

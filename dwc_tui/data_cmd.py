@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 
 OTHER_SECTIONS = ("model", "trainer", "eval")
+SPLIT_COLUMNS = ("train_samples", "test_queries", "gallery_size", "missing_images", "skipped_queries")
 
 
 class Format(str, Enum):
@@ -63,27 +64,14 @@ def _fail(exc: DwcError) -> typer.Exit:
 
 
 def _print_report(report: dict) -> None:
-    out = Console(highlight=False)
-    out.print(
-        f"[bold]{report['dataset']}[/bold]  root: {report['root'] or '-'}  images: {report['images']}",
-        markup=True,
-    )
-    table = Table("split", "train samples", "test queries", "gallery", "missing images", "skipped queries")
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(f"{report['dataset']}  root: {report['root'] or '-'}  images: {report['images']}", markup=False)
+    table = Table("split")
+    for header in ("train samples", "queries", "gallery", "missing images", "skipped queries"):
+        table.add_column(header, justify="right")
     for name, s in report["splits"].items():
-        table.add_row(
-            name,
-            *(
-                str(s[k])
-                for k in (
-                    "train_samples",
-                    "test_queries",
-                    "gallery_size",
-                    "missing_images",
-                    "skipped_queries",
-                )
-            ),
-        )
-    out.print(table)
+        table.add_row(name, *(str(s[k]) for k in SPLIT_COLUMNS))
+    out.print(table, soft_wrap=False)
     for name, s in report["splits"].items():
         if s.get("notes"):
             out.print(f"{name}: {s['notes']}", markup=False)

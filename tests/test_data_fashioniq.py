@@ -59,12 +59,21 @@ def test_dwc_protocol(tmp_path, dress):
     # only referenced images are loaded; display = asin; DWC layout all_imgs/<asin>.png
     assert sorted(r.id for r in ds.images) == ["d01", "d02", "d03", "d04", "d10", "d11", "d12", "d13"]
     assert all(r.display == r.id and r.path.endswith(f"all_imgs/{r.id}.png") for r in ds.images)
-    assert ds.info["protocol"] == {"protocol": "dwc", "gallery": "val_union", "mask_reference": True, "text": "dwc"}
+    assert ds.info["protocol"] == {
+        "protocol": "dwc",
+        "gallery": "val_union",
+        "mask_reference": True,
+        "text": "dwc",
+    }
 
 
 def test_clip4cir_protocol(tmp_path, dress):
     ds = load(tmp_path, dress, protocol="clip4cir")
-    assert [t[1] for t in triplets(ds)] == ["Is red and has sleeves", "Is longer and is blue", "Darker and shorter"]
+    assert [t[1] for t in triplets(ds)] == [
+        "Is red and has sleeves",
+        "Is longer and is blue",
+        "Darker and shorter",
+    ]
     assert [q[1] for q in queries(ds, "dress")] == [
         "Is green and no collar",
         "Is striped and has a bow",
@@ -207,7 +216,9 @@ def test_bad_entry_names_file_line_and_entry(tmp_path, dress):
     path.write_text(
         '[\n{"candidate": "d01", "target": "d02", "captions": ["a", "b"]},\n\n{"candidate": "d03", "target": "d01"}\n]'
     )
-    with pytest.raises(DataError, match=r"cap\.dress\.train\.json:4: FashionIQ: entry 1: the key 'captions' is missing"):
+    with pytest.raises(
+        DataError, match=r"cap\.dress\.train\.json:4: FashionIQ: entry 1: the key 'captions' is missing"
+    ):
         load(tmp_path, dress)
     path.write_text('[{"candidate": "d01", "target": "d02", "captions": ["a"]}]')
     with pytest.raises(DataError, match=r"entry 0: 'captions' must be a list of two strings"):

@@ -101,7 +101,9 @@ def test_bad_records(tmp_path):
     del bad[3]["ReferenceImageName"]
     path.write_text(json.dumps(bad, indent=1))
     # indent=1 puts one key per line: entry 3 starts after 1 + 3 * 5 lines
-    with pytest.raises(DataError, match=r"relative_captions_shoes\.json:17: Shoes: entry 3: the key 'ReferenceImageName'"):
+    with pytest.raises(
+        DataError, match=r"relative_captions_shoes\.json:17: Shoes: entry 3: the key 'ReferenceImageName'"
+    ):
         load(tmp_path, root)
     bad = [dict(r) for r in SHOES_RECORDS]
     bad[1]["RelativeCaption"] = ""

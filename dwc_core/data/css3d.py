@@ -221,22 +221,26 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
         "skipped_triplets": skipped_pairs,
         "splits": {"test": split_report(epoch_len, missing, skipped_pairs)},
     }
-    records = table.records
-    key = ""
+    renderer, key = None, ""
     if render:
-        key = "css3d-2d-" + hashlib.sha1(f"{root.resolve()}|{len(records)}".encode()).hexdigest()[:12]
         objects = {sp.key(i): objs for sp in splits.values() for i, objs in enumerate(sp.objects)}
-        scene = [objects[rec.id] for rec in records]
+        scenes = [objects[rec.id] for rec in table.records]
+        stat = npy.stat()
+        blob = f"{npy.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{len(scenes)}"
+        key = "css3d-2d-" + hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+        def renderer(i: int):
+            return render_2d(scenes[i])
 
     return CIRDataset(
         name="css3d",
-        images=records,
+        images=table.records,
         train=sampler(0, 0),
         eval_sets={"test": test},
         num_labels=len(codes),
         info=info,
         sampler=sampler,
-        render=(lambda i: render_2d(scene[i])) if render else None,
+        render=renderer,
         cache_key=key,
     )
 

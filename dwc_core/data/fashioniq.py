@@ -112,7 +112,7 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
             "val_split": read_split(root / "image_splits" / f"split.{cat}.val.json"),
         }
 
-    table = ImageTable(TITLE, _ext_hint(image_dir, ext))
+    table = ImageTable(TITLE, lambda: _ext_hint(image_dir, ext))
     used: dict[str, set[str]] = {cat: set() for cat in cats}
 
     def want(cat: str, asin: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +143,9 @@ class ImageTable:
     and ``records`` the image table of the :class:`~dwc_core.data.types.CIRDataset` (present images only).
     """
 
-    def __init__(self, title: str, hint: str):
+    def __init__(self, title: str, hint: str | Callable[[], str]):
         self.title = title
-        self.hint = hint
+        self.hint = hint  # how to fix missing images (a callable is only asked when some are missing)
         self._wanted: dict[str, tuple[str | None, str]] = {}
         self._index: dict[str, int] = {}
         self.records: list[ImageRecord] = []
@@ -169,8 +169,9 @@ class ImageTable:
         present = existing_files(paths)
         self.missing = [k for k, (p, _) in self._wanted.items() if p is not None and p not in present]
         if self.missing and policy != "skip":
+            hint = self.hint() if callable(self.hint) else self.hint
             raise DataError(
-                missing_message(self.title, [self._wanted[k][0] for k in self.missing], len(paths), self.hint)
+                missing_message(self.title, [self._wanted[k][0] for k in self.missing], len(paths), hint)
             )
         gone = set(self.missing)
         for key, (path, display) in self._wanted.items():

@@ -221,10 +221,6 @@ class AMC(Method):
         heads = int(opts["heads"])
         if dim % heads != 0:
             raise ConfigError(f"model.embed_dim = {dim} must be divisible by model.heads = {heads}.")
-        if dim < 2:
-            raise ConfigError(
-                f"model.embed_dim = {dim} must be at least 2 (the FFN hidden size is embed_dim // 2)."
-            )
         self.cnn = build_cnn(opts["cnn"]["arch"], opts["cnn"]["pretrained"])
         self.img_proj = nn.Conv2d(self.cnn.out_channels, dim, kernel_size=1, bias=False)
         vocab = Vocabulary(ctx.train_texts)
@@ -266,8 +262,13 @@ class AMC(Method):
         out = self.compose(ref, texts)
         q, q1 = out["q"].float(), out["q1"].float()
         t = self.target_features(target).float()
-        l_class = losses.batch_based_classification(F.normalize(q, dim=1), F.normalize(t, dim=1), scale=10.0)
-        l_sim = losses.gram_mse(torch.cat([q1, q], dim=1), t)
+        with torch.autocast(
+            device_type=q.device.type, enabled=False
+        ):  # losses in fp32 (Gram differences are tiny)
+            l_class = losses.batch_based_classification(
+                F.normalize(q, dim=1), F.normalize(t, dim=1), scale=10.0
+            )
+            l_sim = losses.gram_mse(torch.cat([q1, q], dim=1), t)
         total = float(self.opts["class_weight"]) * l_class + float(self.opts["sim_weight"]) * l_sim
         return {"loss": total, "class": l_class, "sim": l_sim}
 

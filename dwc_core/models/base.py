@@ -61,6 +61,8 @@ class StepContext:
         grad_clip: float = 0.0,
         step: int = 0,
         epoch: int = 0,
+        sync_gradients: Callable[[list[nn.Parameter]], None] | None = None,
+        any_rank: Callable[[bool], bool] | None = None,
     ):
         self.optimizers = optimizers
         self._autocast = autocast
@@ -68,24 +70,30 @@ class StepContext:
         self.grad_clip = grad_clip
         self.step = step
         self.epoch = epoch
+        # data parallel: average gradients across ranks after backward; agree on a non-finite loss on any rank
+        self.sync_gradients = sync_gradients
+        self.any_rank = any_rank or (lambda flag: flag)
         self.after_step: list[Callable[[str], None]] = []
 
     def autocast(self) -> AbstractContextManager:
         return self._autocast()
 
     def optimize(self, name: str, loss: torch.Tensor, params: list[nn.Parameter] | None = None) -> None:
-        if not torch.isfinite(loss.detach()).all():
+        if self.any_rank(not bool(torch.isfinite(loss.detach()).all())):
             raise NonFiniteLoss(name, float(loss.detach().float().item()))
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         scaler = self.scalers.get(name)
+        group_params = params or [p for g in opt.param_groups for p in g["params"]]
         if scaler is not None:
             scaler.scale(loss).backward()
-            scaler.unscale_(opt)
         else:
             loss.backward()
+        if self.sync_gradients is not None:
+            self.sync_gradients(group_params)
+        if scaler is not None:
+            scaler.unscale_(opt)
         if self.grad_clip > 0:
-            group_params = params or [p for g in opt.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(group_params, self.grad_clip)
         if scaler is not None:
             scaler.step(opt)

@@ -108,8 +108,9 @@ class CLIP4Cir(Method):
     ) -> dict[str, torch.Tensor]:
         query = self.combine(self.image_features(ref), self.text_features(texts)).float()
         gallery = F.normalize(self.image_features(target), dim=-1)
-        logits = self.logit_scale * query @ gallery.t()
-        loss = F.cross_entropy(logits, torch.arange(query.size(0), device=query.device))
+        with torch.autocast(device_type=query.device.type, enabled=False):  # 100·cos in fp32
+            logits = self.logit_scale * query @ gallery.t()
+            loss = F.cross_entropy(logits, torch.arange(query.size(0), device=query.device))
         return {"loss": loss}
 
     # ----------------------------------------------------------------------------------------- interface

@@ -202,11 +202,14 @@ class ComposeAE(Method):
         z_tgt = self.image_features(target)
         t = self.text_features(texts).to(z_src.dtype)
         theta = self.composer(z_src, t, 1.0)
-        base = self.base_loss(self.normalize(theta), self.normalize(z_tgt))
         theta_conj = self.composer(z_tgt, t, -1.0)  # rotate the target back by the conjugate angle
-        rot = self.base_loss(self.normalize(theta_conj), self.normalize(z_src))
-        img_rec = F.mse_loss(self.composer.img_decoder(theta).float(), z_src.float())
-        txt_rec = F.mse_loss(self.composer.txt_decoder(theta).float(), t.float())
+        img_dec = self.composer.img_decoder(theta)
+        txt_dec = self.composer.txt_decoder(theta)
+        with torch.autocast(device_type=theta.device.type, enabled=False):  # losses in fp32
+            base = self.base_loss(self.normalize(theta), self.normalize(z_tgt))
+            rot = self.base_loss(self.normalize(theta_conj), self.normalize(z_src))
+            img_rec = F.mse_loss(img_dec.float(), z_src.float())
+            txt_rec = F.mse_loss(txt_dec.float(), t.float())
         o = self.opts
         total = (
             base

@@ -248,92 +248,83 @@ class DWC(Method):
             groups["cnn"] = [{"params": [p for p in self.cnn_stream.parameters() if p.requires_grad]}]
         return groups
 
-    def _ssg(self, q: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        o = self.opts
-        return losses.ssg_contrastive(
-            q.float(),
-            t.float(),
-            labels,
-            tau=float(o["ssg_tau"]),
-            alpha=float(o["ssg_alpha"]),
-            detach_soft=bool(o["ssg_detach"]),
-        )
-
     def _mutual(self) -> bool:
         return self.use_clip and self.use_cnn and float(self.opts["mutual_weight"]) > 0
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         """The alternating schedule of §4: CLIP-stream step (CNN teacher), then CNN-stream step (CLIP teacher).
 
-        Teachers run in train mode (dropout on, BN statistics updating) without gradient, as the official code.
+        As in the official loop, each step first runs the other stream as teacher (train mode: dropout on, BN
+        statistics updating; no gradient), then its own forward pass, then its optimizer step.
         """
-        o = self.opts
-        weight, scale = float(o["mutual_weight"]), float(o["mutual_scale"])
-        teacher_on_target = o["teacher_targets"] == "target"
         ref, tgt = self.prepare_images(batch.ref), self.prepare_images(batch.target)
         texts, labels = batch.texts, batch.labels
         out: dict[str, torch.Tensor] = {}
-        total = torch.zeros((), device=ref.device)
-        clip_feats = None
+        frozen_feats = None
         if self.use_clip:
             with ctx.autocast():
-                if self.clip_trainable:
-                    c_ref, c_txt, c_tgt = (
-                        self._clip_image(ref),
-                        self._clip_text(texts, ref.device),
-                        self._clip_image(tgt),
-                    )
-                else:  # frozen: compute once, reuse for the CNN step's teacher
-                    with torch.no_grad():
-                        clip_feats = (
-                            self._clip_image(ref),
-                            self._clip_text(texts, ref.device),
-                            self._clip_image(tgt),
-                        )
-                    c_ref, c_txt, c_tgt = clip_feats
-                q = self.clip_stream(c_ref, c_txt)
-                t = self.clip_stream.embed_image(c_tgt)
-                ssg = self._ssg(q, t, labels)
-                loss = ssg
-                if self._mutual():
-                    with torch.no_grad():
-                        q_o = self.cnn_stream(ref, texts)
-                        t_o = self.cnn_stream.embed_image(tgt if teacher_on_target else ref)
-                    kl = losses.mutual_kl(q.float(), t.float(), q_o.float(), t_o.float(), scale=scale)
-                    loss = ssg + weight * kl
-                    out["clip/kl"] = kl.detach()
+                teacher = self._cnn_teacher(ref, tgt, texts) if self._mutual() else None
+                clip_feats = self._clip_features(ref, tgt, texts)
+                if not self.clip_trainable:  # frozen CLIP is deterministic: reuse for the CNN step's teacher
+                    frozen_feats = clip_feats
+                q = self.clip_stream(clip_feats[0], clip_feats[1])
+                t = self.clip_stream.embed_image(clip_feats[2])
+                loss = self._stream_loss("clip", q, t, labels, teacher, out)
             ctx.optimize("clip", loss)
-            out["clip/ssg"], out["clip/loss"] = ssg.detach(), loss.detach()
-            total = total + loss.detach()
         if self.use_cnn:
             with ctx.autocast():
+                teacher = self._clip_teacher(ref, tgt, texts, frozen_feats) if self._mutual() else None
                 q = self.cnn_stream(ref, texts)
                 t = self.cnn_stream.embed_image(tgt)
-                ssg = self._ssg(q, t, labels)
-                loss = ssg
-                if self._mutual():
-                    with torch.no_grad():
-                        if clip_feats is None:  # trainable CLIP: features of the just-updated encoder
-                            side = tgt if teacher_on_target else ref
-                            clip_feats = (
-                                self._clip_image(ref),
-                                self._clip_text(texts, ref.device),
-                                self._clip_image(side),
-                            )
-                            c_ref, c_txt, c_side = clip_feats
-                        else:
-                            c_ref, c_txt, c_tgt = clip_feats
-                            c_side = c_tgt if teacher_on_target else c_ref
-                        q_o = self.clip_stream(c_ref, c_txt)
-                        t_o = self.clip_stream.embed_image(c_side)
-                    kl = losses.mutual_kl(q.float(), t.float(), q_o.float(), t_o.float(), scale=scale)
-                    loss = ssg + weight * kl
-                    out["cnn/kl"] = kl.detach()
+                loss = self._stream_loss("cnn", q, t, labels, teacher, out)
             ctx.optimize("cnn", loss)
-            out["cnn/ssg"], out["cnn/loss"] = ssg.detach(), loss.detach()
-            total = total + loss.detach()
-        out["loss"] = total
+        out["loss"] = sum(out[f"{s}/loss"] for s in ("clip", "cnn") if f"{s}/loss" in out)
         return out
+
+    def _stream_loss(self, stream: str, q, t, labels, teacher, out: dict) -> torch.Tensor:
+        """SSG + mutual_weight · KL(teacher ‖ self); fills ``out`` with the detached terms."""
+        o = self.opts
+        q, t = q.float(), t.float()
+        ssg = losses.ssg_contrastive(
+            q,
+            t,
+            labels,
+            tau=float(o["ssg_tau"]),
+            alpha=float(o["ssg_alpha"]),
+            detach_soft=bool(o["ssg_detach"]),
+        )
+        loss = ssg
+        if teacher is not None:
+            kl = losses.mutual_kl(
+                q, t, teacher[0].float(), teacher[1].float(), scale=float(o["mutual_scale"])
+            )
+            loss = ssg + float(o["mutual_weight"]) * kl
+            out[f"{stream}/kl"] = kl.detach()
+        out[f"{stream}/ssg"], out[f"{stream}/loss"] = ssg.detach(), loss.detach()
+        return loss
+
+    def _teacher_side(self, ref: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """The image the teacher embeds as its "target": the reference as coded officially, or the real target."""
+        return tgt if self.opts["teacher_targets"] == "target" else ref
+
+    def _clip_features(self, ref: torch.Tensor, tgt: torch.Tensor, texts: list[str]):
+        """Raw CLIP features of (reference, text, target); without gradient unless CLIP is trainable."""
+        return self._clip_image(ref), self._clip_text(texts, ref.device), self._clip_image(tgt)
+
+    @torch.no_grad()
+    def _cnn_teacher(self, ref: torch.Tensor, tgt: torch.Tensor, texts: list[str]):
+        return self.cnn_stream(ref, texts), self.cnn_stream.embed_image(self._teacher_side(ref, tgt))
+
+    @torch.no_grad()
+    def _clip_teacher(self, ref: torch.Tensor, tgt: torch.Tensor, texts: list[str], feats=None):
+        """The just-updated CLIP stream as teacher; ``feats`` = the frozen CLIP's features of this batch."""
+        if feats is None:  # trainable CLIP: features of the updated encoder
+            c_ref, c_txt = self._clip_image(ref), self._clip_text(texts, ref.device)
+            c_side = self._clip_image(self._teacher_side(ref, tgt))
+        else:
+            c_ref, c_txt, c_tgt = feats
+            c_side = c_tgt if self.opts["teacher_targets"] == "target" else c_ref
+        return self.clip_stream(c_ref, c_txt), self.clip_stream.embed_image(c_side)
 
     # ------------------------------------------------------------------------------------------ embeddings
     def encode_queries(self, ref: torch.Tensor, texts: list[str]) -> torch.Tensor:

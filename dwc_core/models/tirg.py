@@ -81,8 +81,11 @@ class TIRG(Method):
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         with ctx.autocast():
-            q = self.norm_scale * F.normalize(self.compose(batch.ref, batch.texts).float(), dim=1)
-            t = self.norm_scale * F.normalize(self.image_features(batch.target).float(), dim=1)
+            f = self.compose(batch.ref, batch.texts)
+            phi = self.image_features(batch.target)
+        with torch.autocast(device_type=f.device.type, enabled=False):  # the loss in fp32
+            q = self.norm_scale * F.normalize(f.float(), dim=1)
+            t = self.norm_scale * F.normalize(phi.float(), dim=1)
             if self.opts["loss"] == "soft_triplet":
                 loss = losses.soft_triplet(q, t)
             else:
