@@ -356,6 +356,13 @@ def _apply_override(tree: Tree, item: str) -> None:
         value = yaml.safe_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError:
         value = raw_value
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; on the command line it means a number
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
     path = tuple(key.split("."))
     if not key or path[0] not in SECTIONS:
         raise ConfigError(
@@ -521,3 +528,21 @@ def find_project(start: str | os.PathLike | None = None) -> Path:
         if (folder / "experiments.yaml").is_file():
             return folder
     return here
+
+
+def apply_overrides(config: dict, overrides: list[str], allowed_sections: tuple[str, ...] = SECTIONS) -> dict:
+    """A frozen run config with ``--set key=value`` overrides applied and validated again."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key.split(".")[0] not in allowed_sections:
+            raise ConfigError(
+                f"--set {item}: only options of {', '.join(allowed_sections)} can be changed here."
+            )
+    tree = Tree({k: copy.deepcopy(config[k]) for k in SECTIONS if k in config})
+    for item in overrides:
+        _apply_override(tree, item)
+    out = validate(tree, "the run's frozen config")
+    for key in ("experiment", "description", "tags", "variant"):
+        if key in config:
+            out[key] = copy.deepcopy(config[key])
+    return out

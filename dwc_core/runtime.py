@@ -35,6 +35,13 @@ def pick_device(choice: str) -> torch.device:
 
 
 def effective_precision(choice: str, device: torch.device) -> str:
+    if choice == "fp16" and device.type != "cuda":
+        from dwc_core.errors import ConfigError
+
+        raise ConfigError(
+            "trainer.precision = fp16 needs a CUDA device (CPU kernels such as the LSTM have no fp16 autocast). "
+            "Use bf16 or fp32 on CPU, or auto."
+        )
     if choice != "auto":
         return choice
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

@@ -196,8 +196,8 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.optimizers = self.method.make_optimizers(t)
         self.scalers = {}
-        if self.precision == "fp16" and self.device.type == "cuda":
-            self.scalers = {name: torch.amp.GradScaler("cuda") for name in self.optimizers}
+        if self.precision == "fp16":  # one scaler per optimizer (DWC steps two per iteration)
+            self.scalers = {name: torch.amp.GradScaler(self.device.type) for name in self.optimizers}
         self.steps_per_epoch = self._steps_per_epoch()
         fn = lr_lambda(t, self.steps_per_epoch)
         self.schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, fn) for n, o in self.optimizers.items()}
@@ -232,7 +232,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- checkpoints
     def _state(self) -> dict:
         return {
-            "model": self.method.state_dict(),
+            "model": self.method.checkpoint_state(),
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
@@ -255,7 +255,7 @@ class Trainer:
         if not path.is_file():
             return False
         state = checkpoint.load(path, map_location=self.device)
-        self.method.load_state_dict(state["model"])
+        self.method.load_checkpoint_state(state["model"])
         for n, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][n])
         for n, s in self.schedulers.items():
@@ -313,7 +313,7 @@ class Trainer:
             self.registry.mark_best(self.run_id, eval_ids["test"])
             checkpoint.save_atomic(
                 {
-                    "model": self.method.state_dict(),
+                    "model": self._evaluated_weights(),
                     "epoch": epoch,
                     "step": self.step,
                     "metrics": test.metrics,
@@ -336,6 +336,16 @@ class Trainer:
             f"{k} {v:.2f}" for k, v in test.metrics.items() if "/" not in k or k.startswith("avg/")
         )
         log(f"eval epoch {epoch} ({seconds:.1f}s): {shown}")
+
+    def _evaluated_weights(self) -> dict:
+        """The weights that were just evaluated: the EMA weights when an EMA is kept, else the live ones."""
+        if not self.ema:
+            return self.method.checkpoint_state()
+        self.ema.swap_in()
+        try:
+            return {k: v.detach().clone() for k, v in self.method.checkpoint_state().items()}
+        finally:
+            self.ema.swap_out()
 
     def _protocol(self) -> dict:
         d = self.config["dataset"]

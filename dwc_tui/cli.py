@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from dwc_core.errors import DwcError, UsageError
+from dwc_tui import data_cmd
 from dwc_tui.output import FORMATS, duration, emit, err, is_headline, metric_order, out, when
 
 app = typer.Typer(
@@ -328,6 +329,37 @@ def resume(
     )
     print_summary(registry, run_id)
     raise typer.Exit(0 if row["status"] == "done" else 130 if row["status"] == "cancelled" else 1)
+
+
+@app.command(name="eval", rich_help_panel="Results")
+@handle_errors
+def eval_cmd(
+    run_id: Annotated[int, typer.Argument(help="run id")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="best | last | PATH")] = "best",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="change the protocol: dataset.* or eval.* key=value"),
+    ] = None,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Re-evaluate a run's checkpoint (optionally under another protocol); recorded as a separate evaluation."""
+    _check_format(fmt, ("table", "json"))
+    from dwc_core.reeval import reevaluate
+
+    registry = _registry(create=False)
+    registry.get(run_id)
+    ev = reevaluate(registry.path, run_id, checkpoint, list(set_ or []))
+    if fmt == "json":
+        import json
+
+        print(json.dumps(ev, indent=2, default=str))
+        return
+    keys = sorted((k for k in ev["metrics"] if is_headline(k)), key=metric_order)
+    emit([{"evaluation": ev["id"], "checkpoint": Path(ev["checkpoint"]).name, **ev["metrics"]}],
+         ["evaluation", "checkpoint", *keys], "table", title=f"run {run_id} re-evaluated")  # fmt: skip
+
+
+app.add_typer(data_cmd.app, name="data", rich_help_panel="Data")
 
 
 def main() -> None:

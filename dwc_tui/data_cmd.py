@@ -48,6 +48,8 @@ def dataset_config(name: str, root: str | None, overrides: list[str]) -> dict:
         key = item.partition("=")[0].strip()
         if key.split(".")[0] in OTHER_SECTIONS:
             raise UsageError(f"--set {item}: only dataset options can be set here (e.g. --set category=all).")
+        if key.removeprefix("dataset.") == "name":
+            raise UsageError(f"--set {item}: the dataset is the NAME argument, not an option.")
         _apply_override(tree, item if key.startswith("dataset.") else f"dataset.{item}")
     return validate(tree, "command line")["dataset"]
 
@@ -156,7 +158,7 @@ def synth(
         "image_size": int(cfg["image_size"]),
         "metadata_seconds": round(t_meta, 3),
         "cache_seconds": round(t_cache, 3),
-        "cache_was_built": cached,
+        "cache_existed": cached,
     }
     if fmt == Format.json:
         typer.echo(json.dumps(result, indent=2))

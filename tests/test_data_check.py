@@ -124,6 +124,7 @@ def test_cli_bad_input(tmp_path):
         ),
         (("check", "fashioniq", "--root", root, "--set", "trainer.epochs=3"), "only dataset options"),
         (("check", "fashioniq", "--root", root, "--set", "category"), "expected key=value"),
+        (("check", "fashioniq", "--root", root, "--set", "name=shoes"), "the dataset is the NAME argument"),
     ]
     for args, message in cases:
         res = run(*args)
@@ -151,11 +152,11 @@ def test_cli_synth(tmp_path):
     res = run(*args, "--format", "json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["train_samples"] == 30 and out["test_queries"] == 10 and out["cache_was_built"] is False
+    assert out["train_samples"] == 30 and out["test_queries"] == 10 and out["cache_existed"] is False
     assert (cache / out["folder"].rsplit("/", 1)[1] / "meta.json").is_file()
     assert out["image_cache"].startswith(str(cache)) and (tmp_path / out["image_cache"]).is_file()
     again = json.loads(run(*args, "--format", "json").stdout)
-    assert again["cache_was_built"] is True
+    assert again["cache_existed"] is True
     res = run("synth", "--set", "num_train=3")
     assert res.exit_code == 2 and "below the minimum 10" in res.stderr
 

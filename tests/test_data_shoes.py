@@ -113,3 +113,15 @@ def test_bad_records(tmp_path):
     path.write_text('[{"ImageName": "a.jpg",\n "ReferenceImageName": "b.jpg" "RelativeCaption": "x"}]')
     with pytest.raises(DataError, match=r"relative_captions_shoes\.json:2:\d+: Shoes: malformed JSON"):
         load(tmp_path, root)
+
+
+def test_keep_pairs_outside_the_eval_list(tmp_path):
+    ds = load(tmp_path, write_shoes(tmp_path / "shoes"), outside_eval_list="keep")
+    es = ds.eval_sets["test"]
+    assert (
+        named(ds, es.queries)
+        == [(B11, "is taller", B12)] * 2 + [(P99, "has a heel", B13)] + [(B13, "is red", B14)] * 2
+    )
+    assert [ds.images[i].id for i in es.gallery] == [B11, B12, B13, B14]  # the outside reference is not in it
+    assert es.skipped_queries == 0
+    assert "1 queries have an image outside eval_im_names.txt (kept" in es.notes

@@ -8,9 +8,10 @@ images ``womens_*/*/*.jpg`` found by basename (directly under ``root`` as DWC ex
 Pairs of a split: for every name of the split list, in file order, every caption record (in file order) whose
 target or reference is that name: reference = ``ReferenceImageName``, target = ``ImageName``, text = the stripped
 caption. A record with both images in the list is therefore emitted twice, as in the papers' code.
-Test gallery = the eval list in file order; hits are exact. A test pair with an image outside the eval list cannot
-be ranked under this protocol: it is skipped and counted (``EvalSet.skipped_queries``, notes). Training label =
-image index of the target (targets are unique images).
+Test gallery = the eval list in file order; hits are exact. A test pair with an image outside the eval list (29 in
+the real files) is skipped and counted by default (``outside_eval_list: skip``; ``EvalSet.skipped_queries``,
+notes); ``keep`` keeps it as DWC's code does (its reference is then not in the gallery, and a target outside the
+gallery can never be hit). Training label = image index of the target (targets are unique images).
 """
 
 from __future__ import annotations
@@ -100,20 +101,21 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
     eval_set_names = set(eval_names)
     test_pairs = split_pairs(eval_names, records)
     outside = [p for p in test_pairs if p[0] not in eval_set_names or p[1] not in eval_set_names]
-    test_pairs = [p for p in test_pairs if p[0] in eval_set_names and p[1] in eval_set_names]
+    keep_outside = cfg.get("outside_eval_list", "skip") == "keep"
+    if not keep_outside:
+        test_pairs = [p for p in test_pairs if p[0] in eval_set_names and p[1] in eval_set_names]
 
     table = ImageTable(TITLE, f"Unpack the missing images into {image_base}/womens_*/.")
 
     def want(name: str) -> None:
-        path = on_disk.get(name) or str(
-            image_base / "womens_*" / "*" / name
-        )  # a missing one: where it was sought
+        # a name not found on disk gets the pattern it was sought under, for the missing-images message
+        path = on_disk.get(name) or str(image_base / "womens_*" / "*" / name)
         table.want(name, path, str(Path(path).relative_to(image_base)))
 
-    train_used, eval_used = set(), set(eval_names)
+    train_used, eval_used = set(), set(eval_names) | {n for p in test_pairs for n in p[:2]}
     for ref, target, _ in train_pairs:
         train_used.update((ref, target))
-    for name in [n for p in train_pairs for n in p[:2]] + eval_names:
+    for name in [n for p in train_pairs for n in p[:2]] + eval_names + [n for p in test_pairs for n in p[:2]]:
         want(name)
     table.check(cfg["missing_images"])
     missing = set(table.missing)
@@ -137,7 +139,11 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
     notes = [
         f"gallery = eval_im_names.txt ({len(gallery)} images); pairs with both images listed appear twice"
     ]
-    if outside:
+    if outside and keep_outside:
+        notes.append(
+            f"{len(outside)} queries have an image outside eval_im_names.txt (kept, as in DWC's code)"
+        )
+    elif outside:
         notes.append(f"{len(outside)} queries skipped: an image outside eval_im_names.txt")
     if skipped_missing:
         notes.append(f"{skipped_missing} queries skipped: missing images")
@@ -147,7 +153,7 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
         gallery=gallery,
         ks=list(DEFAULT_KS["shoes"]),
         mask_reference=True,
-        skipped_queries=len(outside) + skipped_missing,
+        skipped_queries=(0 if keep_outside else len(outside)) + skipped_missing,
         notes="; ".join(notes),
     )
     info = {

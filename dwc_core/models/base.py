@@ -168,6 +168,25 @@ class Method(nn.Module):
             module.eval()
         return self
 
+    def _frozen_prefixes(self) -> list[str]:
+        frozen = {id(m) for m in self.frozen_modules()}
+        return [f"{name}." for name, m in self.named_modules() if name and id(m) in frozen]
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The state_dict without frozen modules (pretrained weights that are reloaded from their source)."""
+        prefixes = tuple(self._frozen_prefixes())
+        return {k: v for k, v in self.state_dict().items() if not (prefixes and k.startswith(prefixes))}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a :meth:`checkpoint_state`; anything missing other than frozen modules is an error."""
+        result = self.load_state_dict(state, strict=False)
+        prefixes = tuple(self._frozen_prefixes())
+        missing = [k for k in result.missing_keys if not (prefixes and k.startswith(prefixes))]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(
+                f"checkpoint does not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per top-level child (plus 'total' and 'frozen')."""
         out: dict[str, int] = {}

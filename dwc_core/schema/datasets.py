@@ -55,7 +55,15 @@ PER_DATASET: dict[str, Section] = {
             "str", None, nullable=True, choices=("dwc", "joined", "per_caption"), help="query text form"
         ),
     },
-    "shoes": {},
+    "shoes": {
+        "outside_eval_list": Opt(
+            "str",
+            "skip",
+            choices=("skip", "keep"),
+            help="test pairs with an image outside eval_im_names.txt: skip (counted) or keep as DWC's code does "
+            "(a target outside the gallery is then a miss)",
+        ),
+    },
     "fashion200k": {
         "text": Opt(
             "str",

@@ -37,7 +37,7 @@ DWC_CLIP: Section = {
         "str",
         "auto",
         choices=("auto", "fp32", "fp16", "bf16"),
-        help="frozen CLIP's compute precision; auto = fp16 on GPU (bf16 if the run is bf16), fp32 on CPU",
+        help="frozen CLIP's precision; auto = fp16 on GPU (bf16 if the run is bf16), else as the run",
     ),
 }
 

@@ -1,0 +1,79 @@
+"""Re-evaluating a finished run (``dwc eval``): a checkpoint under the run's protocol or another one, recorded as
+a separate evaluation of that run (kind ``reeval``) with its own per-query rankings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dwc_core import checkpoint, runtime
+from dwc_core.config import apply_overrides
+from dwc_core.data import load_dataset
+from dwc_core.data.loading import ImageCache
+from dwc_core.errors import UsageError
+from dwc_core.evaluate import evaluate, query_rows
+from dwc_core.models import BuildContext, build_method
+from dwc_core.registry import Registry
+
+
+def resolve_checkpoint(run_dir: Path, which: str) -> Path:
+    path = run_dir / f"{which}.pt" if which in ("best", "last") else Path(which).expanduser()
+    if not path.is_file():
+        raise UsageError(
+            f"no checkpoint at {path} (allowed: best | last | a path to a .pt file of this run's method)."
+        )
+    return path
+
+
+def reevaluate(
+    registry_path: Path, run_id: int, which: str = "best", overrides: list[str] | None = None
+) -> dict:
+    registry = Registry(registry_path)
+    row = registry.get(run_id)
+    config = apply_overrides(row["config"], list(overrides or []), allowed_sections=("dataset", "eval"))
+    path = resolve_checkpoint(Path(row["run_dir"]), which)
+    device = runtime.pick_device(config["trainer"]["device"])
+    precision = runtime.effective_precision(config["trainer"]["precision"], device)
+    autocast = runtime.autocast_factory(precision, device)
+    project = Path(registry_path).resolve().parent.parent
+    cache_dir = config["dataset"].get("cache_dir") or str(project / "runs" / ".cache")
+    original = load_dataset(
+        row["config"]["dataset"], cache_dir
+    )  # the vocabulary is built from training texts
+    ds = (
+        load_dataset(config["dataset"], cache_dir)
+        if config["dataset"] != row["config"]["dataset"]
+        else original
+    )
+    cache = ImageCache(ds, int(config["dataset"]["image_size"]), cache_dir)
+    cache.ensure()
+    seed = int(config["trainer"]["seed"])
+    ctx = BuildContext(
+        train_texts=[t.text for t in original.train_triplets(0, seed)],
+        num_labels=original.num_labels,
+        image_size=int(config["dataset"]["image_size"]),
+        device=device,
+        precision=precision,
+    )
+    method = build_method(config["model"], ctx).to(device)
+    state = checkpoint.load(path, map_location=device)
+    method.load_checkpoint_state(state["model"])
+    result = evaluate(method, ds, cache, device, config["eval"], autocast)
+    protocol = {
+        k: config["dataset"].get(k) for k in ("name", "gallery", "mask_reference", "text", "category")
+    }
+    protocol["overrides"] = list(overrides or [])
+    eval_id = registry.add_evaluation(
+        run_id, epoch=int(state.get("epoch", -1)), step=int(state.get("step", -1)), kind="reeval", split="test",
+        checkpoint=str(path), protocol=protocol, metrics=result.metrics, num_queries=result.num_queries,
+        gallery_size=result.gallery_size, skipped_queries=result.skipped_queries,
+    )  # fmt: skip
+    rows = []
+    for name, sres in result.sets.items():
+        rows += query_rows(ds, ds.eval_sets[name], sres, int(config["eval"]["store_topk"]))
+    registry.add_query_results(run_id, eval_id, rows)
+    registry.event(
+        run_id,
+        "reeval",
+        f"evaluation {eval_id} of {path.name} with {protocol['overrides'] or 'the run protocol'}",
+    )
+    return registry.evaluations(run_id, kind="reeval")[-1]
