@@ -13,7 +13,8 @@ Three variants run on the same data in one process:
   score set to -1e10, full ``argsort``, top 110, hit check), timed on a subset of the queries and extrapolated
   linearly to all of them.
 
-``floor`` and ``ours`` alternate ``--repeat`` times; the best time of each is reported. Peak memory is the growth
+``floor`` and ``ours`` alternate ``--repeat`` times; the best wall and CPU time of each is reported (the machine
+may be shared: CPU time, summed over threads, is less disturbed by other processes than wall time). Peak memory is the growth
 of the process's resident set (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) during one variant,
 and on CUDA also ``torch.cuda.max_memory_allocated``; the output of a variant (its top-k) is part of its peak.
 
@@ -28,6 +29,7 @@ import argparse
 import gc
 import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -58,8 +60,16 @@ def _reset_peak() -> bool:
         return False
 
 
+@dataclass
+class Timing:
+    wall: float  # seconds
+    cpu: float  # process CPU seconds, all threads (less sensitive to other processes on a shared machine)
+    rss: int | None  # peak resident-set growth, bytes
+    gpu: int | None  # peak CUDA allocation growth, bytes
+
+
 class Probe:
-    """Wall time and peak memory growth of one block (RSS; on CUDA also the allocator's peak)."""
+    """Wall time, CPU time and peak memory growth of one block (RSS; on CUDA also the allocator's peak)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -73,14 +83,14 @@ class Probe:
             gpu_base = torch.cuda.memory_allocated()
         exact = _reset_peak()
         base = _status_kb("VmRSS")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         if cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        rss_peak = (_status_kb("VmHWM") - base) * 1024 if exact else None
-        gpu_peak = torch.cuda.max_memory_allocated() - gpu_base if cuda else None
-        return out, seconds, rss_peak, gpu_peak
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rss = (_status_kb("VmHWM") - base) * 1024 if exact else None
+        gpu = torch.cuda.max_memory_allocated() - gpu_base if cuda else None
+        return out, Timing(wall, cpu, rss, gpu)
 
 
 def mb(n: float | None) -> str:
@@ -131,6 +141,11 @@ def tirg_loop(q: np.ndarray, g: np.ndarray, refs: np.ndarray, g_labels: np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------------- main
+def describe(t: Timing) -> str:
+    gpu = f", GPU +{mb(t.gpu)}" if t.gpu is not None else ""
+    return f"{t.wall:7.2f}s wall, {t.cpu:7.2f}s CPU, peak RSS +{mb(t.rss)}{gpu}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=33480)
@@ -139,8 +154,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=2048, help="queries per matrix multiply (eval.chunk_size)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--per-label", type=int, default=5, help="gallery items per label (about)")
-    ap.add_argument("--loop-queries", type=int, default=2000, help="queries the per-query loop is timed on")
-    ap.add_argument("--repeat", type=int, default=2, help="alternating floor/ours repetitions (best is kept)")
+    ap.add_argument("--loop-queries", type=int, default=1000, help="queries the per-query loop is timed on")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating floor/ours repetitions (best is kept)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -148,95 +163,90 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device here")
 
     n_q, n_g, dim, chunk = args.queries, args.gallery, args.dim, args.chunk
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"ranking {n_q:,} queries × {n_g:,} gallery × {dim}-d float32 on {device} "
-        f"({torch.get_num_threads()} torch threads), chunk {chunk}, k {KEEP}, ks {KS}"
+        f"ranking {n_q:,} queries × {n_g:,} gallery × {dim}-d float32 on {name} "
+        f"({torch.get_num_threads()} torch threads), chunk {chunk}, top-{KEEP}, R@{KS}"
     )
     t0 = time.perf_counter()
     q_cpu, g_cpu, g_lab, q_lab, refs, targets = make_data(n_q, n_g, dim, args.per_label, args.seed)
     es = make_eval_set(g_lab, q_lab, refs, targets)
     q, g = q_cpu.to(device), g_cpu.to(device)
-    print(f"data ready in {time.perf_counter() - t0:.1f}s (not timed below)")
+    print(f"data ready in {time.perf_counter() - t0:.1f}s (not timed)")
     full_bytes = n_q * n_g * 4
     chunk_bytes = min(chunk, n_q) * n_g * 4
     print(
-        f"a full query × gallery float32 matrix would be {mb(full_bytes)}; one chunk of scores is "
-        f"{min(chunk, n_q)} × {n_g:,} × 4 B = {mb(chunk_bytes)}"
+        f"a full {n_q:,} × {n_g:,} float32 score matrix would be {mb(full_bytes)}; one chunk of scores is "
+        f"{min(chunk, n_q):,} × {n_g:,} × 4 B = {mb(chunk_bytes)}"
     )
     probe = Probe(device)
     if not _reset_peak():
-        print("note: /proc/self/clear_refs is not writable; RSS peaks are not measured")
+        print("note: /proc/self/clear_refs is not writable here; RSS peaks are not measured")
 
     # warm-up (thread pools, allocator, first-call costs) on a small slice
-    warm = min(n_q, 256)
-    floor(q[:warm], g, KEEP, chunk)
-    score_set(make_eval_set(g_lab, q_lab[:warm], refs[:warm], targets[:warm]), q[:warm], g, KS, KEEP, chunk)
+    w = min(n_q, 256)
+    floor(q[:w], g, KEEP, chunk)
+    score_set(make_eval_set(g_lab, q_lab[:w], refs[:w], targets[:w]), q[:w], g, KS, KEEP, chunk)
 
-    floor_runs, ours_runs = [], []
+    floors: list[Timing] = []
+    ours: list[Timing] = []
     for rep in range(args.repeat):
-        (f_s, f_i), seconds, rss, gpu = probe.run(lambda: floor(q, g, KEEP, chunk))
-        floor_runs.append((seconds, rss, gpu))
-        print(
-            f"  [{rep + 1}/{args.repeat}] floor {seconds:7.2f}s  peak RSS +{mb(rss)}"
-            + (f", GPU +{mb(gpu)}" if gpu is not None else "")
-        )
-        res, seconds, rss, gpu = probe.run(lambda: score_set(es, q, g, KS, KEEP, chunk))
-        ours_runs.append((seconds, rss, gpu))
-        print(
-            f"  [{rep + 1}/{args.repeat}] ours  {seconds:7.2f}s  peak RSS +{mb(rss)}"
-            + (f", GPU +{mb(gpu)}" if gpu is not None else "")
-        )
-    del f_s
+        (_, f_idx), t = probe.run(lambda: floor(q, g, KEEP, chunk))
+        floors.append(t)
+        print(f"  [{rep + 1}/{args.repeat}] floor {describe(t)}")
+        res, t = probe.run(lambda: score_set(es, q, g, KS, KEEP, chunk))
+        ours.append(t)
+        print(f"  [{rep + 1}/{args.repeat}] ours  {describe(t)}")
 
     n_loop = min(args.loop_queries, n_q)
     qn, gn = q_cpu.numpy(), g_cpu.numpy()
-    loop_first, loop_s, loop_rss, _ = Probe(torch.device("cpu")).run(
+    loop_first, lt = Probe(torch.device("cpu")).run(
         lambda: tirg_loop(qn[:n_loop], gn, refs.numpy(), g_lab.numpy(), q_lab.numpy())
     )
-    loop_total = loop_s * n_q / n_loop
+    loop_wall, loop_cpu = lt.wall * n_q / n_loop, lt.cpu * n_q / n_loop
+    print(f"  loop on {n_loop:,} queries: {describe(lt)}")
 
-    floor_s = min(r[0] for r in floor_runs)
-    ours_s = min(r[0] for r in ours_runs)
-    ours_rss = max((r[1] for r in ours_runs if r[1] is not None), default=None)
-    floor_rss = max((r[1] for r in floor_runs if r[1] is not None), default=None)
+    f_wall, o_wall = min(t.wall for t in floors), min(t.wall for t in ours)
+    f_cpu, o_cpu = min(t.cpu for t in floors), min(t.cpu for t in ours)
     print()
+    print("best of the runs            wall        CPU")
+    print(f"floor (mm + topk)       {f_wall:8.2f}s  {f_cpu:8.2f}s")
+    print(f"ours  (score_set)       {o_wall:8.2f}s  {o_cpu:8.2f}s")
     print(
-        f"floor (chunked mm + topk({KEEP}))          {floor_s:8.2f}s   (runs: {', '.join(f'{r[0]:.2f}' for r in floor_runs)})"
+        f"loop  (TIRG, numpy)     {loop_wall:8.2f}s  {loop_cpu:8.2f}s   EXTRAPOLATED linearly from {n_loop:,} "
+        f"queries ({lt.wall / n_loop * 1e3:.2f} ms/query wall, always numpy on the CPU)"
     )
+    print(f"ours / floor = {o_wall / f_wall:.2f} wall, {o_cpu / f_cpu:.2f} CPU   (target ≤ 1.30)")
+    print(f"loop / ours  = {loop_wall / o_wall:.1f}× wall, {loop_cpu / o_cpu:.1f}× CPU   (CPU target ≥ 4×)")
+
+    def peak(runs: list[Timing], attr: str):
+        values = [getattr(t, attr) for t in runs if getattr(t, attr) is not None]
+        return max(values) if values else None
+
     print(
-        f"ours  (score_set: rank + hits + R@K)     {ours_s:8.2f}s   (runs: {', '.join(f'{r[0]:.2f}' for r in ours_runs)})"
-    )
-    print(
-        f"loop  (TIRG per-query numpy argsort)     {loop_total:8.2f}s   EXTRAPOLATED linearly from {n_loop:,} queries "
-        f"timed in {loop_s:.2f}s ({loop_s / n_loop * 1e3:.2f} ms/query, numpy on CPU)"
-    )
-    print(f"ours / floor = {ours_s / floor_s:.2f}  (target ≤ 1.30)")
-    print(f"loop / ours  = {loop_total / ours_s:.1f}×  (CPU target ≥ 4×)")
-    print(
-        f"peak RSS growth: ours {mb(ours_rss)}, floor {mb(floor_rss)}, loop {mb(loop_rss)}; "
-        f"chunk {mb(chunk_bytes)}, full matrix {mb(full_bytes)}"
+        f"peak RSS growth: ours {mb(peak(ours, 'rss'))}, floor {mb(peak(floors, 'rss'))}, loop {mb(lt.rss)} "
+        f"(one chunk of scores {mb(chunk_bytes)}; full matrix {mb(full_bytes)})"
     )
     if device.type == "cuda":
+        print(f"peak GPU allocation growth: ours {mb(peak(ours, 'gpu'))}, floor {mb(peak(floors, 'gpu'))}")
+    ours_peak = peak(ours, "gpu" if device.type == "cuda" else "rss")
+    if ours_peak is not None:
+        held = "no" if ours_peak < full_bytes / 2 else "POSSIBLY"
         print(
-            f"peak GPU allocated: ours {mb(max(r[2] for r in ours_runs))}, floor {mb(max(r[2] for r in floor_runs))}"
+            f"ours held a {n_q:,} × {n_g:,} matrix at once: {held} (peak {ours_peak / full_bytes:.0%} of its size, "
+            f"{ours_peak / chunk_bytes:.2f}× one chunk)"
         )
-    peak = max(r[2] for r in ours_runs) if device.type == "cuda" else ours_rss
-    if peak is not None:
-        verdict = "no" if peak < full_bytes / 2 else "POSSIBLY"
-        print(f"ours held a {n_q:,} × {n_g:,} matrix: {verdict} (peak {peak / full_bytes:.0%} of its size)")
 
-    # sanity: same answers (ties between random float scores aside)
-    first = res.first_ranks.cpu().numpy()
-    sub = first[:n_loop]
-    loop_capped = np.where(loop_first < KEEP, loop_first, KEEP)
-    agree = float((sub == loop_capped).mean()) * 100
-    same_top = float((res.ranking.indices[:, 0].cpu() == f_i[:, 0].cpu()).float().mean()) * 100
+    # sanity: the variants rank alike (random float scores have no ties in practice)
+    first = res.first_ranks.cpu().numpy()[:n_loop]
+    agree = float((first == np.minimum(loop_first, KEEP)).mean()) * 100
+    same_top = float((res.ranking.indices[:, 0].cpu() == f_idx[:, 0].cpu()).float().mean()) * 100
     print(
-        f"check: first-hit rank ours = loop on {agree:.2f}% of the {n_loop:,} loop queries; top-1 ours = floor on "
-        f"{same_top:.2f}% of queries (differ where the masked reference is the floor's top-1)"
+        f"check: first-hit rank ours = loop on {agree:.2f}% of the loop's queries; top-1 ours = floor on "
+        f"{same_top:.2f}% of queries (may differ only where the floor's top-1 is the masked reference)"
     )
     print(
-        f"recall (random vectors, so near chance): {', '.join(f'{k} {v:.3f}' for k, v in res.metrics.items())}"
+        f"metrics (random vectors: near chance): {', '.join(f'{k} {v:.3f}' for k, v in res.metrics.items())}"
     )
 
 

@@ -36,25 +36,29 @@ def rank(
     """Top-k gallery positions per query by dot product, masking each query's reference position (−1 = none).
 
     Equal scores are ordered by gallery position (lower first): ``topk`` returns an unspecified order among ties,
-    so its k results are re-sorted stably by (score desc, position asc). Exact for every K below k unless more
-    than k − K gallery items tie with the K-th.
+    so its k results are re-sorted stably by (score desc, position asc) — only the rows that hold a tie, the
+    others being strictly decreasing already. Exact for every K below k unless more than k − K gallery items tie
+    with the K-th.
     """
     k = min(k, gallery.size(0))
     out_idx, out_scores = [], []
-    g_t = gallery.t().contiguous()
     for start in range(0, queries.size(0), chunk_size):
         q = queries[start : start + chunk_size]
-        scores = q @ g_t
+        scores = q @ gallery.T  # a transposed view: BLAS reads it as is, no copy of the gallery
         if ref_positions is not None:
             refs = ref_positions[start : start + chunk_size].to(scores.device)
             rows = torch.nonzero(refs >= 0).squeeze(1)
             if rows.numel():
                 scores[rows, refs[rows]] = float("-inf")
-        s, i = scores.topk(k, dim=1)
-        by_pos = i.argsort(dim=1)
-        i, s = i.gather(1, by_pos), s.gather(1, by_pos)
-        s, by_score = s.sort(dim=1, descending=True, stable=True)
-        i = i.gather(1, by_score)
+        s, i = scores.topk(k, dim=1)  # sorted by score desc; order among equal scores unspecified
+        del scores  # free this chunk before the next one is allocated
+        tied = torch.nonzero((s[:, 1:] == s[:, :-1]).any(dim=1)).squeeze(1)
+        if tied.numel():
+            ts, ti = s[tied], i[tied]
+            by_pos = ti.argsort(dim=1)
+            ti, ts = ti.gather(1, by_pos), ts.gather(1, by_pos)
+            ts, by_score = ts.sort(dim=1, descending=True, stable=True)
+            s[tied], i[tied] = ts, ti.gather(1, by_score)
         out_idx.append(i)
         out_scores.append(s)
     return Ranking(torch.cat(out_idx), torch.cat(out_scores))

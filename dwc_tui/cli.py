@@ -359,6 +359,55 @@ def eval_cmd(
          ["evaluation", "checkpoint", *keys], "table", title=f"run {run_id} re-evaluated")  # fmt: skip
 
 
+@app.command(rich_help_panel="Results")
+@handle_errors
+def models(
+    method: Annotated[str | None, typer.Argument(help="one method: list all its switches")] = None,
+    counts: Annotated[
+        bool, typer.Option("--counts/--no-counts", help="parameter counts (default config)")
+    ] = True,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Methods, their switches (model.* options) and trainable / frozen parameter counts at the default size."""
+    _check_format(fmt)
+    from dwc_core.schema.methods import METHODS
+    from dwc_tui import models_cmd
+
+    if method is not None and method not in METHODS:
+        raise UsageError(f"no method named {method!r}. Allowed: {' | '.join(METHODS)}.")
+    numbers = models_cmd.parameter_counts(_project() / "runs" / ".cache") if counts else {}
+    if method is not None:
+        rows = [
+            {
+                "switch": f"model.{key}",
+                "default": models_cmd.yaml_value(opt.default),
+                "allowed": opt.describe(),
+                "help": opt.help,
+            }
+            for key, opt in models_cmd.switches(method).items()
+        ]
+        emit(rows, ["switch", "default", "allowed", "help"], fmt, title=f"{method}: switches")
+        if numbers and fmt == "table":
+            parts = numbers.get(method, {})
+            out.print("parameters: " + ", ".join(f"{k} {models_cmd.human(v)}" for k, v in parts.items()))
+        return
+    rows = []
+    for name in METHODS:
+        c = numbers.get(name, {})
+        rows.append(
+            {
+                "method": name,
+                "trainable": models_cmd.human(c.get("total")) if fmt == "table" else c.get("total"),
+                "frozen": models_cmd.human(c.get("frozen")) if fmt == "table" else c.get("frozen"),
+                "parts": c,
+                "switches": ", ".join(k for k in models_cmd.switches(name) if not k.endswith("pretrained")),
+            }
+        )
+    emit(
+        rows, ["method", "trainable", "frozen", "switches"], fmt, title="methods (default sizes, no weights)"
+    )
+
+
 app.add_typer(data_cmd.app, name="data", rich_help_panel="Data")
 
 
