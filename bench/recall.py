@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -93,6 +94,13 @@ class Probe:
         return out, Timing(wall, cpu, rss, gpu)
 
 
+def load() -> str:
+    """The 1-minute load average and the core count: above the cores, other processes share the CPU."""
+    with open("/proc/loadavg") as fh:
+        one = fh.read().split()[0]
+    return f"{one} on {os.cpu_count()} cores"
+
+
 def mb(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
 
@@ -157,7 +165,11 @@ def main() -> None:
     ap.add_argument("--loop-queries", type=int, default=1000, help="queries the per-query loop is timed on")
     ap.add_argument("--repeat", type=int, default=3, help="alternating floor/ours repetitions (best is kept)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"load average at start: {load()}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")

@@ -1,0 +1,181 @@
+"""The trainer and evaluator beyond the happy path: schedules, EMA, faults, reproducibility, model selection,
+resume after SIGKILL, and re-evaluation under another protocol."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dwc_core.registry import Registry
+from dwc_core.train import EMA, _oom_message, lr_lambda
+
+TINY = """\
+experiments:
+  tiny:
+    dataset: {name: synthetic, num_train: 320, num_test: 48, image_size: 32}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+    trainer: {epochs: 2, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5}
+"""
+
+
+def trainer_cfg(**kw) -> dict:
+    base = {"epochs": 4, "warmup_steps": 0, "lr_decay_epochs": [], "schedule": "constant", "gamma": 0.1}
+    return {**base, **kw}
+
+
+def test_schedules():
+    f = lr_lambda(trainer_cfg(), steps_per_epoch=10)
+    assert [f(s) for s in (0, 15, 39)] == [1.0, 1.0, 1.0]
+    f = lr_lambda(trainer_cfg(schedule="step", lr_decay_epochs=[2, 3]), steps_per_epoch=10)
+    assert f(19) == 1.0 and math.isclose(f(20), 0.1) and math.isclose(f(30), 0.01)
+    f = lr_lambda(trainer_cfg(schedule="cosine"), steps_per_epoch=10)
+    assert f(0) == 1.0 and math.isclose(f(20), 0.5) and f(40) < 1e-9
+    f = lr_lambda(trainer_cfg(warmup_steps=4), steps_per_epoch=10)
+    assert [f(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_ema_average_and_swap():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update()  # 0.5·0 + 0.5·1
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.update()  # 0.5·0.5 + 0.5·2
+    assert math.isclose(ema.shadow[0].item(), 1.25)
+    ema.swap_in()
+    assert math.isclose(model.weight.item(), 1.25)
+    ema.swap_out()
+    assert model.weight.item() == 2.0
+
+
+def test_oom_message_names_batch_size():
+    class T:
+        tcfg = {"batch_size": 256}
+
+    msg = _oom_message(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), T())
+    assert "batch size 256" in msg and "Tried to allocate" in msg and "trainer.batch_size" in msg
+
+
+# ------------------------------------------------------------------------------------------- subprocess runs
+def dwc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    (tmp_path / "experiments.yaml").write_text(TINY)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers_and_seed_changes_them(proj):
+    for seed in ("7", "7", "8"):
+        res = dwc(proj, "run", "tiny", "--set", f"trainer.seed={seed}")
+        assert res.returncode == 0, res.stderr
+    reg = Registry(proj / "runs" / "registry.db")
+    losses = [[m["value"] for m in reg.metrics(i, split="train", name="loss")] for i in (1, 2, 3)]
+    evals = [[e["metrics"] for e in reg.evaluations(i)] for i in (1, 2, 3)]
+    assert losses[0] == losses[1] and evals[0] == evals[1]
+    assert losses[0] != losses[2]
+    assert reg.get(1)["seed"] == 7 and reg.get(3)["config"]["trainer"]["seed"] == 8
+
+
+@pytest.mark.slow
+def test_non_finite_loss_fails_with_the_step(proj):
+    res = dwc(proj, "run", "tiny", "--set", "trainer.lr=1e30", "--set", "trainer.nan_skip=1")
+    assert res.returncode == 1
+    row = Registry(proj / "runs" / "registry.db").get(1)
+    assert row["status"] == "failed"
+    assert (
+        "non-finite loss" in row["error"]
+        and "step" in row["error"]
+        and "1 bad batches were skipped" in row["error"]
+    )
+    assert any(
+        e["kind"] == "warning" and "non-finite" in e["message"]
+        for e in Registry(proj / "runs" / "registry.db").events(1)
+    )
+
+
+@pytest.mark.slow
+def test_val_split_selection_records_both_splits(proj):
+    res = dwc(proj, "run", "tiny", "--set", "trainer.select_on=val_split")
+    assert res.returncode == 0, res.stderr
+    reg = Registry(proj / "runs" / "registry.db")
+    evals = reg.evaluations(1)
+    assert sorted({(e["epoch"], e["split"]) for e in evals}) == [
+        (e, s) for e in (0, 1, 2) for s in ("test", "val")
+    ]
+    val = {e["epoch"]: e["metrics"]["mean"] for e in evals if e["split"] == "val" and e["epoch"] > 0}
+    row = reg.get(1)
+    assert row["best_metric"] == "val/mean" and row["best_epoch"] == max(val, key=val.get)
+    assert row["last_metrics"]["epoch"] == 2  # the last epoch is always recorded as well
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_from_last_checkpoint(proj):
+    text = TINY.replace("num_train: 320", "num_train: 1600").replace("epochs: 2", "epochs: 3")
+    (proj / "experiments.yaml").write_text(text)
+    proc = subprocess.Popen([sys.executable, "-m", "dwc_tui.cli", "--project", str(proj), "run", "tiny"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    db = proj / "runs" / "registry.db"
+    deadline = time.time() + 600
+    while True:  # wait until epoch 1 is checkpointed and epoch 2 has reported some losses
+        assert time.time() < deadline, "timed out waiting for the run to reach epoch 2"
+        if db.exists() and (proj / "runs" / "1-tiny" / "last.pt").exists():
+            reg = Registry(db)
+            if any(m["epoch"] > 1.2 for m in reg.metrics(1, split="train", name="loss")):
+                break
+        time.sleep(0.2)
+    reg = Registry(db)
+    os.kill(reg.get(1)["pid"], signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert reg.get(1)["status"] == "failed"
+    kept = [m["step"] for m in reg.metrics(1, split="train", name="loss") if m["step"] <= 100]
+    res = dwc(proj, "resume", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    row = reg.get(1)
+    assert row["status"] == "done"
+    steps = [m["step"] for m in reg.metrics(1, split="train", name="loss")]
+    assert steps == sorted(set(steps)) and max(steps) == 3 * 100  # complete, no duplicates
+    assert [s for s in steps if s <= 100] == kept  # rows up to the checkpoint were not lost
+    assert [e["epoch"] for e in reg.evaluations(1)] == [0, 1, 2, 3]
+    assert any(e["kind"] == "resume" for e in reg.events(1))
+
+
+@pytest.mark.slow
+def test_eval_reproduces_best_and_records_other_protocols(proj):
+    assert dwc(proj, "run", "tiny").returncode == 0
+    reg = Registry(proj / "runs" / "registry.db")
+    row = reg.get(1)
+    res = dwc(proj, "eval", "1", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    ev = json.loads(res.stdout)
+    best = {k: v for k, v in row["best_metrics"].items() if k != "epoch"}
+    assert ev["kind"] == "reeval" and ev["metrics"] == pytest.approx(best, abs=1e-9)
+    res = dwc(proj, "eval", "1", "--checkpoint", "last", "--set", "eval.ks=[1,2,3]", "--format", "json")
+    ev2 = json.loads(res.stdout)
+    assert set(ev2["metrics"]) == {"R@1", "R@2", "R@3", "mean"} and ev2["protocol"]["overrides"] == [
+        "eval.ks=[1,2,3]"
+    ]
+    assert len(reg.query_results(ev2["id"])) == 48
+    bad = dwc(proj, "eval", "1", "--set", "model.embed_dim=3")
+    assert bad.returncode == 2 and "only options of dataset, eval" in bad.stderr
+    missing = dwc(proj, "eval", "1", "--checkpoint", "/nope.pt")
+    assert missing.returncode == 2 and "no checkpoint" in missing.stderr
