@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from dwc_core.errors import RegistryError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 BUSY_TIMEOUT_S = 30.0
 STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")
@@ -143,7 +144,14 @@ MIGRATIONS = [("001_initial", _m001_initial)]
 
 
 def _apply_migrations(conn: sqlite3.Connection) -> None:
+    """Apply pending migrations once, under BEGIN IMMEDIATE so that two processes starting together cannot both
+    apply one (sqlite-utils' own Migrations checks what is pending outside any lock). sqlite-utils is imported
+    only when something is pending, which keeps read-only commands fast."""
     conn.execute("CREATE TABLE IF NOT EXISTS _dwc_migrations (name TEXT PRIMARY KEY, applied REAL)")
+    if {row[0] for row in conn.execute("SELECT name FROM _dwc_migrations")} >= {n for n, _ in MIGRATIONS}:
+        return
+    import sqlite_utils
+
     conn.execute("BEGIN IMMEDIATE")
     try:
         done = {row[0] for row in conn.execute("SELECT name FROM _dwc_migrations")}
@@ -191,7 +199,14 @@ class Registry:
         except OSError as exc:
             raise RegistryError(f"{self.path}: cannot create the run registry: {exc.strerror}.") from None
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        conn.row_factory = sqlite3.Row
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """A sqlite-utils view of the registry (schema inspection, ad-hoc queries)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -209,7 +224,7 @@ class Registry:
         self.conn.execute("COMMIT")
 
     def _rows(self, sql: str, params: Iterable = ()) -> list[dict]:
-        return [_decode(dict(r)) for r in self.db.query(sql, list(params))]
+        return [_decode(dict(r)) for r in self.conn.execute(sql, list(params))]
 
     # ---------------------------------------------------------------------------------------------------- runs
     def create_run(
