@@ -54,6 +54,9 @@ def reevaluate(
         device=device,
         precision=precision,
     )
+    # seeded as the training process was at build time: frozen modules without pretrained weights (random CLIP
+    # in tests and the demo) are not in checkpoints and must come out identical
+    runtime.seed_everything(seed)
     method = build_method(config["model"], ctx).to(device)
     state = checkpoint.load(path, map_location=device)
     method.load_checkpoint_state(state["model"])

@@ -7,6 +7,7 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import assert_state_round_trip
 
 from dwc_core.config import default_config
 from dwc_core.errors import ConfigError
@@ -196,18 +197,7 @@ def test_overfits_a_fixed_batch():
 
 
 def test_state_dict_round_trip_gives_identical_embeddings():
-    model = make_model(seed=0)
-    model.train_step(make_batch(), step_ctx(model))
-    other = make_model(seed=1)
-    other.load_state_dict(model.state_dict())
-    model.eval()
-    other.eval()
-    batch = make_batch(seed=3)
-    with torch.no_grad():
-        assert torch.equal(
-            model.encode_queries(batch.ref, batch.texts), other.encode_queries(batch.ref, batch.texts)
-        )
-        assert torch.equal(model.encode_gallery(batch.target), other.encode_gallery(batch.target))
+    assert_state_round_trip(make_model, make_batch, step_ctx)
 
 
 def test_bad_options_raise_config_error():

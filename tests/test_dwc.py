@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from method_checks import assert_same_embeddings
 
 from dwc_core import losses
 from dwc_core.config import default_config
@@ -263,13 +264,7 @@ def test_state_dict_round_trip_gives_identical_embeddings(tmp_path):
     torch.save(model.state_dict(), path)
     fresh = make_model(seed=1, clip={"pretrained": str(clip_file)})
     fresh.load_state_dict(torch.load(path, weights_only=False))  # strict: every stream key matches
-    model.eval(), fresh.eval()
-    batch = make_batch()
-    with torch.no_grad():
-        assert torch.equal(
-            model.encode_queries(batch.ref, batch.texts), fresh.encode_queries(batch.ref, batch.texts)
-        )
-        assert torch.equal(model.encode_gallery(batch.target), fresh.encode_gallery(batch.target))
+    assert_same_embeddings(model, fresh, make_batch())
     assert fresh.cnn_stream.text.vocab.words == model.cnn_stream.text.vocab.words
 
 

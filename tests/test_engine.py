@@ -179,3 +179,27 @@ def test_eval_reproduces_best_and_records_other_protocols(proj):
     assert bad.returncode == 2 and "only options of dataset, eval" in bad.stderr
     missing = dwc(proj, "eval", "1", "--checkpoint", "/nope.pt")
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
+
+
+@pytest.mark.slow
+def test_eval_of_dwc_with_frozen_random_clip_reproduces_best(proj):
+    """Frozen modules stay out of checkpoints; re-building them must give the same weights as in training."""
+    text = (
+        TINY
+        + """\
+  tiny-dwc:
+    extends: tiny
+    model: {name: dwc, embed_dim: 32, clip: {arch: tiny, pretrained: none}, cnn: {arch: tiny, pretrained: none},
+            text: {word_dim: 16}}
+    trainer: {epochs: 1}
+"""
+    )
+    (proj / "experiments.yaml").write_text(text)
+    assert dwc(proj, "run", "tiny-dwc").returncode == 0
+    row = Registry(proj / "runs" / "registry.db").get(1)
+    state = torch.load(Path(row["run_dir"]) / "best.pt", weights_only=True)
+    assert not any(k.startswith("clip.") for k in state["model"])  # the frozen CLIP is not saved
+    res = dwc(proj, "eval", "1", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    best = {k: v for k, v in row["best_metrics"].items() if k != "epoch"}
+    assert json.loads(res.stdout)["metrics"] == pytest.approx(best, abs=1e-9)
