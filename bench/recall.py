@@ -14,9 +14,10 @@ Three variants run on the same data in one process:
   linearly to all of them.
 
 ``floor`` and ``ours`` alternate ``--repeat`` times; the best wall and CPU time of each is reported (the machine
-may be shared: CPU time, summed over threads, is less disturbed by other processes than wall time). Peak memory is the growth
-of the process's resident set (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) during one variant,
-and on CUDA also ``torch.cuda.max_memory_allocated``; the output of a variant (its top-k) is part of its peak.
+may be shared: CPU time, summed over threads, is less disturbed by other processes than wall time). Peak memory
+is the growth of the process's resident set (``VmHWM`` after resetting it through ``/proc/self/clear_refs``)
+during one variant, and on CUDA also ``torch.cuda.max_memory_allocated``; a variant's output (its top-k) is part
+of its peak.
 
 Run by hand: ``.venv/bin/python bench/recall.py [--queries N --gallery N --dim D --chunk N --device cpu|cuda]``.
 Targets (2-core CPU): ours ≤ 1.3× floor, ≥ 4× faster than the loop, peak memory bounded by the chunk (no
@@ -245,8 +246,8 @@ def main() -> None:
     if ours_peak is not None:
         held = "no" if ours_peak < full_bytes / 2 else "POSSIBLY"
         print(
-            f"ours held a {n_q:,} × {n_g:,} matrix at once: {held} (peak {ours_peak / full_bytes:.0%} of its size, "
-            f"{ours_peak / chunk_bytes:.2f}× one chunk)"
+            f"ours held a {n_q:,} × {n_g:,} matrix at once: {held} "
+            f"(peak {ours_peak / full_bytes:.0%} of its size, {ours_peak / chunk_bytes:.2f}× one chunk)"
         )
 
     # sanity: the variants rank alike (random float scores have no ties in practice)
@@ -257,6 +258,7 @@ def main() -> None:
         f"check: first-hit rank ours = loop on {agree:.2f}% of the loop's queries; top-1 ours = floor on "
         f"{same_top:.2f}% of queries (may differ only where the floor's top-1 is the masked reference)"
     )
+    print(f"load average at end: {load()}")
     print(
         f"metrics (random vectors: near chance): {', '.join(f'{k} {v:.3f}' for k, v in res.metrics.items())}"
     )

@@ -91,6 +91,7 @@ class HandLoop:
         self.trainer = trainer
         self.method = copy.deepcopy(trainer.method)
         self.optimizers = self.method.make_optimizers(trainer.tcfg)
+        self.scalers = {name: torch.amp.GradScaler("cuda") for name in trainer.scalers}  # fp16 on CUDA only
         self.step = 0
 
     def epoch(self, epoch: int, workers: int) -> int:
@@ -101,7 +102,7 @@ class HandLoop:
             BatchGather(batches, triplets, t.cache), batch_size=None, shuffle=False, num_workers=workers
         )
         self.method.train()
-        ctx = StepContext(self.optimizers, t.autocast, step=self.step, epoch=epoch)
+        ctx = StepContext(self.optimizers, t.autocast, self.scalers, step=self.step, epoch=epoch)
         steps = 0
         for ref, tgt, texts, labels in loader:
             batch = Batch(ref.to(t.device), tgt.to(t.device), texts, labels.to(t.device))
@@ -136,9 +137,14 @@ def load() -> str:
     return f"{one} on {os.cpu_count()} cores"
 
 
-def timed(fn) -> tuple[int, float]:
+def timed(fn, device: torch.device) -> tuple[int, float]:
+    """Steps done by ``fn`` and its wall time, queued GPU work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     steps = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return steps, time.perf_counter() - t0
 
 
@@ -202,21 +208,21 @@ def main() -> None:
             for rep in range(args.repeat):
                 order = [("trainer", run_trainer), ("hand", run_hand)]
                 for name, fn in order if rep % 2 == 0 else order[::-1]:
-                    steps, seconds = timed(lambda fn=fn, w=w: fn(w))
+                    steps, seconds = timed(lambda fn=fn, w=w: fn(w), trainer.device)
                     rates[name].append(steps / seconds)
+                    where = f"workers {w} round {rep + 1}"
                     print(
-                        f"  workers {w} round {rep + 1}: {name:7s} {steps} steps in {seconds:6.2f}s = {steps / seconds:6.2f} steps/s"
+                        f"  {where}: {name:7s} {steps} steps in {seconds:6.2f}s = {steps / seconds:6.2f} steps/s"
                     )
             paired = [h / t - 1 for h, t in zip(rates["hand"], rates["trainer"], strict=True)]
-            results[w] = {k: statistics.median(v) for k, v in rates.items()} | {
-                "paired": statistics.median(paired)
-            }
+            results[w] = {name: statistics.median(values) for name, values in rates.items()}
+            results[w]["paired"] = statistics.median(paired)
         trainer.reporter.close()
 
     print()
     print(
-        f"{args.method} on {args.device} ({torch.get_num_threads()} torch threads), median of {args.repeat} rounds, "
-        f"{args.steps} steps per epoch; load average at end: {load()}"
+        f"{args.method} on {args.device} ({torch.get_num_threads()} torch threads), median of {args.repeat} "
+        f"rounds, {args.steps} steps per epoch; load average at end: {load()}"
     )
     print("workers   trainer steps/s   hand steps/s   overhead (of medians)   overhead (median of rounds)")
     for w, r in results.items():
