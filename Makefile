@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/recall.py
 	$(PY) bench/train_step.py
 	$(PY) bench/data_loading.py
+	$(PY) bench/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -67,23 +67,20 @@ TINY_MODELS: dict[str, dict] = {
 class BatchGather(torch.utils.data.Dataset):
     """Item i = batch i, gathered in one fancy index from the cache array (what a hand-written loop would do)."""
 
-    def __init__(self, batches: list[list[int]], triplets, cache):
-        self.batches = batches
+    def __init__(self, batches: list[list], cache):
+        self.batches = [[t for t, _seed in batch] for batch in batches]
         self.cache = cache
-        self.refs = np.array([t.ref for t in triplets])
-        self.tgts = np.array([t.target for t in triplets])
-        self.texts = [t.text for t in triplets]
-        self.labels = torch.tensor([t.label for t in triplets], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, b: int):
-        idx = np.asarray(self.batches[b])
+        batch = self.batches[b]
         images = self.cache.array  # (N, H, W, 3) uint8, memory-mapped
-        ref = torch.from_numpy(images[self.refs[idx]]).permute(0, 3, 1, 2).contiguous()
-        tgt = torch.from_numpy(images[self.tgts[idx]]).permute(0, 3, 1, 2).contiguous()
-        return ref, tgt, [self.texts[i] for i in idx], self.labels[idx]
+        ref = torch.from_numpy(images[np.array([t.ref for t in batch])]).permute(0, 3, 1, 2).contiguous()
+        tgt = torch.from_numpy(images[np.array([t.target for t in batch])]).permute(0, 3, 1, 2).contiguous()
+        labels = torch.tensor([t.label for t in batch], dtype=torch.long)
+        return ref, tgt, [t.text for t in batch], labels
 
 
 class HandLoop:
@@ -96,10 +93,9 @@ class HandLoop:
 
     def epoch(self, epoch: int, workers: int) -> int:
         t = self.trainer
-        batches = list(t._loader(epoch, 0).batch_sampler)  # the trainer's exact batches for this epoch
-        triplets = t.base_train or t.ds.train_triplets(epoch, int(t.tcfg["seed"]))
+        batches = t.epoch_batches(epoch)  # the trainer's exact batches for this epoch
         loader = torch.utils.data.DataLoader(
-            BatchGather(batches, triplets, t.cache), batch_size=None, shuffle=False, num_workers=workers
+            BatchGather(batches, t.cache), batch_size=None, shuffle=False, num_workers=workers
         )
         self.method.train()
         ctx = StepContext(self.optimizers, t.autocast, self.scalers, step=self.step, epoch=epoch)

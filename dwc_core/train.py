@@ -24,7 +24,7 @@ import torch
 
 from dwc_core import checkpoint, runtime
 from dwc_core.data import load_dataset
-from dwc_core.data.loading import ImageCache, TripletData, collate_triplets, loader_kwargs
+from dwc_core.data.loading import EpochBatches, ImageCache, TripletBatches, loader_kwargs
 from dwc_core.data.types import EvalSet, Triplet
 from dwc_core.distributed import Dist
 from dwc_core.errors import ConfigError, DwcError, TrainingError
@@ -131,6 +131,8 @@ class Trainer:
         self.best_epoch: int | None = None
         self.best_eval_id: int | None = None
         self.nan_skipped = 0
+        self.train_seconds = 0.0  # cumulative time in training loops (evaluation excluded), for time budgets
+        self.budget_reached = False
 
     # ----------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -243,6 +245,7 @@ class Trainer:
             "best": {"value": self.best_value, "epoch": self.best_epoch, "eval_id": self.best_eval_id},
             "rng": checkpoint.rng_state(),
             "nan_skipped": self.nan_skipped,
+            "train_seconds": self.train_seconds,
         }
 
     def save_last(self) -> None:
@@ -269,6 +272,7 @@ class Trainer:
         best = state["best"]
         self.best_value, self.best_epoch, self.best_eval_id = best["value"], best["epoch"], best["eval_id"]
         self.nan_skipped = state.get("nan_skipped", 0)
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         checkpoint.set_rng_state(state["rng"])
         dropped = self._main(self.registry.delete_metrics_after, self.run_id, self.step)
         self._main(self.registry.delete_evaluations_after, self.run_id, self.epoch)
@@ -352,22 +356,34 @@ class Trainer:
         return {k: d.get(k) for k in ("name", "gallery", "mask_reference", "text", "category") if k in d}
 
     # -------------------------------------------------------------------------------------------- training
-    def _loader(self, epoch: int, skip_batches: int):
+    def epoch_batches(self, epoch: int, skip_batches: int = 0) -> list[list[tuple[Triplet, int]]]:
+        """This rank's batches of epoch ``epoch``: (triplet, flip seed) items, deterministic from the seed."""
         seed = int(self.tcfg["seed"])
         triplets = self.base_train or self.ds.train_triplets(epoch, seed)
         bs = int(self.tcfg["batch_size"])
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(len(triplets), generator=gen).tolist()
         world, rank = self.dist.world, self.dist.rank
-        global_batches = [order[i * bs : (i + 1) * bs] for i in range(self.steps_per_epoch * world)]
-        batches = global_batches[rank::world][skip_batches:]  # each rank its share of every global step
-        gen = torch.Generator().manual_seed(seed * 1000 + epoch + 7919 * rank)  # per-rank augmentation seeds
-        data = TripletData(triplets, self.cache, self.config["dataset"]["augment"])
-        workers = int(self.tcfg["num_workers"])
-        return torch.utils.data.DataLoader(
-            data, batch_sampler=batches, collate_fn=collate_triplets, generator=gen,
-            **loader_kwargs(workers, self.device.type == "cuda"),
-        )  # fmt: skip
+        flip_base = (seed * 1_000_003 + epoch) * 10_000_019
+        global_batches = [
+            [(triplets[i], flip_base + i) for i in order[b * bs : (b + 1) * bs]]
+            for b in range(self.steps_per_epoch * world)
+        ]
+        return global_batches[rank::world][skip_batches:]  # each rank its share of every global step
+
+    def _loader(self, epoch: int, skip_batches: int):
+        """The run's one DataLoader (workers persist across epochs), set to this epoch's batches."""
+        if getattr(self, "_data_loader", None) is None:
+            self._sampler = EpochBatches()
+            workers = self.tcfg["num_workers"]
+            if workers is None:
+                workers = 0 if self.device.type == "cpu" else min(4, (os.cpu_count() or 2) // 2)
+            self._data_loader = torch.utils.data.DataLoader(
+                TripletBatches(self.cache, self.config["dataset"]["augment"]), sampler=self._sampler,
+                batch_size=None, **loader_kwargs(workers, self.device.type == "cuda", persistent=True),
+            )  # fmt: skip
+        self._sampler.set(self.epoch_batches(epoch, skip_batches))
+        return self._data_loader
 
     def train_epoch(self, epoch: int) -> None:
         self.method.train()
@@ -383,10 +399,16 @@ class Trainer:
         t_log, steps_since = time.time(), 0
         sums: dict[str, torch.Tensor] = {}
         log_every = int(self.tcfg["log_every"])
+        budget = self.tcfg["time_budget_min"]
         for ref, tgt, texts, labels in loader:
             stop = self.stop_requested.is_set() or self.reporter.cancel_requested.is_set()
             if self.dist.any(stop, self.device):  # every rank stops at the same step
                 raise Stop()
+            if budget is not None:
+                over = self.train_seconds + time.time() - t_epoch >= budget * 60
+                if self.dist.any(over, self.device):
+                    self.budget_reached = True
+                    break
             nb = self.device.type == "cuda"
             batch = Batch(
                 ref.to(self.device, non_blocking=nb), tgt.to(self.device, non_blocking=nb), texts,
@@ -443,6 +465,7 @@ class Trainer:
                 )  # fmt: skip
                 sums, t_log, steps_since = {}, now, 0
         seconds = time.time() - t_epoch
+        self.train_seconds += seconds
         self.reporter.metric(self.step, epoch, "train", "epoch_seconds", seconds)
         if self.device.type == "cuda":
             self.reporter.metric(
@@ -460,10 +483,19 @@ class Trainer:
             epoch = self.epoch + 1
             self.train_epoch(epoch)
             self.epoch, self.batch_in_epoch = epoch, 0
-            if epoch % int(self.tcfg["eval_every"]) == 0 or epoch == epochs:
+            last = epoch == epochs or self.budget_reached
+            if epoch % int(self.tcfg["eval_every"]) == 0 or last:
                 self.run_eval(epoch)
             self.save_last()
             self.reporter.flush_now()
+            if self.budget_reached:
+                msg = (
+                    f"time budget of {self.tcfg['time_budget_min']} min reached during epoch {epoch} at step "
+                    f"{self.step}; evaluated and stopped"
+                )
+                log(msg)
+                self._main(self.registry.event, self.run_id, "budget", msg)
+                break
         return 0
 
 

@@ -287,9 +287,14 @@ def compare(
                 d[f"{k}_std"] = statistics.stdev(vals)
         table_rows.append(d)
     cols = ["experiment", "method", "dataset", "runs", *keys]
+    title = "best epoch (selection as configured per run)"
     if fmt != "table":
         cols += [c for c in (table_rows[0] if table_rows else {}) if c.endswith("_std")]
-    emit(table_rows, cols, fmt, title="best epoch (selection as configured per run)")
+    elif len(table_rows) > 1:  # at 80 columns, say once what every row shares
+        shared = [c for c in ("dataset", "method", "runs") if len({r[c] for r in table_rows}) == 1]
+        cols = [c for c in cols if c not in shared]
+        title += "".join(f" · {c} {table_rows[0][c]}" for c in shared)
+    emit(table_rows, cols, fmt, title=title)
 
 
 # ------------------------------------------------------------------------------------------ cancel / resume

@@ -203,3 +203,18 @@ def test_eval_of_dwc_with_frozen_random_clip_reproduces_best(proj):
     assert res.returncode == 0, res.stderr
     best = {k: v for k, v in row["best_metrics"].items() if k != "epoch"}
     assert json.loads(res.stdout)["metrics"] == pytest.approx(best, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_time_budget_cuts_training_evaluates_and_finishes(proj):
+    res = dwc(proj, "run", "tiny", "--set", "trainer.epochs=1000", "--set", "trainer.time_budget_min=0.05")
+    assert res.returncode == 0, res.stderr
+    reg = Registry(proj / "runs" / "registry.db")
+    row = reg.get(1)
+    assert row["status"] == "done"
+    events = [e for e in reg.events(1) if e["kind"] == "budget"]
+    assert len(events) == 1 and "time budget of 0.05 min" in events[0]["message"]
+    last_epoch = reg.evaluations(1)[-1]["epoch"]
+    assert 1 <= last_epoch < 1000 and row["last_metrics"]["epoch"] == last_epoch
+    train_seconds = sum(m["value"] for m in reg.metrics(1, split="train", name="epoch_seconds"))
+    assert 3.0 <= train_seconds < 3.0 + 10  # the budget, plus at most one step's overshoot (generous)

@@ -140,34 +140,53 @@ def _torch():
     return torch
 
 
-class TripletData:
-    """torch Dataset of training triplets: (ref uint8 CHW, target uint8 CHW, text, label)."""
+class TripletBatches:
+    """torch Dataset whose item is a whole batch: a list of (Triplet, flip seed) → (ref uint8 N×3×H×W,
+    target uint8 N×3×H×W, texts, labels). One fancy index per batch into the cache.
 
-    def __init__(self, triplets: list[Triplet], cache: ImageCache, augment: str = "none"):
-        self.triplets = triplets
+    The batch lists come from the sampler (:class:`EpochBatches`), so one DataLoader with persistent workers
+    serves every epoch, re-sampled datasets included; flips follow each item's own seed, so augmentation is the
+    same whichever worker loads it and after a resume.
+    """
+
+    def __init__(self, cache: ImageCache, augment: str = "none"):
         self.cache = cache
         self.augment = augment
 
-    def __len__(self) -> int:
-        return len(self.triplets)
+    def __getitem__(self, items: list[tuple[Triplet, int]]):
+        import random
 
-    def __getitem__(self, i: int):
         torch = _torch()
-        t = self.triplets[i]
-        ref = torch.from_numpy(self.cache.get(t.ref)).permute(2, 0, 1)
-        tgt = torch.from_numpy(self.cache.get(t.target)).permute(2, 0, 1)
+        images = self.cache.array
+        refs = np.fromiter((t.ref for t, _ in items), dtype=np.int64, count=len(items))
+        tgts = np.fromiter((t.target for t, _ in items), dtype=np.int64, count=len(items))
+        ref = torch.from_numpy(images[refs]).permute(0, 3, 1, 2)
+        tgt = torch.from_numpy(images[tgts]).permute(0, 3, 1, 2)
         if self.augment == "hflip":
-            if torch.rand(()) < 0.5:
-                ref = ref.flip(-1)
-            if torch.rand(()) < 0.5:
-                tgt = tgt.flip(-1)
-        return ref.contiguous(), tgt.contiguous(), t.text, t.label
+            flips = [random.Random(seed).random() for _, seed in items]
+            ref_flip = torch.tensor([f < 0.5 for f in flips])
+            tgt_flip = torch.tensor([(f * 2) % 1.0 < 0.5 for f in flips])
+            ref[ref_flip] = ref[ref_flip].flip(-1)
+            tgt[tgt_flip] = tgt[tgt_flip].flip(-1)
+        texts = [t.text for t, _ in items]
+        labels = torch.tensor([t.label for t, _ in items], dtype=torch.long)
+        return ref.contiguous(), tgt.contiguous(), texts, labels
 
 
-def collate_triplets(items):
-    torch = _torch()
-    refs, tgts, texts, labels = zip(*items, strict=True)
-    return torch.stack(refs), torch.stack(tgts), list(texts), torch.tensor(labels, dtype=torch.long)
+class EpochBatches:
+    """Sampler of batch lists, replaced each epoch (``set``) while the DataLoader and its workers persist."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[Triplet, int]]] = []
+
+    def set(self, batches: list[list[tuple[Triplet, int]]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class IndexedImages:
@@ -185,9 +204,9 @@ class IndexedImages:
         return torch.from_numpy(self.cache.get(self.indices[i])).permute(2, 0, 1).contiguous()
 
 
-def loader_kwargs(workers: int, pin: bool) -> dict:
+def loader_kwargs(workers: int, pin: bool, persistent: bool = False) -> dict:
     kw: dict = {"num_workers": workers, "pin_memory": pin}
     if workers > 0:
-        kw["persistent_workers"] = False
+        kw["persistent_workers"] = persistent
         kw["prefetch_factor"] = 4
     return kw
