@@ -225,8 +225,21 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
     )
     if evals:
         out.print(results_table(registry, run_id))
+    train = _train_metric_summary(registry.metrics(run_id, split="train"))
+    if train:
+        emit(train, ["metric", "first", "last", "min", "max", "points"], "table", title="training metrics")
     emit([{"time": when(e["time"]), "kind": e["kind"], "message": e["message"]} for e in events[-15:]],
          ["time", "kind", "message"], "table", title="events")  # fmt: skip
+
+
+def _train_metric_summary(rows: list[dict]) -> list[dict]:
+    series: dict[str, list[float]] = {}
+    for r in rows:
+        series.setdefault(r["name"], []).append(r["value"])
+    return [
+        {"metric": name, "first": v[0], "last": v[-1], "min": min(v), "max": max(v), "points": len(v)}
+        for name, v in series.items()
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------ compare
@@ -287,7 +300,7 @@ def compare(
                 d[f"{k}_std"] = statistics.stdev(vals)
         table_rows.append(d)
     cols = ["experiment", "method", "dataset", "runs", *keys]
-    title = "best epoch (selection as configured per run)"
+    title = "best epoch per experiment"
     if fmt != "table":
         cols += [c for c in (table_rows[0] if table_rows else {}) if c.endswith("_std")]
     elif len(table_rows) > 1:  # at 80 columns, say once what every row shares

@@ -51,6 +51,8 @@ def cell(value) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
+        if value != 0 and abs(value) < 0.01:
+            return f"{value:.3g}"  # learning rates, small losses
         return f"{value:.2f}"
     return str(value)
 
