@@ -19,7 +19,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
@@ -34,34 +33,33 @@ POLL_S = 0.5
 def _progress_line(row: dict) -> str:
     p = row.get("progress") or {}
     phase = p.get("phase", row["status"])
-    parts = [f"[bold]{row['experiment']}[/] #{row['id']}", f"{phase}"]
+    parts = [f"[bold]{row['experiment'][:18]}[/] #{row['id']}", f"{phase}"]
     if phase == "cache" and p.get("cache_total"):
         parts.append(f"images {p.get('cache_done', 0)}/{p['cache_total']}")
     if p.get("loss") is not None:
-        parts.append(f"loss {p['loss']:.4f}")
+        parts.append(f"loss {p['loss']:.4g}")
     if p.get("it_s"):
-        parts.append(f"{p['it_s']:.2f} it/s")
+        parts.append(f"{p['it_s']:.1f}it/s")
     return "  ".join(parts)
 
 
 def follow(registry: Registry, run_id: int, proc: subprocess.Popen, interactive: bool) -> dict:
     """Poll the registry while the process runs; returns the final run row."""
-    progress = Progress(
+    progress = Progress(  # fits an 80-column terminal: what, loss, speed, bar, steps, epoch, ETA
         TextColumn("{task.description}"),
-        BarColumn(bar_width=None),
+        BarColumn(bar_width=14),
         MofNCompleteColumn(),
-        TextColumn("epoch {task.fields[epoch]}"),
-        TimeElapsedColumn(),
+        TextColumn("ep {task.fields[epoch]}"),
         TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TimeRemainingColumn(compact=True),
         console=err,
         transient=True,
-        expand=True,
+        expand=False,
     )
     task = progress.add_task("starting", total=None, epoch="-")
     last_line = ""
     last_eval = 0
-    live = Live(Group(progress), console=err, refresh_per_second=4, transient=True) if interactive else None
+    live = Live(Group(progress), console=err, refresh_per_second=2, transient=True) if interactive else None
     if live:
         live.start()
     try:
@@ -69,7 +67,7 @@ def follow(registry: Registry, run_id: int, proc: subprocess.Popen, interactive:
             code = proc.poll()
             row = registry.get(run_id)
             p = row.get("progress") or {}
-            total = p.get("total_steps")
+            total = row.get("total_steps") or None
             progress.update(
                 task,
                 description=_progress_line(row),
