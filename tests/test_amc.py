@@ -20,15 +20,6 @@ TEXTS = ["make it red", "add a blue square to the left", "remove the small green
 B, SIZE, D = 3, 32, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: more threads only contend with the other test processes on a small machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(seed: int = 0, **over) -> AMC:
     opts = default_config(dataset="synthetic", method="amc")["model"]
     opts.update(embed_dim=D, hid_router=16, heads=8, cnn={"arch": "tiny", "pretrained": "none"})

@@ -21,15 +21,6 @@ TEXTS = ["make it red", "add a blue square", "remove the small green circle", "m
 B, SIZE, D, DT = 4, 32, 32, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: more threads only contend with the other test processes on a small machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(seed: int = 0, **over) -> ComposeAE:
     opts = default_config(dataset="synthetic", method="composeae")["model"]
     opts.update(embed_dim=D, conv_channels=4, pool_len=16, cnn={"arch": "tiny", "pretrained": "none"})

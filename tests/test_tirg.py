@@ -20,15 +20,6 @@ TEXTS = ["make it red", "add a blue square", "remove the green circle", "move it
 B, SIZE, D = 4, 32, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: more threads only contend with the other test processes on a small machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(seed: int = 0, arch: str = "tiny", **over) -> TIRG:
     opts = default_config(dataset="synthetic", method="tirg")["model"]
     opts.update(embed_dim=D, cnn={"arch": arch, "pretrained": "none"}, text={"word_dim": D, "hidden": D})

@@ -1,0 +1,20 @@
+"""Shared pytest set-up."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tests run tiny tensors in-process: more intra-op threads only contend on a small shared machine.
+    (Subprocesses started by tests are not affected.)"""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
