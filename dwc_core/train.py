@@ -183,7 +183,8 @@ class Trainer:
                 self.registry.event,
                 self.run_id,
                 "warning",
-                f"{skipped} test queries skipped (missing images)",
+                f"{skipped} test queries skipped by the loader (missing images, or pairs outside the eval list); "
+                "details: dwc data check",
             )
         ctx = BuildContext(
             train_texts=[x.text for x in (self.base_train or self.ds.train_triplets(0, int(t["seed"])))],
@@ -381,6 +382,8 @@ class Trainer:
             self._data_loader = torch.utils.data.DataLoader(
                 TripletBatches(self.cache, self.config["dataset"]["augment"]), sampler=self._sampler,
                 batch_size=None, **loader_kwargs(workers, self.device.type == "cuda", persistent=True),
+                # its own generator: creating an iterator must not draw from the global RNG (dropout etc.)
+                generator=torch.Generator().manual_seed(int(self.tcfg["seed"])),
             )  # fmt: skip
         self._sampler.set(self.epoch_batches(epoch, skip_batches))
         return self._data_loader
