@@ -100,6 +100,10 @@ class EMA:
             for s, p in zip(self.shadow, self.params, strict=True):
                 p.copy_(s)
 
+    def keep(self) -> None:
+        """After ``swap_in``: keep the averaged weights as the live ones (the average restarts from them)."""
+        self._backup = None
+
     def swap_out(self) -> None:
         assert self._backup is not None
         with torch.no_grad():
@@ -294,7 +298,9 @@ class Trainer:
             if self.tcfg["select_on"] == "val_split":
                 results["val"] = evaluate(*args, eval_sets=self.val_set, dist=self.dist)
         finally:
-            if self.ema:
+            if self.ema and self.tcfg["ema_mode"] == "restart":
+                self.ema.keep()  # AMC as coded: the live weights become the EMA, which restarts from them
+            elif self.ema:
                 self.ema.swap_out()
         if not self.dist.is_main:
             return
@@ -348,7 +354,8 @@ class Trainer:
             return self.method.checkpoint_state()
         self.ema.swap_in()
         try:
-            return {k: v.detach().clone() for k, v in self.method.checkpoint_state().items()}
+            state = self.method.checkpoint_state()  # tensors, plus extra state such as the vocabulary
+            return {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state.items()}
         finally:
             self.ema.swap_out()
 

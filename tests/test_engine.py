@@ -61,6 +61,23 @@ def test_ema_average_and_swap():
     assert model.weight.item() == 2.0
 
 
+def test_ema_restart_keeps_the_average_as_live_weights():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    ema.update()  # shadow 2.0
+    ema.swap_in()
+    ema.keep()
+    assert model.weight.item() == 2.0 and ema.shadow[0].item() == 2.0
+    with torch.no_grad():
+        model.weight.fill_(6.0)
+    ema.update()  # restarted from 2.0: 0.5·2 + 0.5·6
+    assert ema.shadow[0].item() == 4.0
+
+
 def test_oom_message_names_batch_size():
     class T:
         tcfg = {"batch_size": 256}
@@ -218,3 +235,16 @@ def test_time_budget_cuts_training_evaluates_and_finishes(proj):
     assert 1 <= last_epoch < 1000 and row["last_metrics"]["epoch"] == last_epoch
     train_seconds = sum(m["value"] for m in reg.metrics(1, split="train", name="epoch_seconds"))
     assert 3.0 <= train_seconds < 3.0 + 10  # the budget, plus at most one step's overshoot (generous)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["swap", "restart"])
+def test_ema_runs_evaluate_and_save_the_average(proj, mode):
+    res = dwc(proj, "run", "tiny", "--set", "trainer.ema=0.9", "--set", f"trainer.ema_mode={mode}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    reg = Registry(proj / "runs" / "registry.db")
+    row = reg.get(1)
+    assert row["status"] == "done"
+    res = dwc(proj, "eval", "1", "--format", "json")  # best.pt holds the evaluated (EMA) weights
+    best = {k: v for k, v in row["best_metrics"].items() if k != "epoch"}
+    assert json.loads(res.stdout)["metrics"] == pytest.approx(best, abs=1e-9)

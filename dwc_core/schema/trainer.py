@@ -44,6 +44,13 @@ TRAINER: Section = {
     "warmup_steps": Opt("int", 0, help="linear warm-up steps", min=0),
     "grad_clip": Opt("float", 0.0, help="clip gradient norm (0 = off)", min=0),
     "ema": Opt("float", 0.0, help="weight EMA decay (0 = off)", min=0, max=1),
+    "ema_mode": Opt(
+        "str",
+        "swap",
+        choices=("swap", "restart"),
+        help="swap: evaluate/save the EMA, keep training the live weights; restart: after each evaluation the "
+        "live weights become the EMA and the EMA restarts from them (AMC's code)",
+    ),
     "compile": Opt("bool", False, help="torch.compile the model"),
     "channels_last": Opt("bool", True, help="channels_last memory format for CNNs on GPU"),
     "time_budget_min": Opt(
