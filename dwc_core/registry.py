@@ -167,6 +167,13 @@ def _apply_migrations(conn: sqlite3.Connection) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- registry
+def _encode(fields: dict) -> None:
+    """JSON-encode the JSON columns among ``fields``, in place."""
+    for key in JSON_COLUMNS:
+        if key in fields and not isinstance(fields[key], str | type(None)):
+            fields[key] = json.dumps(fields[key], sort_keys=True)
+
+
 def _decode(row: dict | None) -> dict | None:
     if row is None:
         return None
@@ -314,9 +321,7 @@ class Registry:
         """Set columns of a run row (JSON columns are encoded)."""
         if not fields:
             return
-        for key in JSON_COLUMNS:
-            if key in fields and not isinstance(fields[key], str | type(None)):
-                fields[key] = json.dumps(fields[key], sort_keys=True)
+        _encode(fields)
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self.write() as c:
             c.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
@@ -331,9 +336,7 @@ class Registry:
             fields.setdefault("ended", now)
         if status == "running":
             fields.setdefault("heartbeat", now)
-        for key in JSON_COLUMNS:
-            if key in fields and not isinstance(fields[key], str | type(None)):
-                fields[key] = json.dumps(fields[key], sort_keys=True)
+        _encode(fields)
         cols = ", ".join(["status = ?", *(f"{k} = ?" for k in fields)])
         sql = f"UPDATE runs SET {cols} WHERE id = ?"
         params: list[Any] = [status, *fields.values(), run_id]

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import math
 import os
+import random
 import signal
 import sys
 import threading
@@ -25,7 +26,7 @@ import torch
 from dwc_core import checkpoint, runtime
 from dwc_core.data import load_dataset
 from dwc_core.data.loading import EpochBatches, ImageCache, TripletBatches, loader_kwargs
-from dwc_core.data.types import EvalSet, Triplet
+from dwc_core.data.types import EvalSet, Query, Triplet
 from dwc_core.distributed import Dist
 from dwc_core.errors import ConfigError, DwcError, TrainingError
 from dwc_core.evaluate import EvalResult, evaluate, query_rows
@@ -47,16 +48,12 @@ class Stop(Exception):
 
 def make_val_split(train: list[Triplet], fraction: float, seed: int) -> tuple[list[Triplet], EvalSet]:
     """Hold out a slice of the training triplets as a validation set (the honest model-selection split)."""
-    import random
-
     order = list(range(len(train)))
     random.Random(seed + 1013).shuffle(order)
     n_val = max(1, int(len(train) * fraction))
     held = sorted(order[:n_val])
     held_set = set(held)
     kept = [t for i, t in enumerate(train) if i not in held_set]
-    from dwc_core.data.types import Query
-
     queries = [Query(ref=train[i].ref, text=train[i].text, target=train[i].target) for i in held]
     gallery = sorted({x for q in queries for x in (q.ref, q.target)})
     return kept, EvalSet(name="val", queries=queries, gallery=gallery, ks=[], mask_reference=True)

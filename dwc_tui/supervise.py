@@ -6,6 +6,7 @@ process itself is killed or the terminal goes away, the training process carries
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -57,7 +58,6 @@ def follow(registry: Registry, run_id: int, proc: subprocess.Popen, interactive:
         expand=False,
     )
     task = progress.add_task("starting", total=None, epoch="-")
-    last_line = ""
     last_eval = 0
     live = Live(Group(progress), console=err, refresh_per_second=2, transient=True) if interactive else None
     if live:
@@ -82,10 +82,6 @@ def follow(registry: Registry, run_id: int, proc: subprocess.Popen, interactive:
                 shown = "  ".join(f"{k} {m[k]:.2f}" for k in keys)
                 (err if interactive else out).print(f"  eval epoch {ev['epoch']:>3} [{ev['split']}]  {shown}")
             last_eval = len(evals)
-            if not interactive:
-                line = _progress_line(row)
-                if line != last_line and p.get("epoch_step") in (None, p.get("epoch_steps")):
-                    last_line = line
             if code is not None:
                 return launcher.reconcile_exit(registry, run_id, code)
             time.sleep(POLL_S)
@@ -96,7 +92,7 @@ def follow(registry: Registry, run_id: int, proc: subprocess.Popen, interactive:
 
 def run_foreground(registry: Registry, registry_path: Path, run: dict, interactive: bool) -> dict:
     """Claim, start and follow one queued run. Ctrl-C cancels it cleanly."""
-    claimed = registry.claim(worker=f"cli:{__import__('os').getpid()}", run_id=run["id"])
+    claimed = registry.claim(worker=f"cli:{os.getpid()}", run_id=run["id"])
     if claimed is None:
         raise RuntimeError(f"run {run['id']} could not be claimed (already taken by a worker?)")
     proc = launcher.spawn(registry, claimed, registry_path)

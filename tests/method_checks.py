@@ -23,3 +23,12 @@ def assert_state_round_trip(make_model, make_batch, step_ctx) -> None:
     other = make_model(seed=1)
     other.load_state_dict(model.state_dict())
     assert_same_embeddings(model, other, make_batch(seed=3))
+
+
+def eval_loss(model, batch) -> float:
+    """The method's loss on ``batch`` in eval mode (no dropout), leaving the model in train mode."""
+    model.eval()
+    with torch.no_grad():
+        value = float(model.loss_terms(batch.ref, batch.texts, batch.target)["loss"])
+    model.train()
+    return value

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import assert_state_round_trip
+from method_checks import assert_state_round_trip, eval_loss
 from torch import nn
 
 from dwc_core.config import default_config
@@ -166,18 +166,11 @@ def test_overfits_a_fixed_batch():
     model = make_model(dropout=0.0)  # without dropout noise the 20-step trend is unambiguous
     batch = make_batch()
 
-    def eval_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            value = float(model.loss_terms(batch.ref, batch.texts, batch.target)["loss"])
-        model.train()
-        return value
-
-    before = eval_loss()
+    before = eval_loss(model, batch)
     ctx = step_ctx(model, lr=3e-3)
     losses = [float(model.train_step(batch, ctx)["loss"]) for _ in range(20)]
     assert losses[-1] < 0.2 * losses[0]
-    assert eval_loss() < 0.2 * before
+    assert eval_loss(model, batch) < 0.2 * before
 
 
 def test_state_dict_round_trip_gives_identical_embeddings():

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import assert_state_round_trip
+from method_checks import assert_state_round_trip, eval_loss
 
 from dwc_core import losses
 from dwc_core.config import default_config
@@ -194,18 +194,11 @@ def test_overfits_a_fixed_batch():
     model = make_model(optimizer="adam")
     batch = make_batch()
 
-    def eval_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            value = float(model.loss_terms(batch.ref, batch.texts, batch.target)["loss"])
-        model.train()
-        return value
-
-    before = eval_loss()
+    before = eval_loss(model, batch)
     ctx = step_ctx(model, lr=1e-3)
     losses = [float(model.train_step(batch, ctx)["loss"]) for _ in range(20)]
     assert sum(losses[-5:]) < 0.4 * sum(losses[:5])  # dropout 0.5 makes single steps noisy
-    assert eval_loss() < 0.5 * before
+    assert eval_loss(model, batch) < 0.5 * before
 
 
 def test_state_dict_round_trip_gives_identical_embeddings():
