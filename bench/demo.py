@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dwc_core.registry import Registry  # noqa: E402
+from dwc_core.runs.registry import Registry  # noqa: E402
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ has a reference image at a random gallery position (masked from its own ranking,
 does) and a label; the gallery has about 5 items per label and a hit is a gallery item with the query's label.
 Three variants run on the same data in one process:
 
-* ``ours``: :func:`dwc_core.evaluate.score_set` (which calls ``rank()``: chunked ``mm`` + ``topk`` with
+* ``ours``: :func:`dwc_core.engine.evaluate.score_set` (which calls ``rank()``: chunked ``mm`` + ``topk`` with
   reference masking and the stable tie re-sort, then first-hit ranks and Recall@{1,10,50}) at the default chunk
   size;
 * ``floor``: plain chunked ``q @ g.T`` + ``topk(50)`` with the same chunks: no masking, no re-sort, no hits;
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dwc_core.config.schema.datasets import DEFAULT_KS
 from dwc_core.data.types import EvalSet, Query
-from dwc_core.evaluate import score_set
-from dwc_core.schema.datasets import DEFAULT_KS
+from dwc_core.engine.evaluate import score_set
 
 KS = list(DEFAULT_KS["fashion200k"])  # [1, 10, 50]
 KEEP = 50  # store_topk default: rank() keeps max(max(ks), keep) = 50

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 import yaml
 
-from dwc_core.config import ExperimentsFile
+from dwc_core.config.experiments import ExperimentsFile
+from dwc_core.engine.train import Trainer
 from dwc_core.models.base import Batch, StepContext
-from dwc_core.registry import Registry
-from dwc_core.train import Trainer
+from dwc_core.runs.registry import Registry
 
 # tiny CPU configs per method (architectures small enough for a 2-core CPU)
 TINY_MODELS: dict[str, dict] = {

@@ -11,7 +11,7 @@ import json
 import zlib
 from pathlib import Path
 
-from dwc_core.config import default_config
+from dwc_core.config.experiments import default_config
 
 
 def draw_image(path: Path, name: str, size: tuple[int, int] = (20, 14)) -> Path:
@@ -35,7 +35,7 @@ def draw_image(path: Path, name: str, size: tuple[int, int] = (20, 14)) -> Path:
 
 def config(name: str, root: Path | None, **options) -> dict:
     """A complete ``dataset:`` section: schema defaults + root + options (presets re-applied)."""
-    from dwc_core.schema.datasets import finalize_dataset
+    from dwc_core.config.schema.datasets import finalize_dataset
 
     cfg = default_config(dataset=name)["dataset"]
     if name == "fashioniq":

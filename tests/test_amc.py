@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from method_checks import assert_state_round_trip
 
-from dwc_core.config import default_config
+from dwc_core.config.experiments import default_config
 from dwc_core.errors import ConfigError
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.amc import AMC, InteractionModule, MultiHeadAttention, SelfAttentionCell

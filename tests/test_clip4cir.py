@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from method_checks import assert_state_round_trip, eval_loss
 from torch import nn
 
-from dwc_core.config import default_config
+from dwc_core.config.experiments import default_config
 from dwc_core.errors import ConfigError
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.base import CLIP_MEAN, CLIP_STD, Batch, StepContext

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from dwc_core.config import ExperimentsFile
+from dwc_core.config.experiments import ExperimentsFile
 from dwc_core.errors import ConfigError
 
 BASE = """\

@@ -17,7 +17,7 @@ from data_fixtures import (
 from typer.testing import CliRunner
 
 from dwc_core.data.check import SPLIT_KEYS, check_dataset
-from dwc_tui.data_cmd import app
+from dwc_tui.cli.data_cmd import app
 
 runner = CliRunner()
 
@@ -163,7 +163,7 @@ def test_cli_synth(tmp_path):
 
 def test_no_torch_import():
     code = (
-        "import sys, dwc_tui.data_cmd, dwc_core.data.check, dwc_core.data.fashioniq, dwc_core.data.shoes, "
+        "import sys, dwc_tui.cli.data_cmd, dwc_core.data.check, dwc_core.data.fashioniq, dwc_core.data.shoes, "
         "dwc_core.data.fashion200k, dwc_core.data.css3d, dwc_core.data.mitstates; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

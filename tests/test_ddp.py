@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dwc_core.distributed import Dist
+from dwc_core.engine.distributed import Dist
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ experiments:
 
 
 def test_torchrun_two_processes_matches_single_process_evaluation(tmp_path):
-    from dwc_core.registry import Registry
+    from dwc_core.runs.registry import Registry
 
     (tmp_path / "experiments.yaml").write_text(TINY)
     for gpus in ("2", "1"):

@@ -10,10 +10,9 @@ import pytest
 import torch
 from method_checks import assert_same_embeddings
 
-from dwc_core import losses
-from dwc_core.config import default_config
+from dwc_core.config.experiments import default_config
 from dwc_core.errors import ConfigError
-from dwc_core.models import BuildContext, build_method
+from dwc_core.models import BuildContext, build_method, losses
 from dwc_core.models.base import CLIP_MEAN, CLIP_STD, Batch, StepContext
 from dwc_core.models.blocks import GeM, Inception1d, Inception2d
 from dwc_core.models.dwc import DWC

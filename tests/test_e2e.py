@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dwc_core.registry import Registry
+from dwc_core.runs.registry import Registry
 
 pytestmark = pytest.mark.slow
 

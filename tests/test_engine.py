@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dwc_core.registry import Registry
-from dwc_core.train import EMA, _oom_message, lr_lambda
+from dwc_core.engine.train import EMA, _oom_message, lr_lambda
+from dwc_core.runs.registry import Registry
 
 TINY = """\
 experiments:

@@ -1,4 +1,4 @@
-"""Every loss in dwc_core.losses against values worked out by hand (plain Python math on tiny fixed tensors)."""
+"""Every loss in dwc_core.models.losses against values worked out by hand (plain Python math on tiny fixed tensors)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dwc_core import losses
+from dwc_core.models import losses
 
 
 def unit(*xs: float) -> list[float]:

@@ -7,7 +7,7 @@ import random
 import torch
 
 from dwc_core.data.types import EvalSet, Query
-from dwc_core.evaluate import rank, score_set
+from dwc_core.engine.evaluate import rank, score_set
 
 
 def brute_force_first_ranks(q, g, gallery_keys, query_keys, ref_pos):

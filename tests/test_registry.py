@@ -6,9 +6,9 @@ import multiprocessing as mp
 import sqlite3
 import time
 
-from dwc_core import launcher
-from dwc_core.config import default_config
-from dwc_core.registry import Registry
+from dwc_core.config.experiments import default_config
+from dwc_core.runs import launcher
+from dwc_core.runs.registry import Registry
 
 
 def make(tmp_path) -> Registry:

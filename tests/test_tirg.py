@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from method_checks import assert_state_round_trip
 
-from dwc_core import losses
-from dwc_core.config import default_config
-from dwc_core.models import BuildContext, build_method
+from dwc_core.config.experiments import default_config
+from dwc_core.models import BuildContext, build_method, losses
 from dwc_core.models.base import Batch, StepContext
 from dwc_core.models.tirg import TIRG
 

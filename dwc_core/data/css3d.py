@@ -21,10 +21,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from dwc_core.config.schema.datasets import DEFAULT_KS
 from dwc_core.data.files import ImageTable, remember_last, require_root, split_report
 from dwc_core.data.types import CIRDataset, EvalSet, Query, Triplet
 from dwc_core.errors import DataError
-from dwc_core.schema.datasets import DEFAULT_KS
 
 TITLE = "CSS3D"
 NPY = "css_toy_dataset_novel2_small.dup.npy"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from dwc_core.config.schema.datasets import DEFAULT_KS
 from dwc_core.data.files import (
     ImageTable,
     read_lines,
@@ -36,7 +37,6 @@ from dwc_core.data.files import (
 )
 from dwc_core.data.types import CIRDataset, EvalSet, Query, Triplet
 from dwc_core.errors import DataError
-from dwc_core.schema.datasets import DEFAULT_KS
 
 TITLE = "Fashion200k"
 LAYOUT = "labels/*_<split>_detect_all.txt, test_queries.txt and the women/ image folders"

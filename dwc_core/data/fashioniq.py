@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dwc_core.config.schema.datasets import DEFAULT_KS
 from dwc_core.data.files import ImageTable, JsonList, clean_text, require_file, require_root, split_report
 from dwc_core.data.types import CIRDataset, EvalSet, Query, Triplet
 from dwc_core.errors import DataError
-from dwc_core.schema.datasets import DEFAULT_KS
 
 TITLE = "FashionIQ"
 CATEGORIES = ("dress", "shirt", "toptee")

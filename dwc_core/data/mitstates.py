@@ -19,10 +19,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from dwc_core.config.schema.datasets import DEFAULT_KS
 from dwc_core.data.files import remember_last, require_root, split_report
 from dwc_core.data.types import CIRDataset, EvalSet, ImageRecord, Query, Triplet
 from dwc_core.errors import DataError
-from dwc_core.schema.datasets import DEFAULT_KS
 
 TITLE = "MIT-States"
 LAYOUT = "images/<adj noun>/*.jpg"

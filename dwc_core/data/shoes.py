@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dwc_core.config.schema.datasets import DEFAULT_KS
 from dwc_core.data.files import (
     ImageTable,
     JsonList,
@@ -29,7 +30,6 @@ from dwc_core.data.files import (
 )
 from dwc_core.data.types import CIRDataset, EvalSet, Query, Triplet
 from dwc_core.errors import DataError
-from dwc_core.schema.datasets import DEFAULT_KS
 
 TITLE = "Shoes"
 LAYOUT = "relative_captions_shoes.json, train_im_names.txt, eval_im_names.txt and the womens_*/ image folders"

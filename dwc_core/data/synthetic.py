@@ -18,8 +18,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from dwc_core.config.schema.datasets import DEFAULT_KS
 from dwc_core.data.types import CIRDataset, EvalSet, ImageRecord, Query, Triplet
-from dwc_core.schema.datasets import DEFAULT_KS
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {

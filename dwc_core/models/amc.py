@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dwc_core import losses
 from dwc_core.errors import ConfigError
+from dwc_core.models import losses
 from dwc_core.models.base import Batch, Method, StepContext, register
 from dwc_core.models.encoders import LSTMTextEncoder, Vocabulary, build_cnn, freeze_batchnorm_stats
 

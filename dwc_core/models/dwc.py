@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dwc_core import losses
 from dwc_core.errors import ConfigError
+from dwc_core.models import losses
 from dwc_core.models.base import CLIP_MEAN, CLIP_STD, Batch, BuildContext, Method, StepContext, register
 from dwc_core.models.blocks import GeM, Inception1d, Inception2d
 from dwc_core.models.clip import ClipEncoder, build_clip

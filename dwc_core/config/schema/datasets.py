@@ -6,7 +6,7 @@ common ones (a dataset may override a common option's default, e.g. ``image_size
 
 from __future__ import annotations
 
-from dwc_core.schema import Opt, Section
+from dwc_core.config.schema import Opt, Section
 
 DATASET_NAMES = ("synthetic", "fashioniq", "shoes", "fashion200k", "css3d", "mitstates")
 

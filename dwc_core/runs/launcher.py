@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from dwc_core.registry import ACTIVE, Registry
+from dwc_core.runs.registry import ACTIVE, Registry
 
 STALE_HEARTBEAT_S = 180.0
 
 
 def train_command(run: dict, registry_path: Path) -> list[str]:
     gpus = int(run["config"]["trainer"].get("gpus", 1))
-    base = ["-m", "dwc_core.train", str(run["id"]), "--registry", str(registry_path)]
+    base = ["-m", "dwc_core.engine.train", str(run["id"]), "--registry", str(registry_path)]
     if gpus > 1:
         return [
             sys.executable,

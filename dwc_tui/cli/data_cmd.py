@@ -33,8 +33,8 @@ class Format(str, Enum):
 
 def dataset_config(name: str, root: str | None, overrides: list[str]) -> dict:
     """The validated ``dataset:`` section: schema defaults of ``name`` + ``root`` + ``--set`` overrides."""
-    from dwc_core.config import Tree, _apply_override, default_config, validate
-    from dwc_core.schema.datasets import DATASET_NAMES
+    from dwc_core.config.experiments import Tree, _apply_override, default_config, validate
+    from dwc_core.config.schema.datasets import DATASET_NAMES
 
     if name not in DATASET_NAMES:
         raise UsageError(f"unknown dataset '{name}'. Allowed: {' | '.join(DATASET_NAMES)}.")
@@ -55,7 +55,7 @@ def dataset_config(name: str, root: str | None, overrides: list[str]) -> dict:
 
 
 def cache_root(cfg: dict) -> Path:
-    from dwc_core.config import find_project
+    from dwc_core.config.experiments import find_project
 
     return Path(cfg["cache_dir"]) if cfg.get("cache_dir") else find_project() / "runs" / ".cache"
 

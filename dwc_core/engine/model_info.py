@@ -1,6 +1,6 @@
 """Parameter counts of every method at its default (real-size) configuration, built with random weights.
 
-Run as ``python -m dwc_core.model_info [METHOD ...]``: prints JSON ``{method: {part: count}}``. The CLI calls it
+Run as ``python -m dwc_core.engine.model_info [METHOD ...]``: prints JSON ``{method: {part: count}}``. The CLI calls it
 in a subprocess (and caches the answer) so that ``dwc models`` itself never imports torch.
 """
 
@@ -25,7 +25,7 @@ def _no_weights(section: dict) -> dict:
 def parameter_counts(method: str) -> dict[str, int]:
     import torch
 
-    from dwc_core.config import default_config
+    from dwc_core.config.experiments import default_config
     from dwc_core.models import BuildContext, build_method
 
     opts = _no_weights(default_config(method=method)["model"])
@@ -35,7 +35,7 @@ def parameter_counts(method: str) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> int:
-    from dwc_core.schema.methods import METHOD_NAMES
+    from dwc_core.config.schema.methods import METHOD_NAMES
 
     names = argv or list(METHOD_NAMES)
     print(json.dumps({name: parameter_counts(name) for name in names}))

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dwc_core import checkpoint, runtime
-from dwc_core.config import apply_overrides
+from dwc_core.config.experiments import apply_overrides
 from dwc_core.data import load_dataset
 from dwc_core.data.loading import ImageCache
+from dwc_core.engine import checkpoint, runtime
+from dwc_core.engine.evaluate import evaluate, query_rows
 from dwc_core.errors import UsageError
-from dwc_core.evaluate import evaluate, query_rows
 from dwc_core.models import BuildContext, build_method
-from dwc_core.registry import Registry
+from dwc_core.runs.registry import Registry
 
 
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:

@@ -24,9 +24,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from dwc_core import launcher
-from dwc_core.registry import FINISHED, Registry
-from dwc_tui.output import cell, duration, err, is_headline, metric_order, out
+from dwc_core.runs import launcher
+from dwc_core.runs.registry import FINISHED, Registry
+from dwc_tui.cli.output import cell, duration, err, is_headline, metric_order, out
 
 POLL_S = 0.5
 

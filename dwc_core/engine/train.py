@@ -1,4 +1,4 @@
-"""The training process: ``python -m dwc_core.train <run-id> --registry runs/registry.db``.
+"""The training process: ``python -m dwc_core.engine.train <run-id> --registry runs/registry.db``.
 
 Reads its frozen config from the registry, trains, evaluates Recall@K after every epoch (and the untrained model
 as epoch 0), writes metrics/progress/heartbeat to the registry, saves ``last.pt`` / ``best.pt`` atomically in the
@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
-from dwc_core import checkpoint, runtime
 from dwc_core.data import load_dataset
 from dwc_core.data.loading import EpochBatches, ImageCache, TripletBatches, loader_kwargs
 from dwc_core.data.types import EvalSet, Query, Triplet
-from dwc_core.distributed import Dist
+from dwc_core.engine import checkpoint, runtime
+from dwc_core.engine.distributed import Dist
+from dwc_core.engine.evaluate import EvalResult, evaluate, query_rows
+from dwc_core.engine.reporting import Reporter
 from dwc_core.errors import ConfigError, DwcError, TrainingError
-from dwc_core.evaluate import EvalResult, evaluate, query_rows
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.base import Batch, NonFiniteLoss, StepContext
-from dwc_core.registry import Registry
-from dwc_core.reporting import Reporter
+from dwc_core.runs.registry import Registry
 
 EXIT_CANCELLED = 3
 
@@ -520,7 +520,9 @@ def _oom_message(exc: BaseException, trainer: Trainer | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dwc_core.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dwc_core.engine.train", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("run_id", type=int)
     parser.add_argument("--registry", default=os.environ.get("DWC_REGISTRY", "runs/registry.db"))
     args = parser.parse_args(argv)

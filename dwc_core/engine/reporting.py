@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from dwc_core.registry import Registry
+from dwc_core.runs.registry import Registry
 
 
 class Reporter:

@@ -23,11 +23,11 @@ from typing import Any
 
 import yaml
 
+from dwc_core.config.schema import Opt, Section, defaults_of, flatten_section
+from dwc_core.config.schema.datasets import DATASET_NAMES, dataset_section
+from dwc_core.config.schema.methods import METHOD_NAMES, model_section
+from dwc_core.config.schema.trainer import EVAL, TRAINER
 from dwc_core.errors import ConfigError
-from dwc_core.schema import Opt, Section, defaults_of, flatten_section
-from dwc_core.schema.datasets import DATASET_NAMES, dataset_section
-from dwc_core.schema.methods import METHOD_NAMES, model_section
-from dwc_core.schema.trainer import EVAL, TRAINER
 
 SECTIONS = ("dataset", "model", "trainer", "eval")
 EXPERIMENT_KEYS = (*SECTIONS, "extends", "grid", "seeds", "description", "tags")
@@ -495,7 +495,7 @@ def validate(tree: Tree, file: str) -> dict:
         "trainer": _validate_section(TRAINER, data.get("trainer"), tree, ("trainer",), file),
         "eval": _validate_section(EVAL, data.get("eval"), tree, ("eval",), file),
     }
-    from dwc_core.schema.datasets import finalize_dataset
+    from dwc_core.config.schema.datasets import finalize_dataset
 
     finalize_dataset(out["dataset"])
     json.dumps(out)  # frozen configs must be JSON-serialisable
@@ -512,7 +512,7 @@ def default_config(dataset: str = "synthetic", method: str = "tirg") -> dict:
     }
     cfg["dataset"]["name"] = dataset
     cfg["model"]["name"] = method
-    from dwc_core.schema.datasets import finalize_dataset
+    from dwc_core.config.schema.datasets import finalize_dataset
 
     finalize_dataset(cfg["dataset"])
     return cfg

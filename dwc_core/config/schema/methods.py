@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dwc_core.schema import Opt, Section
+from dwc_core.config.schema import Opt, Section
 
 CNN: Section = {
     "arch": Opt(

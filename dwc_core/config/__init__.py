@@ -1,0 +1,1 @@
+"""experiments.yaml → validated, frozen run configs (``experiments``), and the typed option schema (``schema``)."""

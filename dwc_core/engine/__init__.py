@@ -1,0 +1,1 @@
+"""The training process (imports torch): trainer, evaluation, checkpoints, runtime, data parallel, reporting."""

@@ -1,0 +1,3 @@
+from dwc_tui.cli import main
+
+main()
