@@ -26,7 +26,7 @@ BUSY_TIMEOUT_S = 30.0
 STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")
 ACTIVE = ("starting", "running")
 FINISHED = ("done", "failed", "cancelled", "lost")
-JSON_COLUMNS = ("config", "variant", "versions", "gpus", "progress", "last_metrics", "best_metrics")
+JSON_COLUMNS = ("config", "variant", "versions", "gpus", "progress", "last_metrics", "best_metrics", "tags")
 
 
 # --------------------------------------------------------------------------------------------------- migrations
@@ -140,7 +140,24 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     db["query_results"].create_index(["evaluation_id", "eval_set", "qidx"], unique=True)
 
 
-MIGRATIONS = [("001_initial", _m001_initial)]
+def _m002_queue(db: sqlite_utils.Database) -> None:
+    """Queue columns: hold flag, tags (JSON list, copied from the frozen config by a trigger), the CPU share a
+    worker gave the run, and when it was soft-deleted."""
+    runs = db["runs"]
+    runs.add_column("hold", int, not_null_default=0)
+    runs.add_column("tags", str)
+    runs.add_column("cpu_threads", int)
+    runs.add_column("data_workers", int)
+    runs.add_column("deleted_at", float)
+    db.execute("UPDATE runs SET tags = COALESCE(json_extract(config, '$.tags'), '[]')")
+    db.execute(
+        "CREATE TRIGGER runs_tags_on_insert AFTER INSERT ON runs BEGIN "
+        "UPDATE runs SET tags = COALESCE(json_extract(NEW.config, '$.tags'), '[]') WHERE id = NEW.id; END"
+    )
+    runs.create_index(["status", "hold", "priority"], if_not_exists=True)
+
+
+MIGRATIONS = [("001_initial", _m001_initial), ("002_queue", _m002_queue)]
 
 
 def _apply_migrations(conn: sqlite3.Connection) -> None:
