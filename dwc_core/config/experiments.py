@@ -289,8 +289,12 @@ class ExperimentsFile:
                             out.origin[p[len(epath) :]] = where
         return out
 
-    def resolve(self, name: str, overrides: list[str] | None = None) -> list[RunSpec]:
-        """All run specs of experiment ``name`` (grid × seeds), each validated and frozen."""
+    def resolve(
+        self, name: str, overrides: list[str] | None = None, seeds: list[int] | None = None
+    ) -> list[RunSpec]:
+        """All run specs of experiment ``name`` (grid × seeds), each validated and frozen; ``seeds`` (e.g. from
+        ``dwc queue --seeds``) replaces the experiment's own seeds."""
+        seeds_override = seeds
         self.check_name(name)
         tree = self.merged(name)
         for item in overrides or []:
@@ -311,8 +315,16 @@ class ExperimentsFile:
             raise ConfigError(
                 f"{tree.where(('seeds',), self.name)}: 'seeds' must be a non-empty list of integers."
             )
-        if not isinstance(tags, list):
-            raise ConfigError(f"{tree.where(('tags',), self.name)}: 'tags' must be a list of strings.")
+        if seeds_override is not None:
+            seeds = list(seeds_override)
+        if not isinstance(tags, list) or not all(
+            isinstance(t, str | int) and not isinstance(t, bool) for t in tags
+        ):
+            raise ConfigError(
+                f"{tree.where(('tags',), self.name)}: 'tags' must be a list of strings, e.g. tags: [ablation, fiq]."
+            )
+        if not isinstance(description, str | None):
+            raise ConfigError(f"{tree.where(('description',), self.name)}: 'description' must be a string.")
         grid_keys = list(grid)
         for key in grid_keys:
             values = grid[key]
