@@ -38,3 +38,15 @@ class TrainingError(DwcError):
     """Training stopped for a reason the user should read (NaN loss, out of memory, ...)."""
 
     exit_code = 1
+
+
+class RunNotFound(UsageError):
+    """A command named a run id that the registry does not hold (exit 2: the argument is wrong)."""
+
+
+class RunLocked(UsageError):
+    """A run's training process is alive (its run lock is held): it cannot be resumed, claimed or trained twice."""
+
+
+class DiskFull(TrainingError):
+    """A write failed (or would fail) for lack of space: names the path and the space left."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import time
@@ -17,12 +18,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dwc_core.errors import RegistryError
+from dwc_core.errors import RegistryError, RunLocked, RunNotFound, UsageError
+from dwc_core.runs.locks import describe_holder, run_lock_holder
 
 if TYPE_CHECKING:
     import sqlite_utils
 
-BUSY_TIMEOUT_S = 30.0
+BUSY_TIMEOUT_S = float(os.environ.get("DWC_BUSY_TIMEOUT_S", 30.0))
 STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")
 ACTIVE = ("starting", "running")
 FINISHED = ("done", "failed", "cancelled", "lost")
@@ -157,7 +159,41 @@ def _m002_queue(db: sqlite_utils.Database) -> None:
     runs.create_index(["status", "hold", "priority"], if_not_exists=True)
 
 
-MIGRATIONS = [("001_initial", _m001_initial), ("002_queue", _m002_queue)]
+def _m003_run_identity(db: sqlite_utils.Database) -> None:
+    """Every run gets a unique id (recorded in its checkpoints) and a from-scratch flag for resume."""
+    db["runs"].add_column("uid", str)
+    db["runs"].add_column("from_scratch", int, not_null_default=0)
+    for (run_id,) in db.execute("SELECT id FROM runs WHERE uid IS NULL").fetchall():
+        db.execute("UPDATE runs SET uid = ? WHERE id = ?", (new_uid(), run_id))
+
+
+def new_uid() -> str:
+    return secrets.token_hex(8)
+
+
+def _m004_slurm(db: sqlite_utils.Database) -> None:
+    """Runs handed to Slurm: job id, Slurm's state/reason/nodes, re-submissions; what the head node has ingested
+    from each run directory's report files (byte offsets, last sequence number, local → registry evaluation ids)."""
+    runs = db["runs"]
+    for col in ("slurm_job", "slurm_state", "slurm_reason", "slurm_nodes"):
+        runs.add_column(col, str)
+    runs.add_column("slurm_requeues", int, not_null_default=0)
+    db["ingest_state"].create(
+        {"run_id": int, "events_pos": int, "metrics_pos": int, "last_seq": int, "heartbeat": float},
+        pk="run_id",
+        defaults={"events_pos": 0, "metrics_pos": 0, "last_seq": 0},
+    )
+    db["ingest_evals"].create(
+        {"run_id": int, "local_id": int, "evaluation_id": int}, pk=("run_id", "local_id")
+    )
+
+
+MIGRATIONS = [
+    ("001_initial", _m001_initial),
+    ("002_queue", _m002_queue),
+    ("003_run_identity", _m003_run_identity),
+    ("004_slurm", _m004_slurm),
+]
 
 
 def _apply_migrations(conn: sqlite3.Connection) -> None:
@@ -201,6 +237,32 @@ def _decode(row: dict | None) -> dict | None:
     return row
 
 
+def registry_error(exc: sqlite3.Error, path: Path) -> RegistryError:
+    """A one-line explanation (with the way out) of a SQLite failure on the registry file."""
+    text = str(exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        msg = (
+            f"{path} is locked by another process (it held a write lock for more than {BUSY_TIMEOUT_S:.0f} s); "
+            f"try again when it finishes (`fuser {path}` shows who holds it)."
+        )
+    elif "malformed" in low or "not a database" in low or "corrupt" in low:
+        msg = (
+            f'{path} is damaged ({text}). Recover it: sqlite3 {path} ".recover" | sqlite3 {path}.recovered, then '
+            f"move {path}.recovered to {path}; run directories (config, logs, checkpoints) are untouched."
+        )
+    elif "full" in low:
+        msg = (
+            f"cannot write {path}: the disk is full ({text}). Free some space; runs that could not record their "
+            "end are reconciled by the next `dwc runs`."
+        )
+    elif "readonly" in low or "read-only" in low:
+        msg = f"{path} is read-only ({text}); this command needs to write to it. Listing and show work read-only."
+    else:
+        msg = f"{path}: the run registry is unavailable: {text}."
+    return RegistryError(msg)
+
+
 class Registry:
     """Access to ``runs/registry.db``. Cheap to open; open one per process (connections are not shared)."""
 
@@ -210,20 +272,39 @@ class Registry:
             raise RegistryError(
                 f"{self.path}: no registry here yet (no run has been queued in this project)."
             )
+        self.readonly = self.path.exists() and not (
+            os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+        )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            _apply_migrations(conn)
+            conn = self._open_readonly() if self.readonly else self._open_writable()
         except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"{self.path}: cannot open the run registry: {exc}.") from None
+            raise registry_error(exc, self.path) from None
         except OSError as exc:
             raise RegistryError(f"{self.path}: cannot create the run registry: {exc.strerror}.") from None
         self.conn = conn
         conn.row_factory = sqlite3.Row
+
+    def _open_writable(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _apply_migrations(conn)
+        return conn
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        """A registry on a read-only file or folder: readable, every write refused. ``mode=ro`` needs the WAL
+        index (-shm) to exist or be creatable; on a read-only mount without one, the file is opened immutable."""
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -239,6 +320,12 @@ class Registry:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction (BEGIN IMMEDIATE … COMMIT)."""
+        if self.readonly:
+            raise RegistryError(
+                f"{self.path} is read-only (file or folder not writable, e.g. a read-only mount): this command "
+                "needs to write to it. Listing, show and compare work read-only; run writing commands where the "
+                "project is writable."
+            )
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -259,12 +346,15 @@ class Registry:
         variant: dict | None = None,
         priority: int = 0,
     ) -> dict:
-        """Queue a run: a row with status ``queued`` and its frozen config; creates its run directory."""
+        """Queue a run: a row with status ``queued``, its frozen config and a unique id (``uid``, recorded in its
+        checkpoints); creates its run directory. A directory is never reused: if ``<id>-<experiment>`` already exists
+        (the registry was emptied or replaced beside old runs), the run gets a fresh name and a warning event."""
         now = time.time()
+        uid = new_uid()
         with self.write() as c:
             cur = c.execute(
-                "INSERT INTO runs (experiment, status, config, variant, seed, priority, created, epochs) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (experiment, status, config, variant, seed, priority, created, epochs, uid) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     experiment,
                     json.dumps(config, sort_keys=True),
@@ -273,23 +363,30 @@ class Registry:
                     priority,
                     now,
                     int(config.get("trainer", {}).get("epochs", 0)),
+                    uid,
                 ),
             )
             run_id = int(cur.lastrowid)
             run_dir = Path(runs_dir) / f"{run_id}-{experiment}"
+            taken = run_dir.exists()
+            if taken:
+                run_dir = Path(runs_dir) / f"{run_id}-{experiment}-{uid[:6]}"
             c.execute("UPDATE runs SET run_dir = ? WHERE id = ?", (str(run_dir.resolve()), run_id))
-            c.execute(
-                "INSERT INTO events (run_id, time, kind, message) VALUES (?, ?, 'queued', ?)",
-                (run_id, now, f"queued {experiment}"),
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
+            self._event(c, run_id, "queued", f"queued {experiment}")
+            if taken:
+                self._event(
+                    c, run_id, "warning",
+                    f"{Path(runs_dir) / f'{run_id}-{experiment}'} already exists but is not this run's (the registry "
+                    f"was emptied or replaced beside older runs); this run uses {run_dir.name} and leaves it alone",
+                )  # fmt: skip
+        run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return self.get(run_id)
 
     def get(self, run_id: int) -> dict:
         rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
         if not rows:
-            raise RegistryError(f"no run with id {run_id} in {self.path}.")
+            raise RunNotFound(f"no run with id {run_id} in {self.path} (`dwc runs` lists them).")
         return rows[0]
 
     def runs(
@@ -314,16 +411,22 @@ class Registry:
         return self._rows(sql, params)
 
     def claim(self, worker: str, run_id: int | None = None, host: str | None = None) -> dict | None:
-        """Atomically move one queued run (the given one, or the next by priority) to ``starting``."""
+        """Atomically move one queued run (the given one, or the next by priority) to ``starting``. A run whose
+        run lock is held (a trainer of it is still alive on this host) is never claimed: the given one raises
+        :class:`RunLocked` naming the holder, the next-by-priority pick skips it."""
         host = host or socket.gethostname()
+        if run_id is not None:
+            self.check_not_training(run_id)
         with self.write() as c:
             if run_id is None:
-                row = c.execute(
-                    "SELECT id FROM runs WHERE status = 'queued' AND deleted = 0 ORDER BY priority DESC, id LIMIT 1"
-                ).fetchone()
-                if row is None:
+                for row in c.execute(
+                    "SELECT id, run_dir FROM runs WHERE status = 'queued' AND deleted = 0 ORDER BY priority DESC, id"
+                ).fetchall():
+                    if not (row[1] and run_lock_holder(row[1]) is not None):
+                        run_id = int(row[0])
+                        break
+                if run_id is None:
                     return None
-                run_id = int(row[0])
             cur = c.execute(
                 "UPDATE runs SET status = 'starting', worker = ?, host = ?, claimed = ?, cancel_requested = 0 "
                 "WHERE id = ? AND status = 'queued'",
@@ -333,6 +436,16 @@ class Registry:
                 return None
             self._event(c, run_id, "starting", f"claimed by {worker} on {host}")
         return self.get(run_id)
+
+    def check_not_training(self, run_id: int) -> None:
+        """Raise :class:`RunLocked` if a training process of this run holds its run lock (on this host)."""
+        row = self.get(run_id)
+        holder = run_lock_holder(row["run_dir"]) if row.get("run_dir") else None
+        if holder is not None:
+            raise RunLocked(
+                f"run {run_id} is being trained right now by {describe_holder(holder)} (it holds "
+                f"{Path(row['run_dir']) / '.run.lock'}); wait for it to end or `dwc cancel {run_id}` it first."
+            )
 
     def update(self, run_id: int, **fields: Any) -> None:
         """Set columns of a run row (JSON columns are encoded)."""
@@ -379,24 +492,60 @@ class Registry:
 
     def request_cancel(self, run_id: int) -> None:
         row = self.get(run_id)
+        if row["status"] == "done":
+            raise UsageError(
+                f"run {run_id} is done; there is nothing to cancel (`dwc run {row['experiment']}` trains it again)."
+            )
+        if row["status"] in FINISHED:
+            raise UsageError(f"run {run_id} is already {row['status']}; there is nothing to cancel.")
         if row["status"] == "queued":
             self.set_status(run_id, "cancelled", "cancelled before it started", only_from=("queued",))
         else:
             self.update(run_id, cancel_requested=1)
             self.event(run_id, "cancel", "cancellation requested")
 
-    def requeue(self, run_id: int, reason: str = "resume") -> None:
-        """Queue a finished run again (resume from its last checkpoint in the same run directory)."""
+    def requeue(self, run_id: int, reason: str = "resume", from_scratch: bool = False) -> None:
+        """Queue a failed / cancelled / lost run again (resume from its last checkpoint in the same run directory;
+        with ``from_scratch``, its trainer clears the recorded history and starts at epoch 0). A ``done`` run is
+        refused (train the experiment again instead), and so is a run whose trainer still holds its run lock."""
         row = self.get(run_id)
+        if row["status"] == "done":
+            raise UsageError(
+                f"run {run_id} is done; `dwc run {row['experiment']}` trains the experiment again as a new run."
+            )
         if row["status"] not in FINISHED:
-            raise RegistryError(f"run {run_id} is {row['status']}; only a finished run can be resumed.")
+            raise UsageError(
+                f"run {run_id} is {row['status']}; only a failed, cancelled or lost run can be resumed."
+            )
+        self.check_not_training(run_id)
         with self.write() as c:
             c.execute(
                 "UPDATE runs SET status = 'queued', ended = NULL, error = NULL, exit_code = NULL, pid = NULL, "
-                "pgid = NULL, cancel_requested = 0, resumes = resumes + 1 WHERE id = ?",
+                "pgid = NULL, cancel_requested = 0, resumes = resumes + 1, from_scratch = ? WHERE id = ?",
+                (int(from_scratch), run_id),
+            )
+            self._event(c, run_id, "queued", reason + (" (from scratch)" if from_scratch else ""))
+
+    def clear_history(self, run_id: int) -> dict[str, int]:
+        """Forget what a run recorded while training (metrics, epoch evaluations and their per-query results, best
+        and progress columns), for a restart from scratch; re-evaluations (``dwc eval``) are kept."""
+        with self.write() as c:
+            ids = [
+                r[0]
+                for r in c.execute(
+                    "SELECT id FROM evaluations WHERE run_id = ? AND kind = 'epoch'", (run_id,)
+                )
+            ]
+            for eid in ids:
+                c.execute("DELETE FROM query_results WHERE evaluation_id = ?", (eid,))
+                c.execute("DELETE FROM evaluations WHERE id = ?", (eid,))
+            metrics = c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,)).rowcount
+            c.execute(
+                "UPDATE runs SET epoch = 0, step = 0, best_value = NULL, best_epoch = NULL, best_metric = NULL, "
+                "best_metrics = NULL, last_metrics = NULL, from_scratch = 0 WHERE id = ?",
                 (run_id,),
             )
-            self._event(c, run_id, "queued", reason)
+        return {"metrics": metrics, "evaluations": len(ids)}
 
     def soft_delete(self, run_id: int, deleted: bool = True) -> None:
         self.update(run_id, deleted=int(deleted))
