@@ -139,6 +139,8 @@ class Trainer:
     def setup(self) -> None:
         t = self.tcfg
         runtime.seed_everything(int(t["seed"]))
+        if t.get("cpu_threads"):  # a worker passes its share as OMP_NUM_THREADS; the config can override it
+            torch.set_num_threads(int(t["cpu_threads"]))
         self.device = runtime.pick_device(t["device"])
         self.precision = runtime.effective_precision(t["precision"], self.device)
         self.autocast = runtime.autocast_factory(self.precision, self.device)
@@ -381,6 +383,8 @@ class Trainer:
         if getattr(self, "_data_loader", None) is None:
             self._sampler = EpochBatches()
             workers = self.tcfg["num_workers"]
+            if workers is None and os.environ.get("DWC_DATA_WORKERS"):  # the share a worker gave this run
+                workers = int(os.environ["DWC_DATA_WORKERS"])
             if workers is None:
                 workers = 0 if self.device.type == "cpu" else min(4, (os.cpu_count() or 2) // 2)
             self._data_loader = torch.utils.data.DataLoader(

@@ -26,6 +26,14 @@ TRAINER: Section = {
         "in about a millisecond and workers only compete with compute; 4 on a GPU)",
         min=0,
     ),
+    "cpu_threads": Opt(
+        "int",
+        None,
+        nullable=True,
+        help="CPU threads of the training process (null = a worker gives each run cores / slots; a foreground "
+        "run keeps torch's default)",
+        min=1,
+    ),
     "log_every": Opt("int", 10, help="write step losses every N steps", min=1),
     "eval_every": Opt("int", 1, help="evaluate every N epochs", min=1),
     "eval_at_start": Opt("bool", True, help="evaluate the untrained model as epoch 0"),
