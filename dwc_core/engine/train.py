@@ -29,11 +29,10 @@ from dwc_core.data.types import EvalSet, Query, Triplet
 from dwc_core.engine import checkpoint, runtime
 from dwc_core.engine.distributed import Dist
 from dwc_core.engine.evaluate import EvalResult, evaluate, query_rows
-from dwc_core.engine.reporting import Reporter
+from dwc_core.engine.reporting import RUN_DIR_ENV, SINK_ENV, SINKS, Reporter, open_sink
 from dwc_core.errors import ConfigError, DwcError, TrainingError
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.base import Batch, NonFiniteLoss, StepContext
-from dwc_core.runs.registry import Registry
 
 EXIT_CANCELLED = 3
 
@@ -114,7 +113,7 @@ class Trainer:
         self.dist = dist or Dist()
         self.run_id = run_id
         self.registry_path = registry_path
-        self.registry = Registry(registry_path)
+        self.registry = open_sink(registry_path, run_id)  # the registry, or the run dir's report files
         self.row = self.registry.get(run_id)
         self.config = self.row["config"]
         self.tcfg = self.config["trainer"]
@@ -529,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_id", type=int)
     parser.add_argument("--registry", default=os.environ.get("DWC_REGISTRY", "runs/registry.db"))
+    parser.add_argument("--sink", choices=SINKS, help="report to the registry (default) or to files in --run-dir")
+    parser.add_argument("--run-dir", help="the run directory (with --sink files: never opens the registry)")
     args = parser.parse_args(argv)
     registry_path = Path(args.registry).resolve()
     trainer: Trainer | None = None
@@ -541,7 +542,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    registry = Registry(registry_path)
+    if args.sink:
+        os.environ[SINK_ENV] = args.sink
+    if args.run_dir:
+        os.environ[RUN_DIR_ENV] = str(Path(args.run_dir).resolve())
+    registry = open_sink(registry_path, args.run_id)
     dist = Dist.from_env()
     if not dist.is_main:  # only rank 0 records the run's outcome
         registry.set_status = lambda *a, **k: None  # type: ignore[method-assign]
