@@ -179,37 +179,55 @@ def _train_metric_summary(rows: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ cancel / resume
 @app.command(rich_help_panel="Runs")
 @handle_errors
-def cancel(run_ids: Annotated[list[int], typer.Argument(help="run ids")]) -> None:
-    """Cancel queued or running runs (a running one checkpoints first)."""
+def cancel(
+    run_ids: Annotated[list[int], typer.Argument(help="run ids")],
+    grace: Annotated[
+        float, typer.Option("--grace", help="seconds a running run gets to checkpoint before SIGKILL")
+    ] = 60.0,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="ask and return at once")] = False,
+) -> None:
+    """Cancel runs: a queued one leaves the queue; a running one checkpoints and ends `cancelled` (SIGKILL after
+    --grace seconds)."""
+    from dwc_core.runs import control
+
     registry = _registry(create=False)
-    from dwc_core.runs import launcher
-
+    asked = []
     for rid in run_ids:
-        row = registry.get(rid)
-        registry.request_cancel(rid)
-        if row["status"] in ("starting", "running") and row["pgid"] and launcher.pid_alive(row["pgid"]):
-            import signal
-
-            os.killpg(row["pgid"], signal.SIGTERM)
-        err.print(f"run {rid}: cancellation requested")
+        err.print(escape(control.cancel(registry, rid)))
+        if registry.get(rid)["status"] in ("starting", "running"):
+            asked.append(rid)
+    if no_wait:
+        return
+    for rid in asked:
+        row = control.wait_cancelled(registry, rid, grace)
+        err.print(f"run {rid}: {row['status']}")
 
 
 @app.command(rich_help_panel="Runs")
 @handle_errors
 def resume(
     run_id: Annotated[int, typer.Argument(help="run id")],
-    queue_only: Annotated[bool, typer.Option("--queue", help="only re-queue it for a worker")] = False,
+    now: Annotated[bool, typer.Option("--now", help="train it here in the foreground instead of queuing")] = False,
+    queue_only: Annotated[bool, typer.Option("--queue", hidden=True, help="(the default) re-queue it")] = False,
 ) -> None:
-    """Continue a failed / cancelled / lost run from its last checkpoint, in the same run directory."""
+    """Continue a failed / cancelled / lost run from its last checkpoint, in the same run directory: re-queued for
+    a worker, or trained here with --now."""
+    from dwc_core.runs import control
+
+    if now and queue_only:
+        raise UsageError("--now and --queue exclude each other.")
     registry = _registry(create=False)
-    registry.requeue(run_id, "resume requested from the CLI")
-    if queue_only:
-        err.print(f"run {run_id} re-queued")
+    row = control.resume(registry, run_id)
+    if not now:
+        err.print(f"run {run_id} re-queued; it continues from last.pt")
+        msg = control.nobody_will_take(_project())
+        if msg:
+            err.print(f"[yellow]note:[/] {escape(msg)} Or train it here: dwc resume {run_id} --now", soft_wrap=True)
+        else:
+            err.print("a worker is running and will take it")
         return
     from dwc_tui.cli.supervise import print_summary, run_foreground
 
-    row = run_foreground(
-        registry, _project() / "runs" / "registry.db", registry.get(run_id), sys.stderr.isatty()
-    )
+    row = run_foreground(registry, _project() / "runs" / "registry.db", row, sys.stderr.isatty())
     print_summary(registry, run_id)
     raise typer.Exit(0 if row["status"] == "done" else 130 if row["status"] == "cancelled" else 1)

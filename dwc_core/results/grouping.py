@@ -1,0 +1,91 @@
+"""Which runs may be averaged together, and how to label the ones that may not.
+
+Two runs are *replicates* when their resolved configs are identical except for the seed and a few settings that do
+not change results (worker counts, logging cadence, paths to the same data). Replicates form one row (mean ± std
+over seeds); every other difference makes its own row, labelled by the keys that differ.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+METADATA_KEYS = ("experiment", "description", "tags", "variant", "overrides")
+NON_RESULT_KEYS = frozenset(
+    {
+        "trainer.seed",
+        "trainer.num_workers",
+        "trainer.cpu_threads",
+        "trainer.log_every",
+        "trainer.heartbeat_s",
+        "eval.batch_size",
+        "eval.chunk_size",
+        "eval.store_topk",
+        "eval.query_results",
+        "dataset.root",
+        "dataset.cache_dir",
+    }
+)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """``{"model": {"cnn": {"arch": "x"}}}`` → ``{"model.cnn.arch": "x"}`` (lists stay values)."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def identity(config: dict) -> dict[str, object]:
+    """The flattened settings that decide a run's results (no seed, no metadata, no non-result settings)."""
+    flat = flatten({k: v for k, v in config.items() if k not in METADATA_KEYS})
+    return {k: v for k, v in flat.items() if k not in NON_RESULT_KEYS}
+
+
+def identity_key(config: dict) -> str:
+    return json.dumps(identity(config), sort_keys=True, default=str)
+
+
+def differing_keys(identities: Iterable[dict[str, object]], first: Iterable[str] = ()) -> list[str]:
+    """Keys whose value is not the same in every identity (a key missing from one counts as different).
+    Keys in ``first`` (a grid's variant keys) come first, the rest in sorted order."""
+    idents = list(identities)
+    if len(idents) < 2:
+        return []
+    keys = set().union(*idents)
+    missing = object()
+    diff = {k for k in keys if len({json.dumps(i.get(k, missing), default=str) for i in idents}) > 1}
+    head = [k for k in first if k in diff]
+    return head + sorted(diff - set(head))
+
+
+def fmt_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def label(ident: dict[str, object], keys: list[str]) -> str:
+    """``model.embed_dim=128 trainer.lr=0.001`` for the given keys."""
+    return " ".join(f"{k}={fmt_value(ident.get(k))}" for k in keys)
+
+
+def variant_text(row: dict) -> str:
+    """What a run's listing shows as its variant: grid values (without the seed) and recorded ``--set`` overrides."""
+    parts = [f"{k}={fmt_value(v)}" for k, v in (row.get("variant") or {}).items() if k != "seed"]
+    config = row.get("config") or {}
+    overrides = config.get("overrides") or row.get("overrides") or []
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={fmt_value(v)}" for k, v in overrides.items()]
+    parts += [f"--set {o}" for o in overrides]
+    return " ".join(parts)
