@@ -432,3 +432,50 @@ def follow_log(
                     yield buf.decode("utf-8", errors="replace")
                 return
         time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------------------------------------- experiments
+def experiment_summary(
+    project: str | os.PathLike, experiments_file: str | os.PathLike | None = None
+) -> list[dict]:
+    """The experiments of the file: description, tags, grid size, seed count and run counts by status."""
+    from dwc_core.config.experiments import ExperimentsFile
+
+    path = Path(experiments_file) if experiments_file else Path(project) / "experiments.yaml"
+    ef = ExperimentsFile.load(path)
+    counts: dict[str, dict[str, int]] = {}
+    reg_path = registry_path(project)
+    if reg_path.exists():
+        reg = Registry(reg_path, create=False)
+        try:
+            for r in reg.conn.execute(
+                "SELECT experiment, status, count(*) FROM runs WHERE deleted = 0 GROUP BY experiment, status"
+            ):
+                counts.setdefault(r[0], {})[r[1]] = r[2]
+        finally:
+            reg.close()
+    rows = []
+    for name in ef.names():
+        data = ef.merged(name).data
+        grid = data.get("grid") or {}
+        size = 1
+        for values in grid.values() if isinstance(grid, dict) else []:
+            size *= len(values) if isinstance(values, list) else 1
+        seeds = data.get("seeds")
+        tags = data.get("tags") or []
+        rows.append(
+            {
+                "experiment": name,
+                "description": str(data.get("description") or ""),
+                "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
+                "grid": size,
+                "seeds": len(seeds) if isinstance(seeds, list) else 1,
+                "runs": {
+                    s: counts.get(name, {}).get(s, 0) for s in STATUS_ORDER if counts.get(name, {}).get(s)
+                },
+            }
+        )
+    return rows
+
+
+STATUS_ORDER = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")

@@ -47,3 +47,45 @@ def _nvidia_smi_count() -> int:
 
 def gpu_count() -> int:
     return len(visible_gpus())
+
+
+def gpu_stats() -> tuple[list[dict], str | None]:
+    """Memory and utilisation of each GPU this host shows, through NVML (``nvidia-ml-py``, imported only here).
+
+    Returns (rows, None) or ([], a one-line reason: the package is missing, or no NVIDIA driver/GPU is present).
+    Rows: index, name, memory used / total (MiB), utilisation %, temperature. Fake GPUs (tests) have no stats.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        return [], "GPU statistics need the nvidia-ml-py package (pip install nvidia-ml-py)."
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # noqa: BLE001 — NVMLError subclasses differ by driver version
+        return [], f"no NVIDIA driver or GPU is available here (NVML: {exc})."
+    rows = []
+    try:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            row = {"index": str(i), "name": _text(pynvml.nvmlDeviceGetName(h))}
+            row["memory_used_mib"] = round(mem.used / 2**20)
+            row["memory_total_mib"] = round(mem.total / 2**20)
+            try:
+                row["util_pct"] = pynvml.nvmlDeviceGetUtilizationRates(h).gpu
+            except Exception:  # noqa: BLE001 — not supported on every device (MIG slices)
+                row["util_pct"] = None
+            try:
+                row["temp_c"] = pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
+            except Exception:  # noqa: BLE001
+                row["temp_c"] = None
+            rows.append(row)
+    finally:
+        pynvml.nvmlShutdown()
+    if not rows:
+        return [], "NVML reports no GPU on this machine."
+    return rows, None
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from dwc_core.runs.locks import run_lock_holder
 from dwc_core.runs.registry import ACTIVE, Registry
 
 STALE_HEARTBEAT_S = 180.0
@@ -36,14 +37,23 @@ def train_command(run: dict, registry_path: Path) -> list[str]:
     return [sys.executable, *base]
 
 
-def spawn(registry: Registry, run: dict, registry_path: Path, gpus: str | None = None) -> subprocess.Popen:
-    """Start the training process of a claimed run; returns the Popen (its pid is the process group id)."""
+def spawn(
+    registry: Registry,
+    run: dict,
+    registry_path: Path,
+    gpus: str | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start the training process of a claimed run; returns the Popen (its pid is the process group id).
+    ``gpus`` becomes CUDA_VISIBLE_DEVICES; ``env_extra`` (e.g. OMP_NUM_THREADS from a worker) is added to the
+    environment. The command is an argument list: nothing reaches a shell."""
     run_dir = Path(run["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus
+    env.update(env_extra or {})
     log = open(run_dir / "train.log", "ab")  # noqa: SIM115 — handed to the child
     try:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start run {run['id']} ===\n".encode())
@@ -70,15 +80,42 @@ def signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-def reconcile_exit(registry: Registry, run_id: int, returncode: int) -> dict:
-    """After the process ended: if it did not finish its row itself, mark the run failed with the cause."""
+def log_tail(run_dir: str | os.PathLike | None, n: int = 5, max_bytes: int = 8192) -> list[str]:
+    """The last ``n`` non-empty lines of ``<run_dir>/train.log`` (for error messages)."""
+    if not run_dir:
+        return []
+    try:
+        with open(Path(run_dir) / "train.log", "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    lines = [x.rstrip() for x in data.decode("utf-8", errors="replace").splitlines() if x.strip()]
+    return lines[-n:]
+
+
+def reconcile_exit(registry: Registry, run_id: int, returncode: int | None) -> dict:
+    """After the process ended: if it did not finish its row itself, mark the run failed with the cause (exit code
+    or signal, and the log's last lines) — or cancelled, when a cancellation had been asked for.
+    ``returncode`` None: the process was not our child (an adopted run) and its exit status is unknown."""
     row = registry.get(run_id)
     if row["status"] in ACTIVE:
-        if returncode < 0:
-            msg = f"training process killed by {signal_name(returncode)}"
+        if returncode is None:
+            cause = "training process ended (exit status unknown: it was adopted by a worker)"
+        elif returncode < 0:
+            cause = f"training process killed by {signal_name(returncode)}"
         else:
-            msg = f"training process exited with code {returncode} without finishing the run (see train.log)"
-        registry.set_status(run_id, "failed", msg, only_from=ACTIVE, error=msg, exit_code=returncode)
+            cause = f"training process exited with code {returncode} without finishing the run"
+        if row.get("cancel_requested"):
+            registry.set_status(
+                run_id, "cancelled", f"cancelled ({cause})", only_from=ACTIVE, exit_code=returncode
+            )
+            return registry.get(run_id)
+        tail = log_tail(row.get("run_dir"))
+        msg = cause + (" — last lines of train.log:\n" + "\n".join(tail) if tail else " (see train.log)")
+        registry.set_status(run_id, "failed", cause, only_from=ACTIVE, error=msg, exit_code=returncode)
         row = registry.get(run_id)
     return row
 
@@ -116,16 +153,78 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def reap_lost(registry: Registry, host: str, stale_s: float = STALE_HEARTBEAT_S) -> list[int]:
-    """Mark active runs as ``lost`` when their process on this host is gone or their heartbeat is stale."""
+def reap_lost(
+    registry: Registry,
+    host: str,
+    stale_s: float = STALE_HEARTBEAT_S,
+    exclude: set[int] | frozenset = frozenset(),
+) -> list[int]:
+    """Mark active runs as ``lost`` when their process on this host is gone or their heartbeat is stale.
+    ``exclude``: runs whose end the caller reconciles itself (a worker's own children)."""
     lost = []
     now = time.time()
+    if getattr(registry, "readonly", False):  # a read-only registry is shown as it is
+        return lost
     for row in registry.runs(statuses=list(ACTIVE)):
+        if row["id"] in exclude:
+            continue
         reason = None
-        if row["host"] == host and row["pid"] and not pid_alive(row["pid"]):
+        here = row["host"] == host
+        alive = bool(here and row["pid"] and pid_alive(row["pid"]))
+        holder = run_lock_holder(row["run_dir"]) if here and row.get("run_dir") else None
+        stale = row["status"] == "running" and row["heartbeat"] and now - row["heartbeat"] > stale_s
+        if here and row["pid"] and not alive and holder is None:
             reason = f"process {row['pid']} on {host} is gone"
-        elif row["status"] == "running" and row["heartbeat"] and now - row["heartbeat"] > stale_s:
+            logged = _logged_failure(row.get("run_dir"))
+            if logged and registry.set_status(
+                row["id"],
+                "failed",
+                f"{reason}; its log says: {logged}",
+                only_from=ACTIVE,
+                error=logged,
+                exit_code=1,
+            ):  # it failed but could not record it (e.g. the disk was full): reconciled from train.log
+                continue
+        elif stale and (alive or holder is not None):  # alive on this host (e.g. SIGSTOPped): never lost
+            _warn_stalled(registry, row, now)
+        elif stale:
             reason = f"no heartbeat for {now - row['heartbeat']:.0f}s"
         if reason and registry.set_status(row["id"], "lost", reason, only_from=ACTIVE, error=reason):
             lost.append(row["id"])
     return lost
+
+
+def _warn_stalled(registry: Registry, row: dict, now: float) -> None:
+    """One ``stalled`` warning event per stall (a new one only after the heartbeat moved on)."""
+    events = registry.events(row["id"])
+    if any(e["kind"] == "stalled" and e["time"] > row["heartbeat"] for e in events):
+        return
+    who = f"pid {row['pid']}" if row["pid"] else "its trainer"
+    registry.event(
+        row["id"], "stalled",
+        f"no heartbeat for {now - row['heartbeat']:.0f}s, but {who} on {row['host']} is alive (stopped or "
+        "blocked?); the run stays running",
+    )  # fmt: skip
+
+
+def _logged_failure(run_dir: str | None) -> str | None:
+    """The failure message the trainer logged in its last attempt (``[hh:mm:ss] failed: …``), if any."""
+    message = None
+    for line in log_tail(run_dir, n=40, max_bytes=32768):
+        if line.startswith("=== ") and " start run " in line:
+            message = None  # a later attempt started
+        elif "] failed: " in line:
+            message = line.split("] failed: ", 1)[1]
+    return message
+
+
+def torchrun_command(
+    run: dict, registry_path: Path, nodes: int, gpus: int, endpoint: str, rdzv_id: str, extra: list[str] = ()
+) -> list[str]:
+    """One node's share of a multi-node run (started once per node, e.g. by ``srun``): torchrun with the c10d
+    rendezvous at ``endpoint`` (host:port on the first node); ``extra`` goes to the training process."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={gpus}",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}",
+        "-m", "dwc_core.engine.train", str(run["id"]), "--registry", str(registry_path), *extra,
+    ]  # fmt: skip

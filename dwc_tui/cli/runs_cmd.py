@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
+from dwc_core.errors import UsageError
 from dwc_tui.cli.app import FormatOpt, _check_format, _project, _registry, app, handle_errors
 from dwc_tui.cli.output import duration, emit, err, is_headline, metric_order, out, when
 
@@ -207,8 +208,12 @@ def cancel(
 @handle_errors
 def resume(
     run_id: Annotated[int, typer.Argument(help="run id")],
-    now: Annotated[bool, typer.Option("--now", help="train it here in the foreground instead of queuing")] = False,
-    queue_only: Annotated[bool, typer.Option("--queue", hidden=True, help="(the default) re-queue it")] = False,
+    now: Annotated[
+        bool, typer.Option("--now", help="train it here in the foreground instead of queuing")
+    ] = False,
+    queue_only: Annotated[
+        bool, typer.Option("--queue", hidden=True, help="(the default) re-queue it")
+    ] = False,
 ) -> None:
     """Continue a failed / cancelled / lost run from its last checkpoint, in the same run directory: re-queued for
     a worker, or trained here with --now."""
@@ -222,7 +227,9 @@ def resume(
         err.print(f"run {run_id} re-queued; it continues from last.pt")
         msg = control.nobody_will_take(_project())
         if msg:
-            err.print(f"[yellow]note:[/] {escape(msg)} Or train it here: dwc resume {run_id} --now", soft_wrap=True)
+            err.print(
+                f"[yellow]note:[/] {escape(msg)} Or train it here: dwc resume {run_id} --now", soft_wrap=True
+            )
         else:
             err.print("a worker is running and will take it")
         return

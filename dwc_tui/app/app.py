@@ -1,0 +1,149 @@
+"""The `dwc tui` application: screens over a registry poller and the run actions.
+
+The app owns the :class:`~dwc_tui.app.poller.Poller` and drives it from an exclusive Textual thread worker that is
+re-armed after each poll; screens receive plain snapshots. Actions (queue, cancel, resume, delete) also run on
+thread workers through :mod:`dwc_tui.app.actions`. Nothing here runs SQL on the UI thread, and nothing here
+touches a training process: runs live in their own sessions, so quitting (or SIGHUP) leaves them running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from rich.markup import escape
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from dwc_core.errors import DwcError
+from dwc_tui.app.poller import Poller, Snapshot
+
+POLL_INTERVAL_S = 1.0
+
+
+class DwcApp(App):
+    CSS_PATH = "dwc.tcss"
+    TITLE = "dwc"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(
+        self,
+        project: Path,
+        registry_path: Path | None = None,
+        experiments_file: Path | None = None,
+        poll_interval: float = POLL_INTERVAL_S,
+        clock: Callable[[], float] | None = None,
+    ):
+        super().__init__()
+        self.project = Path(project)
+        self.registry_path = registry_path or self.project / "runs" / "registry.db"
+        self.experiments_file = experiments_file or self.project / "experiments.yaml"
+        self.poll_interval = poll_interval
+        self.poller = Poller(self.registry_path)
+        self.last_snapshot: Snapshot | None = None
+        self.poll_error: str | None = None
+        self.polls_applied = 0
+        self._poll_timer = None
+        self.sub_title = str(self.project)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def on_mount(self) -> None:
+        from dwc_tui.app.screens.dashboard import DashboardScreen
+
+        self.push_screen(DashboardScreen())
+        self.start_poll()
+
+    @property
+    def dashboard(self):
+        from dwc_tui.app.screens.dashboard import DashboardScreen
+
+        for screen in self.screen_stack:
+            if isinstance(screen, DashboardScreen):
+                return screen
+        return None
+
+    # ---------------------------------------------------------------------------------------------- polling
+    def start_poll(self) -> None:
+        """Run one poll on a thread worker (exclusive: a poll in progress is replaced)."""
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+            self._poll_timer = None
+        self.run_worker(self.poller.poll, thread=True, exclusive=True, group="poll", exit_on_error=False)
+
+    def poll_soon(self) -> None:
+        """Poll now rather than at the next tick (after an action or a change of focus)."""
+        self.start_poll()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group == "poll":
+            if event.state == WorkerState.SUCCESS:
+                self.poll_error = None
+                self.apply_snapshot(worker.result)
+            elif event.state == WorkerState.ERROR:
+                exc = worker.error
+                self.poll_error = exc.message if isinstance(exc, DwcError) else f"{type(exc).__name__}: {exc}"
+                if self.dashboard is not None:
+                    self.dashboard.show_error(self.poll_error)
+            if event.state in (WorkerState.SUCCESS, WorkerState.ERROR) and self._poll_timer is None:
+                self._poll_timer = self.set_timer(self.poll_interval, self.start_poll)
+        elif worker.group == "action":
+            if event.state == WorkerState.SUCCESS:
+                if isinstance(worker.result, str):
+                    self.notify(escape(worker.result), timeout=4)
+                self.poll_soon()
+            elif event.state == WorkerState.ERROR:
+                self.notify(escape(error_text(worker.error)), severity="error", timeout=8)
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self.last_snapshot = snap
+        if self.dashboard is not None:
+            self.dashboard.apply(snap)
+        self.polls_applied += 1
+
+    # ---------------------------------------------------------------------------------------------- actions
+    def act(self, fn: Callable, *args) -> None:
+        """Run an action (from :mod:`dwc_tui.app.actions`) off the UI thread; its message is notified."""
+        self.run_worker(lambda: fn(*args), thread=True, group="action", exit_on_error=False)
+
+    def action_help(self) -> None:
+        from dwc_tui.app.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        dash = self.dashboard
+        if dash is None:
+            return
+        for title, help_, action in dash.PALETTE:
+            yield SystemCommand(title, help_, _runner(dash, action))
+        from dwc_tui.app.rows import COLUMNS
+
+        for key, label in COLUMNS:
+            yield SystemCommand(f"Sort by {label}", f"sort the runs table by {label}", _sorter(dash, key))
+
+
+def _runner(screen, action: str):
+    def run() -> None:
+        if screen.app.screen is not screen:
+            screen.app.pop_screen()
+        getattr(screen, f"action_{action}")()
+
+    return run
+
+
+def _sorter(screen, key: str):
+    return lambda: screen.sort_by(key)
+
+
+def error_text(exc: BaseException | None) -> str:
+    if isinstance(exc, DwcError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"

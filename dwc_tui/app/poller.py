@@ -1,0 +1,296 @@
+"""Reading the registry for the dashboard, incrementally, off the UI thread.
+
+A :class:`Poller` is called from a Textual thread worker, one poll at a time (the app re-arms it after each poll).
+It keeps the state it has seen (run rows, loss tails, the focused run's curves) and asks SQLite only for what
+changed since the last poll:
+
+* runs: new ids, rows whose ``heartbeat`` moved, rows named by new ``events`` (every status change writes one),
+  and every ``FULL_EVERY`` polls all rows (catches plain column updates such as soft-deletes);
+* metrics: rows with an id above the last one seen (the table's primary key), appended to loss tails and to the
+  focused run's curves.
+
+Each poll returns a :class:`Snapshot` of plain data (formatted cells for the rows that changed) which the UI
+applies without any SQL. The registry (:class:`dwc_core.runs.registry.Registry`, used read-only) is opened afresh
+for each poll, because a thread worker runs on a new thread each time and a sqlite3 connection belongs to the
+thread that opened it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dwc_core.errors import RegistryError
+from dwc_tui.app import rows as fmt
+
+TAIL = 24  # loss points kept per run for the table sparkline
+FULL_EVERY = 15  # polls between full re-reads of the runs table
+MAX_INCREMENT = 200_000  # more new metric rows than this at once: re-read tails instead of replaying them
+LOG_TAIL_BYTES = 16_384
+
+RUN_COLUMNS = (
+    "id, experiment, status, variant, seed, created, started, ended, heartbeat, epoch, epochs, step, total_steps, "
+    "progress, best_value, best_epoch, best_metrics, last_metrics, deleted, error, run_dir, worker, host, gpus, "
+    "json_extract(config, '$.model.name') AS method, json_extract(config, '$.dataset.name') AS dataset"
+)
+
+
+@dataclass
+class Focus:
+    """The selected run's live curves (full series; the plot widget downsamples)."""
+
+    run_id: int
+    loss: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+    recall: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    log_tail: list[str] = field(default_factory=list)
+    version: int = 0  # bumps when the curves change
+
+
+@dataclass
+class Snapshot:
+    rows: dict[int, dict]  # run id → display row, for the runs that changed (or all, when ``full``)
+    removed: set[int]  # ids no longer shown (soft-deleted)
+    full: bool
+    counts: dict[str, int]
+    workers: int
+    gpus: list[str]
+    focus: Focus | None
+    poll_ms: float
+    error: str | None = None
+
+
+class Poller:
+    def __init__(self, registry_path: Path, visible_gpus=None):
+        self.registry_path = Path(registry_path)
+        self.runs: dict[int, dict] = {}
+        self.tails: dict[int, deque] = {}
+        self.max_run_id = 0
+        self.max_heartbeat = 0.0
+        self.max_event_id = 0
+        self.max_metric_id = -1  # -1: not initialised
+        self.polls = 0
+        self.focus_id: int | None = None
+        self.focus: Focus | None = None
+        self._log_sig: tuple | None = None
+        self._gpus: list[str] | None = None
+        self._visible_gpus = visible_gpus
+        self._lock = threading.Lock()  # an exclusive worker replaced mid-poll may still be running
+
+    # ---------------------------------------------------------------------------------------------------- api
+    def set_focus(self, run_id: int | None) -> None:
+        """Called from the UI thread: which run the detail pane shows (loaded at the next poll)."""
+        self.focus_id = run_id
+
+    def poll(self) -> Snapshot:
+        with self._lock:
+            return self._poll()
+
+    def _poll(self) -> Snapshot:
+        t0 = time.perf_counter()
+        if self._gpus is None:
+            self._gpus = self._read_gpus()
+        if not self.registry_path.exists():
+            return Snapshot({}, set(), True, fmt.counts({}), 0, self._gpus, None, 0.0)
+        conn = open_read(self.registry_path)
+        try:
+            full = self.polls % FULL_EVERY == 0
+            self.polls += 1
+            changed, removed = self._poll_runs(conn, full)
+            self._poll_metrics(conn, changed)
+            focus = self._poll_focus(conn)
+        finally:
+            conn.close()
+        now = time.time()
+        shown = {rid: r for rid, r in self.runs.items() if not r["deleted"]}
+        ids = shown if full else {rid for rid in changed if rid in shown}
+        # elapsed / ETA move for active runs even without a new row
+        ids = set(ids) | {rid for rid, r in shown.items() if r["status"] in ("running", "starting")}
+        rows = {rid: fmt.display_row(shown[rid], list(self.tails.get(rid, ())), now) for rid in ids}
+        workers = len(
+            {r["worker"] for r in shown.values() if r["status"] in ("running", "starting") and r["worker"]}
+        )
+        return Snapshot(
+            rows=rows,
+            removed=removed,
+            full=full,
+            counts=fmt.counts(shown),
+            workers=workers,
+            gpus=self._gpus,
+            focus=focus,
+            poll_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    # ----------------------------------------------------------------------------------------------- runs
+    def _poll_runs(self, conn: sqlite3.Connection, full: bool) -> tuple[set[int], set[int]]:
+        max_event = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+        if full:
+            sql, params = f"SELECT {RUN_COLUMNS} FROM runs", ()
+        else:
+            sql = (
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE id > ? OR heartbeat > ? "
+                "OR id IN (SELECT run_id FROM events WHERE id > ?)"
+            )
+            params = (self.max_run_id, self.max_heartbeat, self.max_event_id)
+        changed: set[int] = set()
+        removed: set[int] = set()
+        seen: set[int] = set()
+        for row in conn.execute(sql, params):
+            r = fmt.decode_run(dict(row))
+            rid = r["id"]
+            seen.add(rid)
+            old = self.runs.get(rid)
+            if old is not None and not old["deleted"] and r["deleted"]:
+                removed.add(rid)
+            self.runs[rid] = r
+            changed.add(rid)
+            self.max_run_id = max(self.max_run_id, rid)
+            self.max_heartbeat = max(self.max_heartbeat, r["heartbeat"] or 0.0)
+        if full:  # rows gone from the file (a registry replaced under us)
+            for rid in set(self.runs) - seen:
+                removed.add(rid)
+                del self.runs[rid]
+        self.max_event_id = max_event
+        return changed, removed
+
+    # -------------------------------------------------------------------------------------------- metrics
+    def _poll_metrics(self, conn: sqlite3.Connection, changed: set[int]) -> None:
+        top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
+        if self.max_metric_id < 0 or top - self.max_metric_id > MAX_INCREMENT or top < self.max_metric_id:
+            self.tails = {rid: self._read_tail(conn, rid) for rid in self.runs}
+            self.max_metric_id = top
+            if self.focus is not None:
+                self.focus = None  # reloaded below
+            changed.update(self.runs)
+            return
+        for rid in self.runs.keys() - self.tails.keys():
+            self.tails[rid] = self._read_tail(conn, rid)
+        if top == self.max_metric_id:
+            return
+        focus = self.focus
+        for _mid, rid, _step, epoch, split, name, value in conn.execute(
+            "SELECT id, run_id, step, epoch, split, name, value FROM metrics WHERE id > ? AND id <= ? ORDER BY id",
+            (self.max_metric_id, top),
+        ):
+            if split == "train" and name == "loss":
+                self.tails.setdefault(rid, deque(maxlen=TAIL)).append(value)
+                changed.add(rid)
+            if focus is not None and rid == focus.run_id:
+                _add_point(focus, epoch, split, name, value)
+        self.max_metric_id = top
+
+    @staticmethod
+    def _read_tail(conn: sqlite3.Connection, rid: int) -> deque:
+        vals = [
+            v
+            for (v,) in conn.execute(
+                "SELECT value FROM metrics WHERE run_id = ? AND split = 'train' AND name = 'loss' "
+                "ORDER BY step DESC LIMIT ?",
+                (rid, TAIL),
+            )
+        ]
+        return deque(reversed(vals), maxlen=TAIL)
+
+    # ----------------------------------------------------------------------------------------------- focus
+    def _poll_focus(self, conn: sqlite3.Connection) -> Focus | None:
+        rid = self.focus_id
+        if rid is None or rid not in self.runs:
+            self.focus = None
+            return None
+        if self.focus is None or self.focus.run_id != rid:
+            focus = Focus(rid)
+            for epoch, split, name, value in conn.execute(
+                "SELECT epoch, split, name, value FROM metrics WHERE run_id = ? AND id <= ? "
+                "AND ((split = 'train' AND name = 'loss') OR split = 'test') ORDER BY step, id",
+                (rid, self.max_metric_id),
+            ):
+                _add_point(focus, epoch, split, name, value)
+            self.focus = focus
+            self._log_sig = None
+        focus = self.focus
+        self._read_log(focus, self.runs[rid].get("run_dir"))
+        return Focus(
+            focus.run_id,
+            (list(focus.loss[0]), list(focus.loss[1])),
+            {k: (list(x), list(y)) for k, (x, y) in focus.recall.items()},
+            list(focus.log_tail),
+            focus.version,
+        )
+
+    def _read_log(self, focus: Focus, run_dir: str | None) -> None:
+        if not run_dir:
+            return
+        path = Path(run_dir) / "train.log"
+        try:
+            st = path.stat()
+        except OSError:
+            focus.log_tail = []
+            return
+        sig = (focus.run_id, st.st_size, st.st_mtime_ns)
+        if sig == self._log_sig:
+            return
+        self._log_sig = sig
+        focus.log_tail = read_tail_lines(path, 40)
+
+    def _read_gpus(self) -> list[str]:
+        try:
+            if self._visible_gpus is not None:
+                return list(self._visible_gpus())
+            from dwc_core.runs.gpus import visible_gpus
+
+            return visible_gpus()
+        except Exception:  # GPU discovery must never break the dashboard
+            return []
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _add_point(focus: Focus, epoch: float, split: str, name: str, value: float) -> None:
+    if split == "train" and name == "loss":
+        focus.loss[0].append(float(epoch))
+        focus.loss[1].append(float(value))
+    elif split == "test" and (name.startswith("R@") or name.startswith("avg/R@") or name == "mean"):
+        xs, ys = focus.recall.setdefault(name, ([], []))
+        xs.append(float(epoch))
+        ys.append(float(value))
+    else:
+        return
+    focus.version += 1
+
+
+def read_tail_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a (possibly large, possibly growing) text file."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - LOG_TAIL_BYTES))
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").replace("\r", "\n").splitlines()
+    if size > LOG_TAIL_BYTES and lines:
+        lines = lines[1:]  # first one is probably cut
+    return [ln for ln in lines if ln.strip()][-n:]
+
+
+def open_read(path: Path) -> sqlite3.Connection:
+    """The registry's connection for the current thread, after checking that this dwc knows its schema."""
+    from dwc_core.runs.registry import MIGRATIONS, Registry
+
+    conn = Registry(path, create=False).conn
+    try:
+        names = {n for (n,) in conn.execute("SELECT name FROM _dwc_migrations")}
+    except sqlite3.Error as exc:
+        conn.close()
+        raise RegistryError(f"{path}: cannot read the run registry: {exc}.") from None
+    newer = sorted(names - {n for n, _ in MIGRATIONS})
+    if newer:
+        conn.close()
+        raise RegistryError(
+            f"{path}: this registry was written by a newer version of dwc (schema changes "
+            f"{', '.join(newer)} are unknown here). Upgrade dwc on this machine to open it."
+        )
+    return conn

@@ -1,0 +1,177 @@
+"""Run rows as the dashboard shows them: plain functions from registry rows to display cells (no SQL, no UI)."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import suppress
+
+from rich.text import Text
+
+from dwc_core.runs.registry import STATUSES
+
+COLUMNS = (
+    ("id", "id"),
+    ("experiment", "experiment"),
+    ("method", "method"),
+    ("dataset", "dataset"),
+    ("status", "status"),
+    ("epoch", "epoch"),
+    ("loss", "loss"),
+    ("r10", "R@10"),
+    ("mean", "mean"),
+    ("elapsed", "elapsed"),
+    ("eta", "ETA"),
+)
+COLUMN_KEYS = tuple(k for k, _ in COLUMNS)
+STATUS_STYLE = {
+    "queued": "cyan",
+    "starting": "yellow",
+    "running": "bold yellow",
+    "done": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+    "lost": "red",
+}
+COUNTED = ("queued", "running", "done", "failed", "lost")
+SPARK = "▁▂▃▄▅▆▇█"
+JSON_FIELDS = ("variant", "progress", "best_metrics", "last_metrics", "gpus")
+
+
+def decode_run(row: dict) -> dict:
+    for key in JSON_FIELDS:
+        if isinstance(row.get(key), str):
+            with suppress(ValueError):
+                row[key] = json.loads(row[key])
+    row["progress"] = row.get("progress") if isinstance(row.get("progress"), dict) else {}
+    row["deleted"] = int(row.get("deleted") or 0)
+    return row
+
+
+def counts(runs: dict[int, dict]) -> dict[str, int]:
+    out = dict.fromkeys(COUNTED, 0)
+    for r in runs.values():
+        key = "running" if r["status"] == "starting" else r["status"]
+        if key in out:
+            out[key] += 1
+    return out
+
+
+def sparkline(values: list[float], width: int = 8) -> str:
+    vals = values[-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = hi - lo
+    if span <= 0:
+        return SPARK[3] * len(vals)
+    return "".join(SPARK[min(7, int((v - lo) / span * 7.999))] for v in vals)
+
+
+def bar(fraction: float, width: int = 6) -> str:
+    fraction = min(max(fraction, 0.0), 1.0)
+    full = int(fraction * width + 1e-9)
+    return "█" * full + "░" * (width - full)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "–"
+    s = int(seconds)
+    d, rem = divmod(s, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    if d:
+        return f"{d}d{h:02d}h"
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def number(v, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, int | float):
+        if v != 0 and abs(v) < 0.01:
+            return f"{v:.3g}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def fraction_done(r: dict) -> float:
+    p = r.get("progress") or {}
+    epochs = r.get("epochs") or 0
+    if r["status"] == "done":
+        return 1.0
+    if p.get("epoch_steps") and epochs and r["status"] in ("running", "starting"):
+        return ((p.get("epoch", 1) - 1) + p.get("epoch_step", 0) / p["epoch_steps"]) / epochs
+    if r.get("total_steps"):
+        return (r.get("step") or 0) / r["total_steps"]
+    return (r.get("epoch") or 0) / epochs if epochs else 0.0
+
+
+def recall_of(metrics: dict | None, k: str = "R@10"):
+    metrics = metrics or {}
+    return metrics.get(k, metrics.get(f"avg/{k}"))
+
+
+def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
+    """The cells of one run (keys = COLUMN_KEYS) plus sort keys and the fields the detail pane shows."""
+    now = now or time.time()
+    p = r.get("progress") or {}
+    active = r["status"] in ("running", "starting")
+    epoch = p.get("epoch", r.get("epoch") or 0) if active else (r.get("epoch") or 0)
+    epochs = r.get("epochs") or 0
+    frac = fraction_done(r)
+    loss = p.get("loss") if active and p.get("loss") is not None else (tail[-1] if tail else None)
+    best = r.get("best_metrics") or {}
+    r10 = recall_of(best)
+    mean = best.get("mean", r.get("best_value"))
+    end = r.get("ended") or (now if active else None)
+    elapsed = (end - r["started"]) if r.get("started") and end else None
+    eta = p.get("eta_s") if active else None
+    status = r["status"]
+    cells = {
+        "id": Text(str(r["id"]), justify="right"),
+        "experiment": Text(str(r["experiment"])),
+        "method": Text(str(r.get("method") or "–")),
+        "dataset": Text(str(r.get("dataset") or "–")),
+        "status": Text(status, style=STATUS_STYLE.get(status, "")),
+        "epoch": Text(f"{epoch}/{epochs} {bar(frac)}"),
+        "loss": Text(f"{number(loss, 3)} {sparkline(tail)}".rstrip()),
+        "r10": Text(number(r10), justify="right"),
+        "mean": Text(number(mean), justify="right"),
+        "elapsed": Text(duration(elapsed), justify="right"),
+        "eta": Text(duration(eta) if eta is not None else "–", justify="right"),
+    }
+    sort = {
+        "id": r["id"],
+        "experiment": r["experiment"],
+        "method": r.get("method") or "",
+        "dataset": r.get("dataset") or "",
+        "status": STATUSES.index(status) if status in STATUSES else 99,
+        "epoch": frac,
+        "loss": loss if loss is not None else float("inf"),
+        "r10": r10 if r10 is not None else -1.0,
+        "mean": mean if mean is not None else -1.0,
+        "elapsed": elapsed or 0.0,
+        "eta": eta if eta is not None else float("inf"),
+    }
+    variant = r.get("variant") or {}
+    return {
+        "id": r["id"],
+        "cells": cells,
+        "sort": sort,
+        "status": status,
+        "search": " ".join(
+            [str(r["id"]), r["experiment"], str(r.get("method")), str(r.get("dataset")), status]
+            + [f"{k}={v}" for k, v in variant.items()]
+        ).lower(),
+        "experiment": r["experiment"],
+        "phase": p.get("phase") if active else status,
+        "progress": p,
+        "frac": frac,
+        "epoch": epoch,
+        "epochs": epochs,
+        "error": r.get("error"),
+        "variant": variant,
+        "seed": r.get("seed"),
+    }

@@ -1,0 +1,93 @@
+"""The marked runs side by side: best metrics, mean ± std across seeds, only the config keys that differ.
+
+The table comes from ``dwc_core.results.compare`` (the same one `dwc compare` prints); this screen only shows it.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import Worker, WorkerState
+
+from dwc_tui.app import data
+
+
+class CompareScreen(Screen):
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self, run_ids: list[int]):
+        super().__init__()
+        self.run_ids = run_ids
+        self.table = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(
+            f"compare runs {', '.join(f'#{i}' for i in self.run_ids)} — loading…", id="compare-title"
+        )
+        yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="compare-notes")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        path, ids = self.app.registry_path, self.run_ids
+        self.run_worker(
+            lambda: data.compare_table(path, ids), thread=True, group="compare", exit_on_error=False
+        )
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "compare":
+            return
+        title = self.query_one("#compare-title", Static)
+        if event.state == WorkerState.ERROR:
+            title.update(
+                Text(getattr(event.worker.error, "message", str(event.worker.error)), style="bold red")
+            )
+        elif event.state == WorkerState.SUCCESS:
+            self.show(event.worker.result)
+
+    def show(self, table) -> None:
+        from dwc_core.results.formats import cell_text, header
+
+        self.table = table
+        ids = ", ".join(f"#{i}" for i in self.run_ids)
+        self.query_one("#compare-title", Static).update(
+            Text.assemble((f"compare {ids}", "bold"), f"  {table.title}")
+        )
+        dt = self.query_one("#compare-table", DataTable)
+        dt.clear(columns=True)
+        info = table.info_columns(compact=True)
+        records = table.records()
+        for col in info:
+            dt.add_column(col, key=f"i:{col}")
+        for m in table.metrics:
+            dt.add_column(header(m), key=f"m:{m}")
+        for row, rec in zip(table.rows, records, strict=True):
+            cells = [
+                Text(_plain(rec.get("variant") if c == "variant" else rec.get(c, row.changed.get(c))))
+                for c in info
+            ]
+            for m in table.metrics:
+                c = row.cells.get(m)
+                cells.append(
+                    Text(cell_text(c), style="bold" if c is not None and c.best else "", justify="right")
+                )
+            dt.add_row(*cells)
+        notes = list(table.notes)
+        if table.only_changed and table.changed_keys:
+            notes.insert(0, f"config keys that differ: {', '.join(table.changed_keys)}")
+        elif table.only_changed:
+            notes.insert(0, "the compared runs share every config key (apart from the seed)")
+        self.query_one("#compare-notes", Static).update(Text("\n".join(notes), style="italic"))
+
+
+def _plain(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return " ".join(map(str, v))
+    return str(v)

@@ -1,0 +1,367 @@
+"""The dashboard: queue counts, the runs table (filter, sort, marks) and the selected run's live detail."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from dwc_tui.app import actions
+from dwc_tui.app.poller import Focus, Snapshot
+from dwc_tui.app.rows import COLUMN_KEYS, COLUMNS, COUNTED, STATUS_STYLE
+from dwc_tui.app.widgets.plots import Curves
+
+MARK = "●"
+
+
+def parse_filter(text: str) -> tuple[set[str], list[str]]:
+    """``status:failed dwc`` → ({'failed'}, ['dwc']): status tokens match exactly, other words as substrings."""
+    statuses, words = set(), []
+    for tok in text.lower().split():
+        if tok.startswith(("status:", "s:")):
+            statuses.update(x for x in tok.split(":", 1)[1].split(",") if x)
+        else:
+            words.append(tok)
+    return statuses, words
+
+
+class DashboardScreen(Screen):
+    BINDINGS = [
+        Binding("q", "queue", "Queue"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("r", "resume", "Resume"),
+        Binding("d", "delete", "Delete"),
+        Binding("enter", "open", "Open", show=False),
+        Binding("l", "log", "Log"),
+        Binding("b", "browse", "Browse"),
+        Binding("C", "compare", "Compare"),
+        Binding("slash", "filter", "Filter"),
+        Binding("space", "mark", "Mark"),
+        Binding("s", "sort_next", "Sort"),
+        Binding("S", "sort_reverse", "Reverse", show=False),
+        Binding("escape", "clear_filter", "Clear", show=False),
+    ]
+    PALETTE = (
+        ("Queue an experiment", "pick an experiment, edit --set overrides, queue its runs (q)", "queue"),
+        ("Cancel runs", "cancel the marked runs, or the selected one (c)", "cancel"),
+        ("Resume runs", "re-queue failed / cancelled / lost runs from last.pt (r)", "resume"),
+        ("Delete runs", "hide the marked or selected runs; files are kept (d)", "delete"),
+        ("Open run", "config, environment, events, log, evaluations, checkpoints (enter)", "open"),
+        ("Show log", "the selected run's log, following the tail (l)", "log"),
+        ("Browse queries", "per-query rankings of the selected run (b)", "browse"),
+        ("Compare runs", "the marked runs side by side (C)", "compare"),
+        ("Filter runs", "by text and status:NAME (/)", "filter"),
+        ("Mark run", "mark / unmark the selected run (space)", "mark"),
+        ("Help", "keys and screens (?)", "help"),
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[int, dict] = {}
+        self.shown_ids: list[int] = []
+        self.marked: set[int] = set()
+        self.filter_text = ""
+        self.sort_key = "id"
+        self.sort_reverse = False
+        self.focus_version: tuple | None = None
+        self._shown_cells: dict[int, tuple] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("dwc — reading the registry…", id="summary")
+        yield Input(
+            placeholder="filter: words, status:running,failed — enter to apply, esc to clear", id="filter"
+        )
+        table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        with Horizontal(id="detail"):
+            yield Curves("loss", id="loss-plot")
+            yield Curves("Recall@K (test)", id="recall-plot")
+            with Vertical(id="side"):
+                yield Static("", id="phase")
+                yield Static("", id="log-tail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).display = False
+        self.query_one("#runs", DataTable).focus()
+
+    # ------------------------------------------------------------------------------------------ snapshots
+    def apply(self, snap: Snapshot) -> None:
+        table = self.query_one("#runs", DataTable)
+        for rid in snap.removed:
+            self.rows.pop(rid, None)
+            self.marked.discard(rid)
+        self.rows.update(snap.rows)
+        if snap.full:
+            for rid in set(self.rows) - set(snap.rows):
+                del self.rows[rid]
+        wanted = self._ordered(self._matching())
+        if wanted != self.shown_ids:
+            self._rebuild(table, wanted)
+        else:
+            for rid in snap.rows:
+                if rid in self._shown_cells:
+                    self._update_row(table, rid)
+        self._summary(snap)
+        self._apply_focus(snap.focus)
+        if not self.rows and snap.error is None:
+            self.query_one("#phase", Static).update("no runs yet — press q to queue an experiment")
+
+    def show_error(self, message: str) -> None:
+        self.query_one("#summary", Static).update(Text(f"registry: {message}", style="bold red"))
+
+    def _summary(self, snap: Snapshot) -> None:
+        parts = [Text("dwc ", style="bold")]
+        for status in COUNTED:
+            parts += [
+                Text(f"{status} "),
+                Text(str(snap.counts.get(status, 0)), style=STATUS_STYLE[status]),
+                Text("  "),
+            ]
+        parts.append(Text(f"│ workers {snap.workers} │ GPUs {','.join(snap.gpus) if snap.gpus else 'none'}"))
+        if self.filter_text:
+            parts.append(Text(f" │ filter: {self.filter_text}", style="italic"))
+        if self.marked:
+            parts.append(Text(f" │ marked {len(self.marked)}"))
+        self.query_one("#summary", Static).update(Text.assemble(*parts))
+
+    def _matching(self) -> list[int]:
+        statuses, words = parse_filter(self.filter_text)
+        out = []
+        for rid, row in self.rows.items():
+            if statuses and row["status"] not in statuses:
+                continue
+            if any(w not in row["search"] for w in words):
+                continue
+            out.append(rid)
+        return out
+
+    def _ordered(self, ids: list[int]) -> list[int]:
+        key = self.sort_key
+        return sorted(ids, key=lambda rid: (self.rows[rid]["sort"][key], rid), reverse=self.sort_reverse)
+
+    def _cells(self, rid: int) -> tuple:
+        cells = dict(self.rows[rid]["cells"])
+        if rid in self.marked:
+            cells["id"] = Text(f"{MARK}{rid}", style="bold reverse", justify="right")
+        return tuple(cells[k] for k in COLUMN_KEYS)
+
+    def _rebuild(self, table: DataTable, ids: list[int]) -> None:
+        current = self.selected_id()
+        table.clear()
+        self._shown_cells = {}
+        for rid in ids:
+            cells = self._cells(rid)
+            table.add_row(*cells, key=str(rid))
+            self._shown_cells[rid] = tuple(c.plain + str(c.style) for c in cells)
+        self.shown_ids = ids
+        if current in self._shown_cells:
+            table.move_cursor(row=table.get_row_index(str(current)), animate=False)
+        self._refocus()
+
+    def _update_row(self, table: DataTable, rid: int) -> None:
+        cells = self._cells(rid)
+        sig = tuple(c.plain + str(c.style) for c in cells)
+        old = self._shown_cells.get(rid)
+        for i, key in enumerate(COLUMN_KEYS):
+            if old is None or old[i] != sig[i]:
+                table.update_cell(str(rid), key, cells[i])
+        self._shown_cells[rid] = sig
+
+    # --------------------------------------------------------------------------------------------- detail
+    def selected_id(self) -> int | None:
+        table = self.query_one("#runs", DataTable)
+        if not self.shown_ids or table.cursor_row is None or table.cursor_row >= len(self.shown_ids):
+            return None
+        try:
+            key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        except Exception:
+            return None
+        return int(key) if key is not None else None
+
+    def targets(self) -> list[int]:
+        """The marked runs, or the selected one."""
+        if self.marked:
+            return sorted(self.marked)
+        rid = self.selected_id()
+        return [rid] if rid is not None else []
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._refocus()
+
+    def _refocus(self) -> None:
+        rid = self.selected_id()
+        if rid != self.app.poller.focus_id:
+            self.app.poller.set_focus(rid)
+            self.focus_version = None
+            self._show_phase(rid)
+            self.app.poll_soon()
+
+    def _apply_focus(self, focus: Focus | None) -> None:
+        rid = self.selected_id()
+        self._show_phase(rid)
+        if focus is None or focus.run_id != rid:
+            if rid is None:
+                self.query_one("#loss-plot", Curves).clear()
+                self.query_one("#recall-plot", Curves).clear()
+            return
+        version = (focus.run_id, focus.version)
+        if version != self.focus_version:
+            self.focus_version = version
+            self.query_one("#loss-plot", Curves).show({"loss": focus.loss})
+            recall = {k: v for k, v in focus.recall.items() if k.startswith(("R@", "avg/R@"))}
+            self.query_one("#recall-plot", Curves).show(recall)
+        tail = Text("\n".join(focus.log_tail[-12:]), style="dim", no_wrap=True, overflow="ellipsis")
+        self.query_one("#log-tail", Static).update(tail)
+
+    def _show_phase(self, rid: int | None) -> None:
+        row = self.rows.get(rid) if rid is not None else None
+        if row is None:
+            return
+        p = row["progress"]
+        lines = [
+            Text.assemble(
+                (f"#{rid} {row['experiment']} ", "bold"), (row["status"], STATUS_STYLE.get(row["status"], ""))
+            )
+        ]
+        if row["variant"]:
+            lines.append(Text(" ".join(f"{k}={v}" for k, v in row["variant"].items()), style="dim"))
+        if row["status"] in ("running", "starting"):
+            phase = p.get("phase") or row["status"]
+            detail = f"phase {phase}  epoch {row['epoch']}/{row['epochs']}"
+            if phase == "train" and p.get("epoch_steps"):
+                detail += f"  step {p.get('epoch_step', 0)}/{p['epoch_steps']}"
+            if phase == "cache" and p.get("cache_total"):
+                detail += f"  {p.get('cache_done', 0)}/{p['cache_total']} images"
+            lines.append(Text(detail))
+            if p.get("it_s"):
+                lines.append(Text(f"{p['it_s']:.1f} it/s  {int(row['frac'] * 100)}%"))
+        if row["error"]:
+            lines.append(Text(str(row["error"]), style="red"))
+        self.query_one("#phase", Static).update(Text("\n").join(lines))
+
+    # -------------------------------------------------------------------------------------------- actions
+    def action_queue(self) -> None:
+        from dwc_tui.app.screens.queue import QueueScreen
+
+        self.app.push_screen(QueueScreen())
+
+    def action_cancel(self) -> None:
+        ids = self.targets()
+        if ids:
+            self.app.act(actions.cancel, self.app.registry_path, ids)
+
+    def action_resume(self) -> None:
+        ids = self.targets()
+        if ids:
+            self.app.act(actions.resume, self.app.registry_path, ids)
+
+    def action_delete(self) -> None:
+        ids = self.targets()
+        if not ids:
+            return
+        from dwc_tui.app.screens.confirm import ConfirmScreen
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self.marked.difference_update(ids)
+                self.app.act(actions.delete, self.app.registry_path, ids)
+
+        names = ", ".join(f"#{i}" for i in ids)
+        self.app.push_screen(
+            ConfirmScreen(f"Delete {escape(names)}? They are hidden from lists; their files are kept."), done
+        )
+
+    def action_open(self, tab: str = "overview") -> None:
+        rid = self.selected_id()
+        if rid is None:
+            return
+        from dwc_tui.app.screens.run import RunScreen
+
+        self.app.push_screen(RunScreen(rid, tab=tab))
+
+    def action_log(self) -> None:
+        self.action_open("log")
+
+    def action_browse(self) -> None:
+        rid = self.selected_id()
+        if rid is None:
+            return
+        from dwc_tui.app.screens.browse import BrowseScreen
+
+        others = [i for i in sorted(self.marked) if i != rid]
+        self.app.push_screen(BrowseScreen(rid, against=others[0] if others else None))
+
+    def action_compare(self) -> None:
+        ids = self.targets()
+        if len(ids) < 2:
+            self.app.notify("mark two or more runs with space, then press C", severity="warning")
+            return
+        from dwc_tui.app.screens.compare import CompareScreen
+
+        self.app.push_screen(CompareScreen(ids))
+
+    def action_help(self) -> None:
+        self.app.action_help()
+
+    def action_mark(self) -> None:
+        rid = self.selected_id()
+        if rid is None:
+            return
+        self.marked.symmetric_difference_update({rid})
+        self._update_row(self.query_one("#runs", DataTable), rid)
+        table = self.query_one("#runs", DataTable)
+        table.action_cursor_down()
+        if self.app.last_snapshot is not None:
+            self._summary(self.app.last_snapshot)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.value = self.filter_text
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            self.set_filter(event.value.strip())
+
+    def set_filter(self, text: str) -> None:
+        self.filter_text = text
+        box = self.query_one("#filter", Input)
+        box.display = bool(text)
+        self.query_one("#runs", DataTable).focus()
+        self._rebuild(self.query_one("#runs", DataTable), self._ordered(self._matching()))
+        if self.app.last_snapshot is not None:
+            self._summary(self.app.last_snapshot)
+
+    def action_clear_filter(self) -> None:
+        self.set_filter("")
+
+    def sort_by(self, key: str, reverse: bool | None = None) -> None:
+        self.sort_key = key
+        if reverse is not None:
+            self.sort_reverse = reverse
+        self._rebuild(self.query_one("#runs", DataTable), self._ordered(self._matching()))
+        self.app.notify(
+            f"sorted by {dict(COLUMNS)[key]}{' (descending)' if self.sort_reverse else ''}", timeout=2
+        )
+
+    def action_sort_next(self) -> None:
+        i = COLUMN_KEYS.index(self.sort_key)
+        self.sort_by(COLUMN_KEYS[(i + 1) % len(COLUMN_KEYS)])
+
+    def action_sort_reverse(self) -> None:
+        self.sort_by(self.sort_key, not self.sort_reverse)
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = event.column_key.value
+        self.sort_by(key, not self.sort_reverse if key == self.sort_key else False)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()

@@ -1,0 +1,161 @@
+"""One run: frozen config, environment, per-epoch evaluations, events, the full log (following), checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from dwc_tui.app import data
+from dwc_tui.app.rows import STATUS_STYLE, number
+
+LOG_FOLLOW_S = 1.0
+
+
+class RunScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("o", "tab('overview')", "Overview"),
+        Binding("e", "tab('evaluations')", "Evals"),
+        Binding("v", "tab('events')", "Events"),
+        Binding("l", "tab('log')", "Log"),
+        Binding("k", "tab('checkpoints')", "Checkpoints"),
+        Binding("f", "toggle_follow", "Follow"),
+    ]
+
+    def __init__(self, run_id: int, tab: str = "overview"):
+        super().__init__()
+        self.run_id = run_id
+        self.initial_tab = tab
+        self.info: dict | None = None
+        self.log_offset = 0
+        self.log_path: Path | None = None
+        self.follow = True
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"run #{self.run_id} — loading…", id="run-title")
+        with TabbedContent(initial=self.initial_tab, id="run-tabs"):
+            with TabPane("overview", id="overview"), VerticalScroll():
+                yield Static("", id="run-env")
+                yield Static("", id="run-config")
+            with TabPane("evaluations", id="evaluations"):
+                yield DataTable(id="run-evals", cursor_type="row", zebra_stripes=True)
+            with TabPane("events", id="events"):
+                yield DataTable(id="run-events", cursor_type="row", zebra_stripes=True)
+            with TabPane("log", id="log"):
+                yield Log(id="run-log", max_lines=20_000, auto_scroll=True)
+            with TabPane("checkpoints", id="checkpoints"):
+                yield DataTable(id="run-checkpoints", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.run_worker(
+            lambda: data.load_run(self.app.registry_path, self.run_id),
+            thread=True, group="run-load", exit_on_error=False,
+        )  # fmt: skip
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#run-tabs", TabbedContent).active = tab
+
+    def action_toggle_follow(self) -> None:
+        self.follow = not self.follow
+        self.query_one("#run-log", Log).auto_scroll = self.follow
+        self.app.notify(f"log follow {'on' if self.follow else 'off'}", timeout=2)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        group = event.worker.group
+        if group == "run-load":
+            if event.state == WorkerState.SUCCESS:
+                self.show(event.worker.result)
+            elif event.state == WorkerState.ERROR:
+                msg = getattr(event.worker.error, "message", str(event.worker.error))
+                self.query_one("#run-title", Static).update(Text(msg, style="bold red"))
+        elif group == "run-log" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            if event.state == WorkerState.SUCCESS:
+                text, self.log_offset = event.worker.result
+                if text:
+                    self.query_one("#run-log", Log).write(text)
+            if self.is_mounted:
+                self.set_timer(LOG_FOLLOW_S, self._read_log)
+
+    def _read_log(self) -> None:
+        if self.log_path is None or not self.is_attached:
+            return
+        path, offset = self.log_path, self.log_offset
+        self.run_worker(
+            lambda: data.read_log_from(path, offset), thread=True, group="run-log", exclusive=True,
+            exit_on_error=False,
+        )  # fmt: skip
+
+    def show(self, info: dict) -> None:
+        self.info = info
+        r = info["run"]
+        title = Text.assemble(
+            (f"#{r['id']} {r['experiment']}  ", "bold"),
+            (r["status"], STATUS_STYLE.get(r["status"], "")),
+            f"  seed {r['seed']}  epoch {r['epoch']}/{r['epochs']}",
+        )
+        self.query_one("#run-title", Static).update(title)
+        versions = r.get("versions") or {}
+        env = [
+            f"[b]run dir[/b] {escape(str(r.get('run_dir')))}",
+            f"[b]git[/b] {escape(str(r.get('git_commit') or '–'))}{' [yellow](dirty)[/]' if r.get('git_dirty') else ''}",
+            f"[b]host[/b] {escape(str(r.get('host') or '–'))}  [b]device[/b] {escape(str(r.get('device') or '–'))}  "
+            f"[b]gpus[/b] {escape(str(r.get('gpus') or '–'))}  [b]pid[/b] {r.get('pid') or '–'}",
+            f"[b]versions[/b] {escape(', '.join(f'{k} {v}' for k, v in versions.items()) or '–')}",
+            f"[b]created[/b] {data.when(r.get('created'))}  [b]started[/b] {data.when(r.get('started'))}  "
+            f"[b]ended[/b] {data.when(r.get('ended'))}",
+        ]
+        if r.get("variant"):
+            env.append(f"[b]variant[/b] {escape(' '.join(f'{k}={v}' for k, v in r['variant'].items()))}")
+        if r.get("error"):
+            env.append(f"[red][b]error[/b] {escape(str(r['error']))}[/]")
+        self.query_one("#run-env", Static).update("\n".join(env))
+        cfg = {
+            k: r["config"][k] for k in ("dataset", "model", "trainer", "eval") if k in (r.get("config") or {})
+        }
+        self.query_one("#run-config", Static).update(
+            Syntax(
+                yaml.safe_dump(cfg, sort_keys=False), "yaml", theme="ansi_dark", background_color="default"
+            )
+        )
+        self._fill_evals(info["evaluations"])
+        events = self.query_one("#run-events", DataTable)
+        events.clear(columns=True)
+        events.add_columns("time", "kind", "message")
+        for e in info["events"]:
+            events.add_row(data.when(e["time"]), e["kind"], Text(str(e["message"])))
+        ck = self.query_one("#run-checkpoints", DataTable)
+        ck.clear(columns=True)
+        ck.add_columns("file", "MB", "modified")
+        for c in info["checkpoints"]:
+            ck.add_row(c["file"], f"{c['size_mb']:.1f}", data.when(c["modified"]))
+        if r.get("run_dir"):
+            self.log_path = Path(r["run_dir"]) / "train.log"
+            self._read_log()
+
+    def _fill_evals(self, evals: list[dict]) -> None:
+        table = self.query_one("#run-evals", DataTable)
+        table.clear(columns=True)
+        names: list[str] = []
+        for e in evals:
+            for k in e.get("metrics") or {}:
+                if (k.startswith(("R@", "avg/R@")) or k == "mean") and k not in names:
+                    names.append(k)
+        table.add_columns("epoch", "kind", "split", *names, "queries")
+        for e in evals:
+            m = e.get("metrics") or {}
+            mark = " ★" if e.get("is_best") else ""
+            table.add_row(
+                f"{e['epoch']}{mark}", e["kind"], e["split"], *(number(m.get(k)) for k in names),
+                str(e.get("num_queries") or "–"),
+            )  # fmt: skip

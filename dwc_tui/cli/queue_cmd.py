@@ -1,0 +1,351 @@
+"""Queue commands: queue, worker, workers, gpus, hold, release, rm, restore, purge, logs, experiments.
+
+Thin wrappers over ``dwc_core.runs.control`` (the verbs the TUI shares) and ``dwc_core.runs.worker``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from dwc_core.errors import UsageError
+from dwc_tui.cli.app import FormatOpt, _check_format, _project, _registry, app, handle_errors
+from dwc_tui.cli.output import emit, err, when
+
+PANEL = "Queue"
+
+
+def _parse_ids(value: str | None, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    if not items:
+        raise UsageError(f"{what} {value!r}: expected a comma-separated list, e.g. 0,1,2.")
+    return items
+
+
+def _parse_seeds(value: str | None) -> list[int] | None:
+    items = _parse_ids(value, "--seeds")
+    if items is None:
+        return None
+    try:
+        return [int(x) for x in items]
+    except ValueError:
+        raise UsageError(f"--seeds {value!r}: seeds are integers, e.g. --seeds 1,2,3.") from None
+
+
+def _warn_no_worker(project: Path) -> None:
+    from dwc_core.runs.control import nobody_will_take
+
+    msg = nobody_will_take(project)
+    if msg:
+        err.print(f"[yellow]note:[/] {escape(msg)}", soft_wrap=True)
+
+
+# -------------------------------------------------------------------------------------------------------- queue
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def queue(
+    names: Annotated[list[str], typer.Argument(help="experiment names in experiments.yaml")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="override an option: key=value")
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="seeds to run, e.g. 1,2,3 (replaces seeds:)")
+    ] = None,
+    priority: Annotated[int, typer.Option("--priority", "-p", help="higher runs first")] = 0,
+    hold: Annotated[
+        bool, typer.Option("--hold", help="queue held: workers skip it until `dwc release`")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="queue again runs identical to finished ones")
+    ] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="re-queue the failed/lost/cancelled runs of NAME (from last.pt)")
+    ] = False,
+    experiments: Annotated[Path | None, typer.Option("--experiments", "-e", help="experiments file")] = None,
+) -> None:
+    """Queue experiments (grid × seeds) for workers; prints the new run ids."""
+    from dwc_core.runs import control
+
+    project = _project()
+    registry = _registry()
+    if failed:
+        ids = []
+        for name in names:
+            got = control.queue_failed(registry, name)
+            if not got:
+                err.print(f"{escape(name)}: no failed, lost or cancelled run to re-queue")
+            ids += got
+        if ids:
+            err.print(f"re-queued {len(ids)} run(s); each continues from its last.pt")
+            print(" ".join(map(str, ids)))
+            _warn_no_worker(project)
+        return
+    seed_list = _parse_seeds(seeds)
+    specs = []
+    for name in names:
+        specs += control.resolve_specs(project, name, list(set_ or []), seed_list, experiments)
+    if not force:
+        dups = control.finished_duplicates(registry, specs)
+        if dups:
+            listed = ", ".join(map(str, dups))
+            if sys.stdin.isatty() and sys.stderr.isatty():
+                if not typer.confirm(
+                    f"identical runs already finished ({listed}); queue them again?", err=True
+                ):
+                    raise typer.Exit(1)
+                force = True
+            else:
+                raise UsageError(
+                    f"identical runs already finished (same experiment, config and seed): {listed}. "
+                    "Pass --force to run them again."
+                )
+    rows = control.queue_specs(registry, project, specs, priority=priority, hold=hold, force=force)
+    for r in rows:
+        v = r.get("variant") or {}
+        extra = (" " + " ".join(f"{k}={val}" for k, val in v.items())) if v else ""
+        held = escape(" [held]") if hold else ""
+        err.print(f"queued run {r['id']} ({escape(r['experiment'] + extra)}){held}")
+    print(" ".join(str(r["id"]) for r in rows))
+    if not hold:
+        _warn_no_worker(project)
+
+
+# ------------------------------------------------------------------------------------------------------- worker
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def worker(
+    gpus: Annotated[
+        str | None, typer.Option("--gpus", help="GPU ids to use, e.g. 0,1,2,3 (default: all)")
+    ] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="train on CPU slots instead of GPUs")] = False,
+    slots: Annotated[int, typer.Option("--slots", help="CPU slots (with --cpu)")] = 1,
+    slots_per_gpu: Annotated[int, typer.Option("--slots-per-gpu", help="runs sharing one GPU")] = 1,
+    max_runs: Annotated[
+        int | None, typer.Option("--max-runs", help="start at most N runs, then exit")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="exit when the queue is empty and its runs ended")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="run in the background (log in runs/workers/)")
+    ] = False,
+) -> None:
+    """Take queued runs and train them on this machine's GPUs (or --cpu slots)."""
+    from dwc_core.runs.worker import run_worker
+
+    if gpus is not None and cpu:
+        raise UsageError("--gpus and --cpu exclude each other: a worker uses either GPUs or CPU slots.")
+    kwargs = dict(
+        gpus=_parse_ids(gpus, "--gpus"), cpu=cpu, cpu_slots=slots, slots_per_gpu=slots_per_gpu,
+        max_runs=max_runs, once=once,
+    )  # fmt: skip
+    project = _project()
+    code = run_worker(kwargs, project, detach=detach)
+    if detach:
+        import socket
+
+        folder = project / "runs" / "workers"
+        name = f"{socket.gethostname()}-{code}"
+        err.print(f"worker started in the background: pid {code}")
+        err.print(f"  info {folder / (name + '.json')}\n  log  {folder / (name + '.log')}")
+        print(code)
+        return
+    raise typer.Exit(code)
+
+
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def workers(fmt: FormatOpt = "table") -> None:
+    """Live workers (host, pid, GPUs, runs held, since); dead ones are marked and their files removed."""
+    from dwc_core.runs.control import list_workers
+
+    _check_format(fmt)
+    rows = []
+    for w in list_workers(_project(), clean=True):
+        rows.append(
+            {
+                "host": w.get("host"),
+                "pid": w.get("pid"),
+                "gpus": ",".join(w.get("gpus") or []) or f"cpu×{w.get('cpu_slots')}",
+                "runs": ",".join(map(str, w.get("runs", []))) or "–",
+                "since": when(w.get("started")),
+                "state": "alive" if w["alive"] else "dead (removed)",
+                "log": w.get("log"),
+            }
+        )
+    if fmt == "table" and not rows:
+        err.print("no worker — start one with `dwc worker` (or `dwc worker --cpu`)")
+        return
+    emit(rows, ["host", "pid", "gpus", "runs", "since", "state"], fmt)
+
+
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def gpus(fmt: FormatOpt = "table") -> None:
+    """Each GPU's memory and utilisation (NVML) and which worker/run holds it."""
+    from dwc_core.runs.control import gpu_holders
+    from dwc_core.runs.gpus import gpu_stats, visible_gpus
+
+    _check_format(fmt)
+    project = _project()
+    holders = gpu_holders(project)
+    running: dict[str, list[int]] = {}
+    reg_path = project / "runs" / "registry.db"
+    if reg_path.exists():
+        registry = _registry(create=False)
+        for r in registry.runs(statuses=["starting", "running"]):
+            for g in str(r.get("gpus") if r.get("gpus") is not None else "").split(","):
+                if g.strip():
+                    running.setdefault(g.strip(), []).append(r["id"])
+    stats, why = gpu_stats()
+    ids = [s["index"] for s in stats] or visible_gpus()
+    if not ids:
+        err.print(f"no GPU: {escape(why or 'none visible on this machine')}")
+        return
+    if why:
+        err.print(f"[yellow]note:[/] {escape(why)}")
+    by_id = {s["index"]: s for s in stats}
+    rows = []
+    for g in ids:
+        s = by_id.get(g, {})
+        holder = holders.get(g)
+        rows.append(
+            {
+                "gpu": g,
+                "name": s.get("name"),
+                "memory": f"{s['memory_used_mib']}/{s['memory_total_mib']} MiB" if s else None,
+                "util %": s.get("util_pct"),
+                "worker": holder.get("what", "").removeprefix("worker ") if holder else None,
+                "runs": ",".join(map(str, running.get(g, []))) or None,
+            }
+        )
+    emit(rows, ["gpu", "name", "memory", "util %", "worker", "runs"], fmt)
+
+
+# ------------------------------------------------------------------------------------------ hold / rm / purge
+IdsArg = Annotated[list[int], typer.Argument(help="run ids")]
+
+
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def hold(run_ids: IdsArg) -> None:
+    """Keep queued runs in the queue without letting workers take them."""
+    from dwc_core.runs.control import set_hold
+
+    changed = set_hold(_registry(create=False), run_ids, True)
+    err.print(f"held: {', '.join(map(str, changed)) or 'nothing new'}")
+
+
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def release(run_ids: IdsArg) -> None:
+    """Let workers take held runs again."""
+    from dwc_core.runs.control import set_hold
+
+    changed = set_hold(_registry(create=False), run_ids, False)
+    err.print(f"released: {', '.join(map(str, changed)) or 'nothing new'}")
+    _warn_no_worker(_project())
+
+
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def rm(run_ids: IdsArg) -> None:
+    """Soft-delete runs: hidden from lists (`dwc runs --all` shows them), kept on disk until `dwc purge`."""
+    from dwc_core.runs.control import remove
+
+    done = remove(_registry(create=False), run_ids)
+    err.print(f"removed {', '.join(map(str, done))} (undo: dwc restore {' '.join(map(str, done))})")
+
+
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def restore(run_ids: IdsArg) -> None:
+    """Bring soft-deleted runs back."""
+    from dwc_core.runs.control import restore as restore_runs
+
+    done = restore_runs(_registry(create=False), run_ids)
+    err.print(f"restored {', '.join(map(str, done))}")
+
+
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def purge(yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False) -> None:
+    """Delete soft-deleted runs for good (rows and run directories), listing what and how much disk first."""
+    from dwc_core.runs.control import human_bytes, purge_plan
+    from dwc_core.runs.control import purge as purge_runs
+
+    registry = _registry(create=False)
+    items = purge_plan(registry)
+    if not items:
+        err.print("nothing to purge (no run was removed with `dwc rm`)")
+        return
+    emit(
+        [{"id": i.id, "experiment": i.experiment, "status": i.status, "size": human_bytes(i.bytes),
+          "run dir": i.run_dir} for i in items],
+        ["id", "experiment", "status", "size", "run dir"], "table", title="to purge",
+    )  # fmt: skip
+    total = sum(i.bytes for i in items)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"purge would delete {len(items)} run(s) ({human_bytes(total)}); pass --yes to confirm."
+            )
+        if not typer.confirm(
+            f"delete these {len(items)} run(s) and {human_bytes(total)} for good?", err=True
+        ):
+            raise typer.Exit(1)
+    n, freed = purge_runs(registry, items)
+    err.print(f"purged {n} run(s), freed {human_bytes(freed)}")
+
+
+# --------------------------------------------------------------------------------------------------------- logs
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def logs(
+    run_id: Annotated[int, typer.Argument(help="run id")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="follow until the run ends")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="lines from the end")] = 20,
+) -> None:
+    """A run's train.log (the last N lines; -f follows it until the run ends)."""
+    from dwc_core.runs import control
+
+    registry = _registry(create=False)
+    row = registry.get(run_id)
+    if not control.log_path(row).exists() and not follow:
+        err.print(f"run {run_id} has no log yet ({row['status']})")
+        return
+    source = control.follow_log(registry, run_id, lines) if follow else control.log_tail(row, lines)
+    for line in source:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+# -------------------------------------------------------------------------------------------------- experiments
+@app.command(rich_help_panel=PANEL)
+@handle_errors
+def experiments(
+    experiments_file: Annotated[
+        Path | None, typer.Option("--experiments", "-e", help="experiments file")
+    ] = None,
+    fmt: FormatOpt = "table",
+) -> None:
+    """The experiments of experiments.yaml: description, tags, grid × seeds size and runs by status."""
+    from dwc_core.runs.control import experiment_summary
+
+    _check_format(fmt)
+    rows = experiment_summary(_project(), experiments_file)
+    if fmt == "table":
+        if not rows:
+            err.print("experiments.yaml defines no experiment")
+            return
+        for r in rows:
+            r["tags"] = ", ".join(r["tags"])
+            r["size"] = f"{r['grid']}×{r['seeds']}"
+            r["runs"] = " ".join(f"{k} {v}" for k, v in r["runs"].items()) or "–"
+    emit(rows, ["experiment", "description", "tags", "size", "runs"], fmt)
