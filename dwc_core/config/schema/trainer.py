@@ -18,6 +18,7 @@ TRAINER: Section = {
     "seed": Opt("int", 599, help="one seed for python random, numpy, torch and the data order"),
     "device": Opt("str", "auto", choices=("auto", "cpu", "cuda"), help="where to train"),
     "gpus": Opt("int", 1, help="number of GPUs (>1 launches torchrun with DDP)", min=1),
+    "nodes": Opt("int", 1, help="nodes of a Slurm job (dwc worker --slurm); gpus is per node", min=1),
     "num_workers": Opt(
         "int",
         None,

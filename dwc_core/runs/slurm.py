@@ -1,0 +1,542 @@
+"""Queued runs on a Slurm cluster: submit, follow, re-submit, cancel; the registry stays on the head node.
+
+The Slurm worker (``dwc worker --slurm``, or ``python -m dwc_core.runs.slurm worker``) runs on the login/head node
+and never trains anything itself. It claims queued runs, writes each run's row to ``<run_dir>/run.json`` and submits
+a batch job with ``sbatch`` (argument lists only; nothing built from config values reaches a shell). The job runs
+:func:`job_main` on its first node, which starts the training process with the *files* reporting sink (it never
+opens the registry): directly for one process, or ``srun`` → ``torchrun`` on every node for ``trainer.nodes`` ×
+``trainer.gpus`` processes. The worker follows its jobs with ``squeue`` (then ``sacct``, then ``scontrol show job``
+where accounting is off), ingests the run directories' report files into the registry, and when a job ends:
+
+- completed with the run's final status written → that status (done, or failed with the trainer's message);
+- TIMEOUT / PREEMPTED → re-submitted from ``last.pt`` (at most ``max_requeues`` times), no metric step repeated;
+- CANCELLED (``scancel``) → ``cancelled`` with Slurm's reason;
+- FAILED / NODE_FAIL / OUT_OF_MEMORY / … → ``failed`` with Slurm's state, reason and the log's last lines.
+
+Plain ``sbatch``/``squeue``/``sacct``/``scontrol``/``scancel`` rather than submitit: submitit pickles Python
+callables into jobs and keeps its own job folders and state, while a run here is a command line whose state lives in
+the registry and the run directory; and the CLI tools work unchanged on clusters without accounting storage.
+
+A worker that dies loses nothing: the jobs keep writing their files, and the next worker adopts every run that has a
+Slurm job and is not finished, and ingests what was written meanwhile. Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dwc_core.errors import DwcError, UsageError
+from dwc_core.runs.ingest import ingest, read_final
+from dwc_core.runs.registry import ACTIVE, Registry
+
+ACTIVE_STATES = {
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+    "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT",
+}  # fmt: skip
+RESUBMIT_STATES = {"TIMEOUT", "PREEMPTED"}
+FAILED_STATES = {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+JOB_SCRIPT = "dwc-slurm-job.py"
+LOG_TAIL_LINES = 8
+
+
+class SlurmError(DwcError):
+    """A Slurm command failed (the message quotes it and its error output)."""
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    sbatch_args: list[str] = field(default_factory=list)
+    max_jobs: int = 8
+    max_requeues: int = 3
+    grace_s: int = 90  # --signal=B:TERM@grace: the trainer checkpoints before the time limit
+    poll_s: float = 5.0
+
+
+@dataclass
+class JobInfo:
+    job_id: str
+    state: str
+    reason: str = ""
+    nodes: str = ""
+    exit_code: str = ""
+    source: str = ""  # squeue / sacct / scontrol
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def describe(self) -> str:
+        text = self.state
+        if self.state == "RUNNING" and self.nodes:
+            text += f" on {self.nodes}"
+        elif self.reason and self.reason not in ("None", "(null)"):
+            text += f" ({self.reason})"
+        return text
+
+
+# --------------------------------------------------------------------------------------------- slurm commands
+def _slurm(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SlurmError(
+            f"`{args[0]}` is not installed or not on PATH: `dwc worker --slurm` needs the Slurm client commands "
+            "(sbatch, squeue, scontrol, scancel) on this node."
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"`{' '.join(args)}` did not answer within {timeout:.0f}s.") from None
+
+
+def available() -> str | None:
+    """None when Slurm's commands answer here; else why not, in words."""
+    if shutil.which("sbatch") is None:
+        return "sbatch is not on PATH"
+    res = _slurm(["sinfo", "-h", "-o", "%P %a"], timeout=20)
+    if res.returncode != 0:
+        return f"sinfo failed: {res.stderr.strip() or res.stdout.strip()}"
+    return None
+
+
+def _squeue(job_ids: list[str]) -> dict[str, JobInfo]:
+    res = _slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%N"])
+    out = {}
+    if res.returncode == 0:
+        for line in res.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 4:
+                out[parts[0]] = JobInfo(parts[0], parts[1], parts[2], parts[3], source="squeue")
+    return out
+
+
+def _sacct(job_ids: list[str]) -> dict[str, JobInfo]:
+    res = _slurm(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State,NodeList,ExitCode"])
+    out = {}
+    if res.returncode == 0:
+        for line in res.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 4 and parts[0] in job_ids:
+                state = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0" → CANCELLED
+                out[parts[0]] = JobInfo(parts[0], state, parts[1], parts[2], parts[3], source="sacct")
+    return out
+
+
+def _scontrol(job_id: str) -> JobInfo | None:
+    res = _slurm(["scontrol", "show", "job", "-o", job_id])
+    if res.returncode != 0 or "JobState=" not in res.stdout:
+        return None
+    fields = dict(item.split("=", 1) for item in res.stdout.split() if "=" in item)
+    return JobInfo(
+        job_id, fields.get("JobState", "UNKNOWN"), fields.get("Reason", ""), fields.get("NodeList", ""),
+        fields.get("ExitCode", ""), source="scontrol",
+    )  # fmt: skip
+
+
+def job_states(job_ids: list[str]) -> dict[str, JobInfo]:
+    """Slurm's view of the given jobs: squeue, then sacct for the ones it no longer lists, then ``scontrol show
+    job`` (clusters without accounting storage). A job nobody knows any more is absent from the result."""
+    ids = [j for j in dict.fromkeys(job_ids) if j]
+    if not ids:
+        return {}
+    out = _squeue(ids)
+    # squeue still lists a job for a while after it ended: prefer sacct/scontrol for its final state details
+    missing = [j for j in ids if j not in out or not out[j].active]
+    if missing:
+        out.update(_sacct(missing))
+        for j in missing:
+            if j not in out or out[j].source == "squeue":
+                info = _scontrol(j)
+                if info is not None:
+                    out[j] = info
+    return out
+
+
+def scancel(job_id: str) -> None:
+    res = _slurm(["scancel", job_id])
+    if res.returncode != 0:
+        raise SlurmError(f"scancel {job_id} failed: {res.stderr.strip()}")
+
+
+# ------------------------------------------------------------------------------------------------- submission
+def job_script(project: Path) -> Path:
+    """The batch script (a Python file run by this interpreter); its content holds no config value."""
+    folder = project / "runs" / ".slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / JOB_SCRIPT
+    text = (
+        f"#!{sys.executable}\n"
+        "# dwc: a queued run as a Slurm batch job (arguments: run id, registry path, run directory)\n"
+        "from dwc_core.runs.slurm import job_main\n\n"
+        "raise SystemExit(job_main())\n"
+    )
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+    return path
+
+
+def sbatch_command(run: dict, registry_path: Path, opts: SlurmOptions, script: Path) -> list[str]:
+    t = run["config"]["trainer"]
+    nodes, gpus = int(t.get("nodes", 1)), int(t.get("gpus", 1))
+    run_dir = Path(run["run_dir"])
+    cmd = [
+        "sbatch", "--parsable", f"--job-name=dwc-{run['id']}-{run['experiment']}", f"--nodes={nodes}",
+        "--ntasks-per-node=1", f"--output={run_dir / 'train.log'}", "--open-mode=append",
+        f"--chdir={registry_path.parent.parent}", f"--signal=B:TERM@{int(opts.grace_s)}", "--requeue",
+        "--export=ALL",
+    ]  # fmt: skip
+    if t.get("device") == "cpu":
+        cmd.append(f"--cpus-per-task={gpus}")  # one process per "gpu" (gloo), one core each
+    else:
+        cmd.append(f"--gpus-per-node={gpus}")
+    for flag, value in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos),
+                        ("time", opts.time)):  # fmt: skip
+        if value:
+            cmd.append(f"--{flag}={value}")
+    cmd += list(opts.sbatch_args)
+    cmd += [str(script), str(run["id"]), str(registry_path), str(run_dir)]
+    return cmd
+
+
+def submit(registry: Registry, registry_path: Path, run: dict, opts: SlurmOptions, note: str = "") -> str:
+    """Submit a claimed run as a batch job; records the job id on the run and in its events."""
+    run_dir = Path(run["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "status.json").unlink(missing_ok=True)  # a new attempt: the last one's final word is stale
+    row = {k: v for k, v in registry.get(run["id"]).items()}
+    tmp = run_dir / ".run.json.tmp"
+    tmp.write_text(json.dumps(row, sort_keys=True, default=str))
+    os.replace(tmp, run_dir / "run.json")
+    cmd = sbatch_command(row, registry_path, opts, job_script(registry_path.parent.parent))
+    res = _slurm(cmd)
+    job_id = res.stdout.strip().split(";")[0] if res.returncode == 0 else ""
+    if not job_id.isdigit():
+        raise SlurmError(
+            f"sbatch refused run {run['id']}: {(res.stderr or res.stdout).strip() or f'exit code {res.returncode}'} "
+            f"(command: {' '.join(cmd)})"
+        )
+    registry.update(run["id"], slurm_job=job_id, slurm_state="PENDING", slurm_reason=None, slurm_nodes=None)
+    registry.event(run["id"], "slurm", f"submitted as slurm job {job_id}{note}")
+    return job_id
+
+
+# ------------------------------------------------------------------------------------------------- the worker
+class SlurmWorker:
+    def __init__(self, registry_path: Path, opts: SlurmOptions, name: str | None = None, log=print):
+        self.registry_path = Path(registry_path).resolve()
+        self.registry = Registry(self.registry_path)
+        self.opts = opts
+        self.name = name or f"slurm-{socket.gethostname()}-{os.getpid()}"
+        self.log = log
+        self.followed: dict[int, str] = {}  # run id → job id
+        self.stop = False
+
+    def adopt(self) -> list[int]:
+        """Follow every unfinished run that has a Slurm job (a previous worker's included)."""
+        rows = [
+            r
+            for r in self.registry._rows(
+                "SELECT id, slurm_job, slurm_state, status FROM runs WHERE slurm_job IS NOT NULL AND deleted = 0 "
+                "AND status IN ('starting', 'running', 'lost')"
+            )
+            # a lost run is adopted when its job was last seen alive (marked lost while no worker ingested)
+            if r["status"] != "lost" or (r["slurm_state"] or "PENDING").split(" ")[0] in ACTIVE_STATES
+        ]
+        for r in rows:
+            if r["id"] not in self.followed:
+                self.followed[r["id"]] = str(r["slurm_job"])
+                if r["status"] == "lost":
+                    self.registry.set_status(
+                        r["id"],
+                        "running",
+                        f"adopted by {self.name}: slurm job {r['slurm_job']}",
+                        only_from=("lost",),
+                    )
+                else:
+                    self.registry.event(
+                        r["id"], "slurm", f"followed by {self.name} (slurm job {r['slurm_job']})"
+                    )
+        return [r["id"] for r in rows]
+
+    def submit_queued(self) -> list[int]:
+        started = []
+        while len(self.followed) < self.opts.max_jobs and not self.stop:
+            run = self.registry.claim(self.name)
+            if run is None:
+                break
+            try:
+                job = submit(self.registry, self.registry_path, run, self.opts)
+            except (SlurmError, OSError) as exc:
+                msg = exc.message if isinstance(exc, DwcError) else f"cannot prepare run directory: {exc}"
+                self.registry.set_status(run["id"], "failed", msg, only_from=ACTIVE, error=msg)
+                self.log(f"run {run['id']}: {msg}")
+                continue
+            self.followed[run["id"]] = job
+            started.append(run["id"])
+            self.log(f"run {run['id']} ({run['experiment']}): slurm job {job}")
+        return started
+
+    def poll(self) -> list[int]:
+        """Ingest, refresh Slurm's state, and settle the runs whose job ended; returns the runs that ended."""
+        if not self.followed:
+            return []
+        states = job_states(list(self.followed.values()))
+        ended = []
+        for run_id, job in list(self.followed.items()):
+            info = states.get(job)
+            with contextlib.suppress(FileNotFoundError):
+                ingest(self.registry, run_id, apply_final=False)
+            row = self.registry.get(run_id)
+            if row["status"] not in (*ACTIVE, "lost"):  # settled elsewhere (e.g. cancelled before it started)
+                self.followed.pop(run_id)
+                ended.append(run_id)
+                continue
+            if info is not None:
+                desc = info.describe()
+                if desc != row.get("slurm_state") or info.nodes != (row.get("slurm_nodes") or ""):
+                    self.registry.update(
+                        run_id,
+                        slurm_state=desc,
+                        slurm_reason=info.reason or None,
+                        slurm_nodes=info.nodes or None,
+                    )
+                    if info.state != (row.get("slurm_state") or "").split(" ")[0]:
+                        self.registry.event(run_id, "slurm", f"slurm job {job}: {desc}")
+                if info.active:
+                    continue
+            elif read_final(Path(row["run_dir"])) is None:
+                continue  # not known to Slurm (yet, or any more) and no final word: look again next time
+            if self.settle(run_id, job, info, row):
+                self.followed.pop(run_id, None)
+                ended.append(run_id)
+        return ended
+
+    def settle(self, run_id: int, job: str, info: JobInfo | None, row: dict) -> bool:
+        """The job ended: final ingest, then done / failed / cancelled, or re-submission. True when settled."""
+        with contextlib.suppress(FileNotFoundError):
+            ingest(self.registry, run_id, apply_final=False)
+        run_dir = Path(row["run_dir"])
+        final = read_final(run_dir)
+        state = info.state if info else "UNKNOWN"
+        requeues = int(row.get("slurm_requeues") or 0)
+        stopped = final is None or final["status"] == "cancelled"
+        if state in RESUBMIT_STATES and stopped and requeues < self.opts.max_requeues:
+            note = f" (re-submitted after {state}, {requeues + 1}/{self.opts.max_requeues}; resumes from last.pt)"
+            self.registry.update(run_id, slurm_requeues=requeues + 1)
+            self.registry.set_status(
+                run_id, "starting", f"slurm job {job} ended {state}", only_from=(*ACTIVE, "lost")
+            )
+            try:
+                self.followed[run_id] = submit(self.registry, self.registry_path, row, self.opts, note)
+            except SlurmError as exc:
+                self.registry.set_status(run_id, "failed", exc.message, only_from=ACTIVE, error=exc.message)
+                return True
+            return False
+        fields = {"slurm_state": state}
+        if state == "CANCELLED" or (state in RESUBMIT_STATES and stopped):
+            why = "cancelled by Slurm (scancel)" if state == "CANCELLED" else f"Slurm ended the job: {state}"
+            if state in RESUBMIT_STATES:
+                why += f" after {requeues} re-submissions (--max-requeues {self.opts.max_requeues})"
+            reason = f"slurm job {job}: {why}" + (
+                f"; {final['message']}" if final and final.get("message") else ""
+            )
+            self.registry.set_status(
+                run_id, "cancelled", reason, only_from=(*ACTIVE, "lost"), error=reason, **fields
+            )
+        elif final is not None and final["status"] == "done" and state in ("COMPLETED", "UNKNOWN"):
+            extra = {k: final[k] for k in ("exit_code",) if k in final}
+            self.registry.set_status(run_id, "done", final.get("message") or "done", only_from=(*ACTIVE, "lost"),
+                                     **fields, **extra)  # fmt: skip
+        else:
+            if final is not None and final["status"] == "failed":
+                why = final.get("error") or final.get("message") or "failed"
+            else:
+                code = f", exit code {info.exit_code}" if info and info.exit_code else ""
+                reason = f": {info.reason}" if info and info.reason not in ("", "None") else ""
+                why = f"slurm job {job} ended {state}{code}{reason}"
+            tail = log_tail(run_dir / "train.log")
+            message = why + ("\nlast lines of train.log:\n" + "\n".join(tail) if tail else "")
+            self.registry.set_status(run_id, "failed", why, only_from=(*ACTIVE, "lost"), error=message,
+                                     exit_code=1, **fields)  # fmt: skip
+        self.log(f"run {run_id}: slurm job {job} ended {state} → {self.registry.get(run_id)['status']}")
+        return True
+
+    def run(self, once: bool = False) -> int:
+        self.adopt()
+        while not self.stop:
+            self.submit_queued()
+            self.poll()
+            if once and not self.followed and not self._claimable():
+                return 0
+            deadline = time.time() + self.opts.poll_s
+            while time.time() < deadline and not self.stop:
+                time.sleep(min(0.2, self.opts.poll_s))
+        return 130
+
+    def _claimable(self) -> bool:
+        row = self.registry.conn.execute(
+            "SELECT COUNT(*) FROM runs WHERE status = 'queued' AND deleted = 0"
+            + (" AND hold = 0" if "hold" in self._run_columns() else "")
+        ).fetchone()
+        return bool(row[0])
+
+    def _run_columns(self) -> set[str]:
+        return {r[1] for r in self.registry.conn.execute("PRAGMA table_info(runs)")}
+
+
+def log_tail(path: Path, n: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            data = fh.read()
+    except OSError:
+        return []
+    return [line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()][-n:]
+
+
+def cancel(registry: Registry, run_id: int) -> str | None:
+    """``dwc cancel`` of a run handed to Slurm: scancel its job (the worker records the outcome). None when the
+    run has no active Slurm job."""
+    row = registry.get(run_id)
+    job = row.get("slurm_job")
+    if not job or row["status"] not in (*ACTIVE, "lost"):
+        return None
+    scancel(str(job))
+    registry.event(run_id, "cancel", f"scancel {job}")
+    return f"run {run_id}: scancel {job} (Slurm stops it; the Slurm worker records it cancelled)"
+
+
+def run_worker(registry_path: Path, opts: SlurmOptions, once: bool = False, log=print) -> int:
+    why = available()
+    if why is not None:
+        raise UsageError(f"dwc worker --slurm: no Slurm cluster reachable from here ({why}).")
+    worker = SlurmWorker(registry_path, opts, log=log)
+
+    def on_signal(signum, _frame):
+        worker.stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return worker.run(once=once)
+
+
+# ------------------------------------------------------------------------------------------------ inside a job
+def _first_node() -> str:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or ""
+    if nodelist:
+        res = _slurm(["scontrol", "show", "hostnames", nodelist])
+        if res.returncode == 0 and res.stdout.split():
+            return res.stdout.split()[0]
+    return socket.gethostname()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def job_command(run: dict, registry_path: Path, run_dir: Path) -> list[str]:
+    """What the batch job runs: the trainer with the files sink; srun → torchrun when more than one process."""
+    from dwc_core.runs.launcher import torchrun_command
+
+    t = run["config"]["trainer"]
+    nodes, gpus = int(t.get("nodes", 1)), int(t.get("gpus", 1))
+    extra = ["--sink", "files", "--run-dir", str(run_dir)]
+    if nodes * gpus == 1:
+        return [sys.executable, "-m", "dwc_core.engine.train", str(run["id"]), "--registry", str(registry_path),
+                *extra]  # fmt: skip
+    job = os.environ.get("SLURM_JOB_ID", "0")
+    endpoint = f"{_first_node()}:{_free_port()}"
+    return [
+        "srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+        *torchrun_command(run, registry_path, nodes, gpus, endpoint, f"dwc-{run['id']}-{job}", extra),
+    ]  # fmt: skip
+
+
+def job_main(argv: list[str] | None = None) -> int:
+    """The batch script's body: start the training process, forward SIGTERM to it, exit with its code."""
+    from dwc_core.engine.reporting import RUN_DIR_ENV, SINK_ENV, FileSink
+
+    p = argparse.ArgumentParser(prog=JOB_SCRIPT)
+    p.add_argument("run_id", type=int)
+    p.add_argument("registry")
+    p.add_argument("run_dir")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    (run_dir / "status.json").unlink(missing_ok=True)
+    sink = FileSink(run_dir, args.run_id)
+    run = sink.get(args.run_id)
+    job = os.environ.get("SLURM_JOB_ID", "?")
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    sink.event(
+        args.run_id, "slurm", f"slurm job {job} started on {socket.gethostname()} (restart {restarts})"
+    )
+    cmd = job_command(run, Path(args.registry), run_dir)
+    env = {**os.environ, SINK_ENV: "files", RUN_DIR_ENV: str(run_dir), "PYTHONUNBUFFERED": "1"}
+    print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} slurm job {job}: {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # pragma: no cover — forwarded above
+            continue
+
+
+# ------------------------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dwc_core.runs.slurm worker`` (the CLI's ``dwc worker --slurm`` does the same)."""
+    p = argparse.ArgumentParser(prog="python -m dwc_core.runs.slurm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("worker", help="submit queued runs to Slurm and follow them")
+    w.add_argument("--registry", default="runs/registry.db")
+    w.add_argument("--partition")
+    w.add_argument("--account")
+    w.add_argument("--qos")
+    w.add_argument("--time")
+    w.add_argument("--sbatch-arg", action="append", default=[])
+    w.add_argument("--max-jobs", type=int, default=8)
+    w.add_argument("--max-requeues", type=int, default=3)
+    w.add_argument("--grace", type=int, default=90)
+    w.add_argument("--poll", type=float, default=5.0)
+    w.add_argument("--once", action="store_true")
+    args = p.parse_args(argv)
+    opts = SlurmOptions(
+        partition=args.partition, account=args.account, qos=args.qos, time=args.time,
+        sbatch_args=args.sbatch_arg, max_jobs=args.max_jobs, max_requeues=args.max_requeues,
+        grace_s=args.grace, poll_s=args.poll,
+    )  # fmt: skip
+    try:
+        return run_worker(Path(args.registry), opts, once=args.once, log=lambda m: print(m, flush=True))
+    except DwcError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
