@@ -1,0 +1,437 @@
+"""`dwc tui`: Pilot tests of every screen and action against a registry the test seeds, live updates from another
+process, quitting and SIGHUP leave runs alone, import hygiene, clear errors for unusable registries."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from dwc_core.runs.registry import Registry
+from dwc_tui.app.app import DwcApp
+
+EXPERIMENTS = """\
+experiments:
+  demo:
+    description: tiny TIRG on synthetic shapes
+    dataset: {name: synthetic, num_train: 64, num_test: 16, image_size: 32}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+    trainer: {epochs: 2, num_workers: 0, max_steps_per_epoch: 2}
+  grid:
+    extends: demo
+    grid: {model.embed_dim: [16, 32]}
+    seeds: [1, 2]
+"""
+pytestmark = pytest.mark.anyio
+T0 = 1_780_000_000.0  # fixed times keep snapshots stable
+
+
+def make_project(tmp: Path) -> Path:
+    (tmp / "experiments.yaml").write_text(EXPERIMENTS)
+    (tmp / "runs").mkdir(exist_ok=True)
+    return tmp
+
+
+def _config(
+    method: str = "tirg", dataset: str = "synthetic", seed: int = 599, epochs: int = 3, dim: int = 32
+):
+    return {
+        "dataset": {"name": dataset, "num_train": 64, "num_test": 16},
+        "model": {"name": method, "embed_dim": dim},
+        "trainer": {"epochs": epochs, "seed": seed, "lr": 0.001},
+        "eval": {},
+    }
+
+
+def add_run(
+    reg: Registry,
+    project: Path,
+    experiment: str,
+    status: str,
+    *,
+    method: str = "tirg",
+    seed: int = 599,
+    epochs: int = 3,
+    losses: list[float] | None = None,
+    recalls: list[dict] | None = None,
+    dim: int = 32,
+    started: float = T0,
+    log: str = "",
+    queries: bool = False,
+) -> int:
+    if recalls:
+        epochs = len(recalls) - 1
+    row = reg.create_run(experiment, _config(method, seed=seed, epochs=epochs, dim=dim), project / "runs")
+    rid = row["id"]
+    with reg.write() as c:
+        c.execute("UPDATE runs SET created = ? WHERE id = ?", (started - 10, rid))
+    if status == "queued":
+        return rid
+    steps = len(losses or [])
+    rows = [
+        {"step": i + 1, "epoch": (i + 1) * epochs / max(steps, 1), "split": "train", "name": "loss", "value": v,
+         "time": started + i}
+        for i, v in enumerate(losses or [])
+    ]  # fmt: skip
+    best, best_epoch = None, None
+    for ep, metrics in enumerate(recalls or []):
+        for name, value in metrics.items():
+            rows.append(
+                {"step": ep * 10, "epoch": ep, "split": "test", "name": name, "value": value, "time": started}
+            )
+        eid = reg.add_evaluation(
+            rid, epoch=ep, step=ep * 10, kind="epoch", split="test", checkpoint=f"epoch {ep}",
+            protocol={"name": "synthetic"}, metrics=metrics, num_queries=4, gallery_size=8, skipped_queries=0,
+        )  # fmt: skip
+        if ep > 0 and (best is None or metrics["mean"] > best[1]["mean"]):
+            best, best_epoch = (eid, metrics), ep
+        if queries:
+            reg.add_query_results(
+                rid, eid, _query_rows(ep, (1, 3, 12, None) if experiment == "demo" else (1, 12, 3, None))
+            )
+    reg.log_metrics(rid, rows)
+    epoch = len(recalls or []) - 1 if recalls else 0
+    fields = {"started": started, "epoch": max(epoch, 0), "host": "testhost", "worker": "w1", "device": "cpu"}
+    if best is not None:
+        reg.mark_best(rid, best[0])
+        fields.update(
+            best_value=best[1]["mean"], best_epoch=best_epoch, best_metrics={**best[1], "epoch": best_epoch}
+        )
+    reg.update(rid, **fields)
+    if status in ("running", "starting"):
+        reg.set_status(rid, status, status)
+    else:
+        reg.set_status(
+            rid,
+            status,
+            status,
+            ended=started + 125,
+            error="boom: loss is NaN" if status == "failed" else None,
+        )
+    if log:
+        (Path(reg.get(rid)["run_dir"]) / "train.log").write_text(log)
+    return rid
+
+
+def _query_rows(epoch: int, ranks: tuple = (1, 3, 12, None)) -> list[dict]:
+    """Four queries; by default 0 and 1 hit (rank 1 and 3), 2 misses (rank 12), 3 is not in the stored top-5."""
+    out = []
+    for q, rank in enumerate(ranks if epoch else [None] * 4):
+        topk = [f"img{q}-{i}" for i in range(5)]
+        if rank is not None and rank <= 5:
+            topk[rank - 1] = f"target{q}"
+        out.append({
+            "eval_set": "test", "qidx": q, "ref_id": f"ref{q}", "text": f"make shape {q} red",
+            "target_ids": [f"target{q}"], "topk_ids": topk, "topk_scores": [0.9 - 0.1 * i for i in range(5)],
+            "target_rank": rank,
+        })  # fmt: skip
+    return out
+
+
+def recall(r1: float, r5: float, r10: float, r50: float) -> dict:
+    return {"R@1": r1, "R@5": r5, "R@10": r10, "R@50": r50, "mean": (r1 + r5 + r10 + r50) / 4}
+
+
+def seed_registry(project: Path) -> dict[str, int]:
+    """A registry with a finished demo run, a failed one, a queued one and two seeds of a grid experiment."""
+    reg = Registry(project / "runs" / "registry.db")
+    ids = {}
+    ids["demo"] = add_run(
+        reg, project, "demo", "done", losses=[2.0, 1.6, 1.3, 1.1, 0.9, 0.8],
+        recalls=[recall(1, 2, 3, 9), recall(50, 70, 80, 95), recall(60, 80, 90, 99)],
+        log="loading dataset synthetic\nepoch 1 done: 2 steps in 0.4s\nepoch 2 done: 2 steps in 0.4s\n",
+        queries=True,
+    )  # fmt: skip
+    ids["failed"] = add_run(reg, project, "demo", "failed", method="tirg", losses=[2.0, 2.5])
+    ids["grid1"] = add_run(
+        reg, project, "grid", "done", seed=1, dim=16, losses=[1.5, 1.0],
+        recalls=[recall(1, 2, 3, 4), recall(40, 60, 70, 90)], queries=True,
+    )  # fmt: skip
+    ids["grid2"] = add_run(
+        reg, project, "grid", "done", seed=2, dim=16, losses=[1.4, 0.9],
+        recalls=[recall(1, 2, 3, 4), recall(44, 62, 74, 92)], queries=True,
+    )  # fmt: skip
+    ids["queued"] = add_run(reg, project, "demo", "queued")
+    reg.close()
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------- pilot helpers
+def text_of(app) -> str:
+    """What the terminal shows now, as plain text."""
+    w, h = app.size
+    console = Console(
+        width=w, height=h, file=io.StringIO(), force_terminal=True, color_system=None, record=True
+    )
+    console.print(
+        app.screen._compositor.render_update(full=True, screen_stack=app._background_screens, simplify=True)
+    )
+    return console.export_text()
+
+
+async def until(pilot, cond, timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await pilot.pause(0.05)
+        if cond():
+            return
+    raise AssertionError(f"timed out waiting for {what or cond}:\n{text_of(pilot.app)}")
+
+
+def table_ids(app) -> list[int]:
+    return list(app.dashboard.shown_ids)
+
+
+def status_of(project: Path, rid: int) -> dict:
+    reg = Registry(project / "runs" / "registry.db", create=False)
+    try:
+        return reg.get(rid)
+    finally:
+        reg.close()
+
+
+async def ready(pilot) -> None:
+    await until(
+        pilot, lambda: pilot.app.polls_applied >= 1 and pilot.app.dashboard.shown_ids, what="first poll"
+    )
+
+
+async def select(pilot, rid: int) -> None:
+    table = pilot.app.dashboard.query_one("#runs")
+    table.move_cursor(row=table_ids(pilot.app).index(rid))
+    await pilot.pause(0.05)
+    assert pilot.app.dashboard.selected_id() == rid
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.setenv("DWC_FAKE_GPUS", "2")
+    p = make_project(tmp_path)
+    return p, seed_registry(p)
+
+
+def make_app(project: Path, **kw) -> DwcApp:
+    return DwcApp(project, poll_interval=kw.pop("poll_interval", 0.2), **kw)
+
+
+# -------------------------------------------------------------------------------------------------- dashboard
+async def test_dashboard_shows_runs_counts_and_detail(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        assert table_ids(app) == sorted(ids.values())
+        screen = text_of(app)
+        assert "queued 1" in screen and "done 3" in screen and "failed 1" in screen
+        assert "GPUs 0,1" in screen
+        assert "90.00" in screen  # best R@10 of the demo run
+        await select(pilot, ids["demo"])
+        await until(pilot, lambda: "epoch 2 done" in text_of(app), what="log tail of the selected run")
+        assert app.poller.focus is not None and app.poller.focus.loss[1][-1] == pytest.approx(0.8)
+        assert sorted(app.poller.focus.recall) == ["R@1", "R@10", "R@5", "R@50", "mean"]
+
+
+async def test_filter_by_text_and_status(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("slash")
+        await pilot.press(*"grid", "enter")
+        assert table_ids(app) == [ids["grid1"], ids["grid2"]]
+        await pilot.press("slash")
+        await pilot.press(*("ctrl+a", "ctrl+k"), *"status:failed,queued", "enter")
+        assert table_ids(app) == [ids["failed"], ids["queued"]]
+        await pilot.press("escape")
+        assert len(table_ids(app)) == 5
+
+
+async def test_sort_by_columns(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        app.dashboard.sort_by("mean", reverse=True)
+        await pilot.pause()
+        assert table_ids(app)[:3] == [ids["demo"], ids["grid2"], ids["grid1"]]
+        await pilot.press("S")  # reverse: runs without a mean first (ties by id)
+        assert table_ids(app)[:2] == [ids["failed"], ids["queued"]]
+        await pilot.press("s")  # next column after mean: elapsed
+        assert app.dashboard.sort_key == "elapsed"
+
+
+async def test_cancel_resume_delete(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["queued"])
+        await pilot.press("c")
+        await until(pilot, lambda: status_of(p, ids["queued"])["status"] == "cancelled", what="cancel")
+        await select(pilot, ids["failed"])
+        await pilot.press("r")
+        await until(pilot, lambda: status_of(p, ids["failed"])["status"] == "queued", what="resume")
+        await until(
+            pilot, lambda: app.dashboard.rows[ids["failed"]]["status"] == "queued", what="poll after resume"
+        )
+        await select(pilot, ids["grid1"])
+        await pilot.press("d")
+        assert type(app.screen).__name__ == "ConfirmScreen"
+        await pilot.press("n")  # declined: nothing happens
+        await pilot.pause(0.3)
+        assert not status_of(p, ids["grid1"])["deleted"]
+        await pilot.press("d", "y")
+        await until(pilot, lambda: ids["grid1"] not in table_ids(app), what="deleted run hidden")
+        assert status_of(p, ids["grid1"])["deleted"] == 1
+
+
+async def test_marks_apply_actions_to_several_runs(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["grid1"])
+        await pilot.press("space", "space")  # marks grid1, then grid2 (the cursor moves down)
+        assert app.dashboard.marked == {ids["grid1"], ids["grid2"]}
+        assert "●" in text_of(app)
+        await pilot.press("d", "y")
+        await until(
+            pilot, lambda: not ({ids["grid1"], ids["grid2"]} & set(table_ids(app))), what="both deleted"
+        )
+
+
+async def test_open_run_screen_and_log(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["demo"])
+        await pilot.press("enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "RunScreen" and app.screen.info is not None)
+        evals = app.screen.query_one("#run-evals")
+        assert evals.row_count == 3
+        assert "num_train: 64" in text_of(app)
+        await pilot.press("e")
+        assert "2 ★" in text_of(app)
+        await pilot.press("v")
+        assert "done" in text_of(app)
+        await pilot.press("k")
+        await pilot.press("escape", "l")
+        await until(pilot, lambda: "epoch 2 done" in text_of(app), what="full log")
+        # the log follows the tail
+        with open(Path(status_of(p, ids["demo"])["run_dir"]) / "train.log", "a") as fh:
+            fh.write("a new line at the end\n")
+        await until(pilot, lambda: "a new line at the end" in text_of(app), what="log follow")
+
+
+async def test_queue_screen_validates_and_queues(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("q")
+        await until(pilot, lambda: "tiny TIRG" in text_of(app), what="experiment description")
+        await until(pilot, lambda: "1 run" in text_of(app), what="run count")
+        await pilot.press("down")  # the grid experiment: 2 values × 2 seeds
+        await until(pilot, lambda: "4 runs" in text_of(app), what="grid run count")
+        await pilot.press("enter")  # to the overrides box
+        await pilot.press(*"trainer.epohcs=3")
+        await until(pilot, lambda: "Did you mean 'epochs'" in text_of(app), what="inline error")
+        await pilot.press("enter")  # refused while invalid
+        await pilot.pause(0.3)
+        assert status_of_count(p) == 5
+        for _ in range(len("epohcs=3")):
+            await pilot.press("backspace")
+        await pilot.press(*"epochs=1")
+        await until(pilot, lambda: "4 runs" in text_of(app), what="valid again")
+        await pilot.press("enter")
+        await until(pilot, lambda: status_of_count(p) == 9, what="queued 4 runs")
+        await until(pilot, lambda: "No worker is alive" in text_of(app), what="worker offer")
+        await pilot.press("escape")
+        await until(pilot, lambda: len(table_ids(app)) == 9, what="new runs on the dashboard")
+
+
+def status_of_count(project: Path) -> int:
+    reg = Registry(project / "runs" / "registry.db", create=False)
+    try:
+        return len(reg.runs())
+    finally:
+        reg.close()
+
+
+async def test_compare_marked_runs(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("C")  # nothing marked: a hint, no screen
+        assert type(app.screen).__name__ == "DashboardScreen"
+        for rid in (ids["demo"], ids["grid1"], ids["grid2"]):
+            await select(pilot, rid)
+            await pilot.press("space")
+        await pilot.press("C")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "CompareScreen" and app.screen.table is not None
+        )
+        screen = text_of(app)
+        assert "72.00 ± 2.83" in screen  # grid R@10 over seeds 1 and 2: 70 and 74
+        assert "model.embed_dim" in screen  # the one config key that differs
+
+
+async def test_browse_and_against(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["demo"])
+        await pilot.press("b")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None
+        )
+        assert "4/4 queries" in text_of(app)
+        assert "make shape 0 red" in text_of(app) and "HIT" in text_of(app)
+        await pilot.press("m")  # misses
+        await until(pilot, lambda: "2/4 queries" in text_of(app), what="misses filter")
+        await pilot.press("m")  # hits
+        await until(pilot, lambda: "2/4 queries" in text_of(app) and "[hits]" in text_of(app), what="hits")
+        await pilot.press("m", "slash", *"shape 1", "enter")
+        await until(pilot, lambda: "1/4 queries" in text_of(app), what="text filter")
+        await pilot.press("escape")
+        # against: the demo run with grid1 marked
+        await select(pilot, ids["grid1"])
+        await pilot.press("space")
+        await select(pilot, ids["demo"])
+        await pilot.press("b")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None
+        )
+        assert f"only #{ids['demo']} 1" in text_of(app) and f"only #{ids['grid1']} 1" in text_of(app)
+
+
+async def test_help_and_command_palette(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("question_mark")
+        assert "command palette" in text_of(app)
+        await pilot.press("escape")
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for t in ("Queue an experiment", "Cancel runs", "Resume runs", "Delete runs", "Compare runs",
+                  "Browse queries", "Sort by mean"):  # fmt: skip
+            assert t in titles
+        sort_mean = next(c for c in app.get_system_commands(app.screen) if c.title == "Sort by mean")
+        sort_mean.callback()
+        await pilot.pause()
+        assert app.dashboard.sort_key == "mean"
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        assert type(app.screen).__name__ == "CommandPalette"
