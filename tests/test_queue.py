@@ -1,0 +1,395 @@
+"""The queue without training: scheduling (trainer.gpus: N, no starvation), the run-management verbs of
+runs/control.py, GPU locks between workers, worker files, and concurrent metric writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dwc_core.errors import UsageError
+from dwc_core.runs import control
+from dwc_core.runs.registry import Registry
+from dwc_core.runs.worker import Pool, Worker, cpu_share, data_workers, plan, preflight
+
+EXPERIMENTS = """\
+experiments:
+  tiny:
+    description: a tiny TIRG
+    tags: [smoke, tirg]
+    dataset: {name: synthetic, num_train: 64, num_test: 16, image_size: 32}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+    trainer: {epochs: 1, batch_size: 16, max_steps_per_epoch: 2, num_workers: 0, heartbeat_s: 0.5}
+    eval: {ks: [1, 5, 10]}
+  grid:
+    extends: tiny
+    grid: {model.embed_dim: [16, 32]}
+    seeds: [1, 2, 3]
+"""
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS)
+    return tmp_path
+
+
+@pytest.fixture
+def reg(proj: Path) -> Registry:
+    r = Registry(proj / "runs" / "registry.db")
+    yield r
+    r.close()
+
+
+def dwc(
+    project: Path, *args: str, env: dict | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- scheduling
+def test_two_gpu_run_gets_two_distinct_gpus_and_one_gpu_run_the_third():
+    pool = Pool(["0", "1", "2"], capacity=1, gpu_mode=True)
+    got = dict(plan(pool, [(1, 2), (2, 1)], {}, max_passes=10))
+    assert len(got[1]) == 2 and len(set(got[1])) == 2
+    assert got[2] == [g for g in ["0", "1", "2"] if g not in got[1]]
+
+
+def test_run_asking_more_gpus_than_the_worker_has_is_left_for_another():
+    pool = Pool(["0", "1"], capacity=1, gpu_mode=True)
+    assert plan(pool, [(1, 4), (2, 1)], {}, max_passes=0) == [(2, ["0"])]
+
+
+def test_big_run_is_passed_at_most_max_passes_times_then_starts():
+    """1-GPU runs keep arriving; the 2-GPU run may be passed, but after max_passes nothing passes it and it gets
+    the GPUs as soon as they free up."""
+    pool = Pool(["0", "1", "2"], capacity=1, gpu_mode=True)
+    pool.take(["0"])
+    pool.take(["1"])  # two long runs hold GPUs 0 and 1
+    passes: dict[int, int] = {}
+    queue = [(100, 2)] + [(i, 1) for i in range(1, 50)]
+    started = []
+    for _round in range(10):
+        got = plan(pool, queue, passes, max_passes=2)
+        for rid, units in got:
+            pool.take(units)
+            started.append(rid)
+            queue = [q for q in queue if q[0] != rid]
+        # every round, whatever ran on the lowest busy GPU ends
+        busy = [u for u in pool.units if pool.used.get(u)]
+        if busy:
+            pool.give([busy[0]])
+        if 100 in started:
+            break
+    assert 100 in started
+    assert started.index(100) <= 2  # passed at most twice
+    assert passes.get(100, 0) <= 2
+
+
+def test_cpu_pool_gives_one_slot_per_run_and_respects_capacity():
+    pool = Pool(["cpu"], capacity=2, gpu_mode=False)
+    assert [rid for rid, _ in plan(pool, [(1, 4), (2, 1), (3, 1)], {}, 5)] == [1, 2]
+
+
+def test_cpu_share_and_loader_workers():
+    assert cpu_share(16, 4, None) == 4
+    assert cpu_share(2, 4, None) == 1
+    assert cpu_share(16, 4, 7) == 7  # trainer.cpu_threads wins
+    assert data_workers(None, 4, gpu_mode=True) == 3
+    assert data_workers(None, 8, gpu_mode=False) == 0
+    assert data_workers(2, 8, gpu_mode=True) == 2
+
+
+def test_preflight_names_a_missing_dataset_root(tmp_path):
+    msg = preflight({"dataset": {"name": "fashioniq", "root": str(tmp_path / "nope")}})
+    assert msg and "nope" in msg and "does not exist" in msg
+    assert preflight({"dataset": {"name": "fashioniq", "root": str(tmp_path)}}) is None
+    assert preflight({"dataset": {"name": "synthetic"}}) is None
+
+
+# -------------------------------------------------------------------------------------------------- the verbs
+def test_queue_expands_grid_and_seeds_stores_tags_and_priority(proj, reg):
+    rows = control.queue_experiment(reg, proj, "grid", priority=5)
+    assert len(rows) == 6
+    assert {(r["variant"]["model.embed_dim"], r["seed"]) for r in rows} == {
+        (d, s) for d in (16, 32) for s in (1, 2, 3)
+    }
+    assert all(
+        r["tags"] == ["smoke", "tirg"] and r["priority"] == 5 and r["status"] == "queued" for r in rows
+    )
+    rows = control.queue_experiment(reg, proj, "tiny", seeds=[7, 8])
+    assert [r["seed"] for r in rows] == [7, 8]
+
+
+def test_identical_finished_run_is_refused_without_force(proj, reg):
+    (row,) = control.queue_experiment(reg, proj, "tiny")
+    control.queue_experiment(reg, proj, "tiny")  # a queued twin is fine: only finished runs count
+    reg.set_status(row["id"], "done", "done")
+    with pytest.raises(control.DuplicateRuns) as exc:
+        control.queue_experiment(reg, proj, "tiny")
+    assert exc.value.existing == [row["id"]] and exc.value.exit_code == 2
+    assert len(control.queue_experiment(reg, proj, "tiny", force=True)) == 1
+    # another seed is another run
+    assert len(control.queue_experiment(reg, proj, "tiny", seeds=[3])) == 1
+
+
+def test_cli_queue_duplicate_non_interactive_exits_2_with_ids(proj, reg):
+    (row,) = control.queue_experiment(reg, proj, "tiny")
+    reg.set_status(row["id"], "done", "done")
+    res = dwc(proj, "queue", "tiny")
+    assert res.returncode == 2, res.stderr
+    assert f"{row['id']}" in res.stderr and "--force" in res.stderr
+    res = dwc(proj, "queue", "tiny", "--force", "--seeds", "4,5")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["2", "3"]
+    assert "no worker is running" in res.stderr  # says that nothing will take them yet
+
+
+def test_cli_queue_bad_seeds_is_usage_error(proj):
+    res = dwc(proj, "queue", "tiny", "--seeds", "1,x")
+    assert res.returncode == 2 and "--seeds" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_hold_release(proj, reg):
+    a, b = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2], hold=True)
+    assert reg.get(a["id"])["hold"] == 1
+    w = Worker(proj, cpu=True, cpu_slots=2)
+    w.registry = reg
+    assert w._candidates() == []  # held runs are not candidates
+    assert w.claim(a["id"]) is None  # nor claimable
+    assert control.set_hold(reg, [a["id"]], False) == [a["id"]]
+    assert [c[0] for c in w._candidates()] == [a["id"]]
+    assert w.claim(a["id"])["status"] == "starting"
+    with pytest.raises(UsageError, match="only a queued run"):
+        control.set_hold(reg, [a["id"]], True)
+    kinds = [e["kind"] for e in reg.events(a["id"])]
+    assert "hold" in kinds and "release" in kinds
+
+
+def test_cancel_queued_run_leaves_the_queue(proj, reg):
+    (row,) = control.queue_experiment(reg, proj, "tiny")
+    msg = control.cancel(reg, row["id"])
+    assert "queue" in msg and reg.get(row["id"])["status"] == "cancelled"
+    res = dwc(proj, "cancel", str(row["id"]))
+    assert res.returncode == 2 and "already cancelled" in res.stderr
+
+
+def test_cancel_running_process_group_then_grace_kill(proj, reg):
+    """A process that ignores SIGTERM is SIGKILLed after the grace and the run recorded cancelled."""
+    (row,) = control.queue_experiment(reg, proj, "tiny")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
+        ],
+        start_new_session=True,
+    )
+    try:
+        reg.set_status(row["id"], "running", "fake", pid=proc.pid, pgid=proc.pid, host=os.uname().nodename)
+        time.sleep(0.3)
+        assert "SIGTERM" in control.cancel(reg, row["id"])
+        t0 = time.time()
+        final = control.wait_cancelled(reg, row["id"], grace_s=1.0)
+        assert final["status"] == "cancelled" and "grace" in final["error"]
+        assert time.time() - t0 < 5
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_rm_restore_purge(proj, reg):
+    a, b = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    reg.set_status(a["id"], "done", "done")
+    (Path(a["run_dir"]) / "last.pt").write_bytes(b"x" * 100_000)
+    control.remove(reg, [a["id"]])
+    assert [r["id"] for r in reg.runs()] == [b["id"]]
+    assert {r["id"] for r in reg.runs(include_deleted=True)} == {a["id"], b["id"]}
+    control.restore(reg, [a["id"]])
+    assert {r["id"] for r in reg.runs()} == {a["id"], b["id"]}
+    assert control.purge_plan(reg) == []
+    control.remove(reg, [a["id"]])
+    plan_ = control.purge_plan(reg)
+    assert [p.id for p in plan_] == [a["id"]] and plan_[0].bytes >= 100_000
+    reg.log_metrics(a["id"], [{"step": 1, "split": "train", "name": "loss", "value": 1.0}])
+    n, freed = control.purge(reg)
+    assert n == 1 and freed >= 100_000
+    assert not Path(a["run_dir"]).exists() and Path(b["run_dir"]).exists()
+    assert [r["id"] for r in reg.runs(include_deleted=True)] == [b["id"]]
+    assert reg.metrics(a["id"]) == []
+
+
+def test_rm_refuses_an_active_run_and_queued_rm_leaves_the_queue(proj, reg):
+    a, b = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    reg.set_status(a["id"], "running", "fake")
+    with pytest.raises(UsageError, match="cancel it first"):
+        control.remove(reg, [a["id"]])
+    control.remove(reg, [b["id"]])
+    assert reg.get(b["id"])["status"] == "cancelled"
+
+
+def test_cli_purge_lists_then_needs_yes(proj, reg):
+    (a,) = control.queue_experiment(reg, proj, "tiny")
+    assert dwc(proj, "rm", str(a["id"])).returncode == 0
+    res = dwc(proj, "purge")
+    assert res.returncode == 2 and "--yes" in res.stderr and f"{a['id']}" in res.stdout
+    assert Path(a["run_dir"]).exists()
+    res = dwc(proj, "purge", "--yes")
+    assert res.returncode == 0 and "purged 1" in res.stderr
+    assert not Path(a["run_dir"]).exists()
+
+
+def test_queue_failed_requeues_only_failed_lost_cancelled(proj, reg):
+    rows = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2, 3, 4])
+    for r, status in zip(rows, ["failed", "lost", "done", "cancelled"], strict=True):
+        reg.set_status(r["id"], status, status)
+    ids = control.queue_failed(reg, "tiny")
+    assert ids == [rows[0]["id"], rows[1]["id"], rows[3]["id"]]
+    assert [reg.get(i)["status"] for i in ids] == ["queued"] * 3
+    assert reg.get(rows[2]["id"])["status"] == "done"
+
+
+def test_resume_says_whether_a_worker_will_take_it(proj, reg):
+    (a,) = control.queue_experiment(reg, proj, "tiny")
+    reg.set_status(a["id"], "failed", "boom")
+    res = dwc(proj, "resume", str(a["id"]))
+    assert res.returncode == 0 and "no worker is running" in res.stderr and "dwc worker" in res.stderr
+    assert reg.get(a["id"])["status"] == "queued"
+
+
+def test_experiments_listing(proj, reg):
+    control.queue_experiment(reg, proj, "tiny")
+    rows = {r["experiment"]: r for r in control.experiment_summary(proj)}
+    assert rows["grid"]["grid"] == 2 and rows["grid"]["seeds"] == 3
+    assert rows["tiny"]["runs"] == {"queued": 1} and rows["tiny"]["tags"] == ["smoke", "tirg"]
+    res = dwc(proj, "experiments", "--format", "json")
+    assert res.returncode == 0
+    assert {r["experiment"] for r in json.loads(res.stdout)} == {"tiny", "grid"}
+
+
+def test_tags_must_be_strings(tmp_path):
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS.replace("tags: [smoke, tirg]", "tags: {a: 1}"))
+    res = dwc(tmp_path, "queue", "tiny")
+    assert res.returncode == 2 and "experiments.yaml:4" in res.stderr and "tags" in res.stderr
+
+
+def test_log_tail(proj, reg):
+    (a,) = control.queue_experiment(reg, proj, "tiny")
+    (Path(a["run_dir"]) / "train.log").write_text("".join(f"line {i}\n" for i in range(100)))
+    assert control.log_tail(reg.get(a["id"]), 3) == ["line 97", "line 98", "line 99"]
+    res = dwc(proj, "logs", str(a["id"]), "-n", "2")
+    assert res.stdout.splitlines() == ["line 98", "line 99"]
+
+
+# ------------------------------------------------------------------------------------------ workers and locks
+def test_second_worker_on_a_held_gpu_exits_2_naming_the_holder(proj):
+    env = {"DWC_FAKE_GPUS": "3"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(proj), "worker", "--gpus", "0,1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env},
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 30
+        while not control.live_workers(proj) and time.time() < deadline:
+            time.sleep(0.1)
+        (w,) = control.live_workers(proj)
+        assert w["pid"] == first.pid and w["gpus"] == ["0", "1"]
+        res = dwc(proj, "worker", "--gpus", "1,2", env=env)
+        assert res.returncode == 2
+        assert "GPU 1" in res.stderr and f"pid {first.pid}" in res.stderr
+        res = dwc(proj, "worker", "--gpus", "5", env=env)
+        assert res.returncode == 2 and "does not show" in res.stderr
+        res = dwc(proj, "gpus", env=env)
+        assert res.returncode == 0 and f"{os.uname().nodename}-{first.pid}" in res.stdout
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert control.live_workers(proj) == []
+    assert not list((proj / "runs" / "workers").glob("*.json"))
+
+
+def test_workers_marks_dead_ones_and_removes_their_files(proj):
+    folder = proj / "runs" / "workers"
+    folder.mkdir(parents=True)
+    dead = {
+        "name": "ghost-1",
+        "host": os.uname().nodename,
+        "pid": 999999,
+        "gpus": ["0"],
+        "started": time.time(),
+    }
+    (folder / "ghost-1.json").write_text(json.dumps(dead))
+    res = dwc(proj, "workers", "--format", "json")
+    assert res.returncode == 0
+    (row,) = json.loads(res.stdout)
+    assert row["state"].startswith("dead") and row["pid"] == 999999
+    assert not (folder / "ghost-1.json").exists()
+
+
+def test_detached_worker_writes_its_files_and_stops_on_sigterm(proj):
+    res = dwc(proj, "worker", "--cpu", "--detach")
+    assert res.returncode == 0, res.stderr
+    pid = int(res.stdout.strip())
+    name = f"{os.uname().nodename}-{pid}"
+    folder = proj / "runs" / "workers"
+    try:
+        info = json.loads((folder / f"{name}.json").read_text())
+        assert info["pid"] == pid and info["log"].endswith(f"{name}.log")
+        assert [w["pid"] for w in control.live_workers(proj)] == [pid]
+        assert "started on 1 CPU slot" in (folder / f"{name}.log").read_text()
+        assert os.getsid(pid) not in (os.getsid(0), pid)  # a new session it does not lead (double fork)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 20
+    while (folder / f"{name}.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not (folder / f"{name}.json").exists()
+    assert "stopped" in (folder / f"{name}.log").read_text()
+
+
+# ------------------------------------------------------------------------------------- concurrent metric writers
+def _writer(path: str, run_id: int, seconds: float, out) -> None:
+    reg = Registry(path)
+    n, errors = 0, []
+    step = 0
+    t_end = time.time() + seconds
+    while time.time() < t_end:
+        rows = [{"step": step + i, "split": "train", "name": "loss", "value": 1.0} for i in range(20)]
+        try:
+            reg.log_metrics(run_id, rows)
+            reg.heartbeat(run_id, step=step)
+            n += len(rows)
+        except Exception as exc:  # noqa: BLE001 — the test reports it
+            errors.append(repr(exc))
+        step += 20
+    out.put((run_id, n, errors))
+
+
+def test_eight_concurrent_metric_writers_never_see_database_is_locked(proj, reg):
+    rows = control.queue_experiment(reg, proj, "grid") + control.queue_experiment(
+        reg, proj, "tiny", seeds=[1, 2]
+    )
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(str(reg.path), r["id"], 2.0, out)) for r in rows[:8]]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert all(not errors for _, _, errors in results), results
+    for run_id, n, _ in results:
+        assert n > 0 and len(reg.metrics(run_id)) == n
