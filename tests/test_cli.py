@@ -117,10 +117,12 @@ def test_runs_empty_project_and_json(tmp_path):
     assert_clean_error(res, "--format 'xml'")
 
 
-def test_show_unknown_run_is_registry_error(tmp_path):
+def test_show_unknown_run_is_a_usage_error(tmp_path):
     invoke(project(tmp_path), "run", "demo", "--queue")
     res = invoke(tmp_path, "show", "99")
-    assert res.exit_code == 3 and "no run with id 99" in res.output
+    assert (
+        res.exit_code == 2 and "no run with id 99" in res.output
+    )  # a wrong argument, not a registry failure
 
 
 def test_queue_only_creates_rows(tmp_path):

@@ -499,6 +499,16 @@ def validate(tree: Tree, file: str) -> dict:
             f"{tree.where(('model',), file)}: no model.name is set for this experiment. "
             f"Allowed: {' | '.join(METHOD_NAMES)}."
         )
+    for section, name, allowed in (
+        ("dataset", dataset_name, DATASET_NAMES),
+        ("model", model_name, METHOD_NAMES),
+    ):
+        if name not in allowed:  # an unknown name alone: its options cannot be checked against anything yet
+            raise ConfigError(
+                f"{tree.where((section, 'name'), file)}: {section}.name = {name!r} is not a known "
+                f"{'dataset' if section == 'dataset' else 'method'}.{_suggest(str(name), allowed)} "
+                f"Allowed: {' | '.join(allowed)}."
+            )
     out = {
         "dataset": _validate_section(
             dataset_section(str(dataset_name)), data.get("dataset"), tree, ("dataset",), file

@@ -3,6 +3,9 @@ a separate evaluation of that run (kind ``reeval``) with its own per-query ranki
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
 
 from dwc_core.config.experiments import apply_overrides
@@ -13,6 +16,26 @@ from dwc_core.engine.evaluate import evaluate, query_rows
 from dwc_core.errors import UsageError
 from dwc_core.models import BuildContext, build_method
 from dwc_core.runs.registry import Registry
+
+
+@contextlib.contextmanager
+def library_warnings_to(log_path: Path):
+    """Route library log records and Python warnings (open_clip's "No pretrained weights loaded", ...) to the run's
+    train.log instead of the terminal, each once."""
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [handler]
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("once")
+            yield
+    finally:
+        logging.captureWarnings(False)
+        root.handlers = saved
+        handler.close()
 
 
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:
@@ -57,8 +80,19 @@ def reevaluate(
     # seeded as the training process was at build time: frozen modules without pretrained weights (random CLIP
     # in tests and the demo) are not in checkpoints and must come out identical
     runtime.seed_everything(seed)
-    method = build_method(config["model"], ctx).to(device)
-    state = checkpoint.load(path, map_location=device)
+    with library_warnings_to(Path(row["run_dir"]) / "train.log"):
+        method = build_method(config["model"], ctx).to(device)
+    mine = which in ("best", "last")  # an explicit PATH may come from another run on purpose
+    try:
+        state = checkpoint.load(
+            path, map_location=device, run_uid=row.get("uid") if mine else None,
+            cfg_hash=checkpoint.config_hash(row["config"]) if mine else None,
+        )  # fmt: skip
+    except checkpoint.CheckpointError as exc:
+        other = "last" if which == "best" else "best"
+        raise checkpoint.CheckpointError(
+            f"{exc.message} Evaluate another checkpoint of this run (--checkpoint {other}) or a .pt file by path."
+        ) from None
     method.load_checkpoint_state(state["model"])
     result = evaluate(method, ds, cache, device, config["eval"], autocast)
     protocol = {

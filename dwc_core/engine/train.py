@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import random
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from dwc_core.config.checks import check_eval_sizes, preflight
 from dwc_core.data import load_dataset
 from dwc_core.data.loading import EpochBatches, ImageCache, TripletBatches, loader_kwargs
 from dwc_core.data.types import EvalSet, Query, Triplet
@@ -30,9 +32,10 @@ from dwc_core.engine import checkpoint, runtime
 from dwc_core.engine.distributed import Dist
 from dwc_core.engine.evaluate import EvalResult, evaluate, query_rows
 from dwc_core.engine.reporting import RUN_DIR_ENV, SINK_ENV, SINKS, Reporter, open_sink
-from dwc_core.errors import ConfigError, DwcError, TrainingError
+from dwc_core.errors import ConfigError, DataError, DwcError, TrainingError
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.base import Batch, NonFiniteLoss, StepContext
+from dwc_core.runs.locks import LockHeld, describe_holder, run_lock
 
 EXIT_CANCELLED = 3
 
@@ -43,6 +46,17 @@ def log(msg: str) -> None:
 
 class Stop(Exception):
     """Raised inside the loop when a stop (SIGTERM / cancellation) was requested."""
+
+
+PHASE_DELAY_ENV = "DWC_TEST_PHASE_DELAY"  # tests only: "cache=0.5,eval=0.5" sleeps at each check of a phase
+
+
+def _phase_delay(phase: str) -> float:
+    for item in os.environ.get(PHASE_DELAY_ENV, "").split(","):
+        name, _, value = item.partition("=")
+        if name.strip() == phase and value.strip():
+            return float(value)
+    return 0.0
 
 
 def make_val_split(train: list[Triplet], fraction: float, seed: int) -> tuple[list[Triplet], EvalSet]:
@@ -56,6 +70,38 @@ def make_val_split(train: list[Triplet], fraction: float, seed: int) -> tuple[li
     queries = [Query(ref=train[i].ref, text=train[i].text, target=train[i].target) for i in held]
     gallery = sorted({x for q in queries for x in (q.ref, q.target)})
     return kept, EvalSet(name="val", queries=queries, gallery=gallery, ks=[], mask_reference=True)
+
+
+def dwc_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dwc")
+    except PackageNotFoundError:
+        return None
+
+
+def trim_metrics_file(path: Path, step: int) -> int:
+    """Keep only the metrics.jsonl rows at or before ``step`` (resume: the registry drops the same rows); returns
+    how many lines were dropped. Written to a temp file and renamed; torn lines are dropped too."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                keep = int(json.loads(line)["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
 
 
 def lr_lambda(trainer: dict, steps_per_epoch: int):
@@ -133,6 +179,33 @@ class Trainer:
         self.nan_skipped = 0
         self.train_seconds = 0.0  # cumulative time in training loops (evaluation excluded), for time budgets
         self.budget_reached = False
+        # cancellation: ``interruptible`` = a SIGTERM may raise Stop at once (cache build, evaluation, compiling
+        # step); ``consistent`` = the weights/optimizers/counters agree, so a checkpoint may be written
+        self.interruptible = False
+        self.consistent = False
+        self.compiling = False
+
+    def stop_check(self, phase: str):
+        """A callable for long phases, called between chunks/batches: raises :class:`Stop` once a stop was
+        requested (SIGTERM or a cancellation in the registry), on every rank together."""
+        delay = _phase_delay(phase)
+
+        def check() -> None:
+            if delay:
+                time.sleep(delay)
+            flag = self.stop_requested.is_set() or self.reporter.cancel_requested.is_set()
+            if self.dist.any(flag, self.device):
+                raise Stop()
+
+        return check
+
+    @contextlib.contextmanager
+    def _interruptible(self):
+        self.interruptible = True
+        try:
+            yield
+        finally:
+            self.interruptible = False
 
     # ----------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -147,22 +220,35 @@ class Trainer:
         self._main(
             self.registry.set_status, self.run_id, "running", f"running on {runtime.hostname()} pid {os.getpid()}",
             pid=os.getpid(), pgid=os.getpgid(0), host=runtime.hostname(), started=self.row["started"] or time.time(),
-            device=runtime.device_name(self.device), versions={**runtime.versions(), "precision": self.precision},
+            device=runtime.device_name(self.device), versions={**runtime.versions(), "dwc": dwc_version(), "precision": self.precision},
             git_commit=commit, git_dirty=dirty, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"),
         )  # fmt: skip
         self.reporter.start()
         self.reporter.progress(phase="data")
         cache_dir = self.config["dataset"].get("cache_dir") or str(self.project / "runs" / ".cache")
+        preflight(
+            self.config, self.project
+        )  # dataset.root / cache_dir: the message `dwc run` gives before queueing
         log(f"loading dataset {self.config['dataset']['name']} (cache {cache_dir})")
         if self.dist.is_main:  # rank 0 generates/decodes once; the other ranks wait, then read the result
-            self.ds = load_dataset(self.config["dataset"], cache_dir)
+            try:
+                self.ds = load_dataset(self.config["dataset"], cache_dir)
+            except OSError as exc:  # a folder the loader writes to (the cache) or reads from
+                raise DataError(
+                    f"loading dataset {self.config['dataset']['name']} failed at {exc.filename or cache_dir}: "
+                    f"{exc.strerror or exc}. Check dataset.root and dataset.cache_dir."
+                ) from None
             self.cache = ImageCache(self.ds, int(self.config["dataset"]["image_size"]), cache_dir)
             if not self.cache.is_built():
                 log(f"building the decoded-image cache: {self.cache.count} images at {self.cache.size}px")
                 self.reporter.progress(phase="cache")
-                self.cache.ensure(
-                    progress=lambda d, n: self.reporter.progress(phase="cache", cache_done=d, cache_total=n)
-                )
+                with self._interruptible():
+                    self.cache.ensure(
+                        progress=lambda d, n: self.reporter.progress(
+                            phase="cache", cache_done=d, cache_total=n
+                        ),
+                        check=self.stop_check("cache"),
+                    )
         self.dist.barrier()
         if not self.dist.is_main:
             self.ds = load_dataset(self.config["dataset"], cache_dir)
@@ -178,6 +264,12 @@ class Trainer:
             self.base_train, val = make_val_split(self.ds.train, float(t["val_fraction"]), int(t["seed"]))
             val.ks = list(next(iter(self.ds.eval_sets.values())).ks)
             self.val_set = {"val": val}
+        val_set = getattr(self, "val_set", {}) if t["select_on"] == "val_split" else {}
+        check_eval_sizes(
+            self.config,
+            {**self.eval_sets, **val_set},
+            len(val_set["val"].queries) if val_set else None,
+        )
         skipped = sum(es.skipped_queries for es in self.eval_sets.values())
         self._main(self.registry.update, self.run_id, skipped_queries=skipped)
         if skipped:
@@ -207,9 +299,12 @@ class Trainer:
         fn = lr_lambda(t, self.steps_per_epoch)
         self.schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, fn) for n, o in self.optimizers.items()}
         self.ema = EMA(self.method, float(t["ema"])) if t["ema"] > 0 else None
-        if t["compile"]:
-            for child in self.method.children():
-                child.compile()
+        if t["compile"]:  # pure-tensor modules only; compiled lazily at first use, which SIGTERM interrupts
+            from dwc_core.models.encoders import compile_tensor_modules
+
+            compiled = compile_tensor_modules(self.method)
+            self.compiling = True
+            log(f"torch.compile (lazy, first use): {', '.join(compiled) or 'no tensor modules'}")
         counts = self.method.parameter_counts()
         log(f"method {self.config['model']['name']}: {counts}")
         self._main(
@@ -249,7 +344,12 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "nan_skipped": self.nan_skipped,
             "train_seconds": self.train_seconds,
+            **self._identity(),
         }
+
+    def _identity(self) -> dict:
+        """What every checkpoint of this run records, so that no other run (or config) ever loads it."""
+        return {"run_uid": self.row.get("uid"), "config_hash": checkpoint.config_hash(self.config)}
 
     def save_last(self) -> None:
         if self.dist.is_main:
@@ -257,10 +357,29 @@ class Trainer:
         self.dist.barrier()
 
     def resume_if_possible(self) -> bool:
+        """Continue from ``last.pt`` when there is one (it must be this run's: same uid and config hash). Without
+        one, or when the run was re-queued ``--from-scratch``, start at epoch 0 — after clearing what an earlier
+        attempt recorded, so that no epoch is recorded twice. A corrupt ``last.pt`` fails the run naming the file and
+        the way out, unless from scratch was asked for."""
         path = self.run_dir / "last.pt"
-        if not path.is_file():
+        if self.row.get("from_scratch"):
+            self._restart_from_scratch("restart from scratch requested")
             return False
-        state = checkpoint.load(path, map_location=self.device)
+        if not path.is_file():
+            self._restart_from_scratch("no last.pt")
+            return False
+        try:
+            state = checkpoint.load(
+                path, map_location=self.device, run_uid=self.row.get("uid"),
+                cfg_hash=checkpoint.config_hash(self.config),
+            )  # fmt: skip
+        except checkpoint.CheckpointError as exc:
+            raise checkpoint.CheckpointError(
+                f"{exc.message} Resume this run from scratch with `dwc resume {self.run_id} --from-scratch` (its "
+                "recorded epochs are cleared), or put an earlier checkpoint of this run in its place."
+            ) from None
+        if not state.get("run_uid"):
+            self._main(self.registry.event, self.run_id, "warning", f"{path} records no run id (older dwc)")
         self.method.load_checkpoint_state(state["model"])
         for n, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][n])
@@ -279,10 +398,39 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         dropped = self._main(self.registry.delete_metrics_after, self.run_id, self.step)
         self._main(self.registry.delete_evaluations_after, self.run_id, self.epoch)
-        msg = f"resumed from last.pt at epoch {self.epoch} step {self.step} (dropped {dropped} later metric rows)"
+        if self.best_eval_id and hasattr(
+            self.registry, "mark_best"
+        ):  # a later best was dropped with its epoch
+            self._main(self.registry.mark_best, self.run_id, self.best_eval_id)
+        trimmed = self._main(trim_metrics_file, self.run_dir / "metrics.jsonl", self.step)
+        msg = (
+            f"resumed from last.pt at epoch {self.epoch} step {self.step} (dropped {dropped} later metric rows"
+            f"{f' and {trimmed} lines of metrics.jsonl' if trimmed else ''})"
+        )
         log(msg)
         self._main(self.registry.event, self.run_id, "resume", msg)
         return True
+
+    def _restart_from_scratch(self, why: str) -> None:
+        """Start at epoch 0; if an earlier attempt of this run recorded anything, clear it first and say so."""
+        if not self.dist.is_main or not hasattr(self.registry, "clear_history"):
+            return
+        had = self.registry.evaluations(self.run_id, kind="epoch") or self.registry.metrics(self.run_id)
+        if not had and not self.row.get("from_scratch"):
+            return  # a first start
+        cleared = self.registry.clear_history(self.run_id)
+        removed = [n for n in ("last.pt", "best.pt") if (self.run_dir / n).exists()]
+        for name in removed:
+            (self.run_dir / name).unlink()
+        trimmed = trim_metrics_file(self.run_dir / "metrics.jsonl", -1)
+        files = f" and removed {' and '.join(removed)}" if removed else ""
+        msg = (
+            f"{why}: training restarts from scratch at epoch 0; cleared the earlier attempt's "
+            f"{cleared['evaluations']} evaluations, {cleared['metrics']} metric rows ({trimmed} lines of "
+            f"metrics.jsonl){files}"
+        )
+        log(msg)
+        self.registry.event(self.run_id, "restart", msg)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def run_eval(self, epoch: int) -> None:
@@ -292,9 +440,11 @@ class Trainer:
             self.ema.swap_in()
         try:
             args = (self.method, self.ds, self.cache, self.device, self.ecfg, self.autocast)
-            results = {"test": evaluate(*args, dist=self.dist)}
-            if self.tcfg["select_on"] == "val_split":
-                results["val"] = evaluate(*args, eval_sets=self.val_set, dist=self.dist)
+            check = self.stop_check("eval")
+            with self._interruptible():
+                results = {"test": evaluate(*args, dist=self.dist, check=check)}
+                if self.tcfg["select_on"] == "val_split":
+                    results["val"] = evaluate(*args, eval_sets=self.val_set, dist=self.dist, check=check)
         finally:
             if self.ema and self.tcfg["ema_mode"] == "restart":
                 self.ema.keep()  # AMC as coded: the live weights become the EMA, which restarts from them
@@ -315,20 +465,24 @@ class Trainer:
                 gallery_size=res.gallery_size, skipped_queries=res.skipped_queries,
             )  # fmt: skip
         self.reporter.metric(self.step, epoch, "test", "eval_seconds", seconds)
+        for phase, secs in test.timings.items():  # where evaluation time goes: encode gallery / queries, rank
+            self.reporter.metric(self.step, epoch, "test", f"eval_{phase}", secs)
+        t_write = time.time()
         value = results[select_split].metrics["mean"]
         improved = self.tcfg["select_on"] == "last" or self.best_value is None or value > self.best_value
         if improved and epoch > 0:
             self.best_value, self.best_epoch, self.best_eval_id = value, epoch, eval_ids["test"]
-            self.registry.mark_best(self.run_id, eval_ids["test"])
-            checkpoint.save_atomic(
+            checkpoint.save_atomic(  # the file first: the registry marks a best epoch only once best.pt holds it
                 {
                     "model": self._evaluated_weights(),
                     "epoch": epoch,
                     "step": self.step,
                     "metrics": test.metrics,
+                    **self._identity(),
                 },
                 self.run_dir / "best.pt",
             )
+            self.registry.mark_best(self.run_id, eval_ids["test"])
         self.registry.update(
             self.run_id, last_metrics={**test.metrics, "epoch": epoch},
             **({"best_value": self.best_value, "best_epoch": self.best_epoch, "best_metric": f"{select_split}/mean",
@@ -341,6 +495,7 @@ class Trainer:
             self.registry.add_query_results(self.run_id, eval_ids["test"], rows)
             keep = [eval_ids["test"]] + ([self.best_eval_id] if self.best_eval_id else [])
             self.registry.prune_query_results(self.run_id, keep)
+        self.reporter.metric(self.step, epoch, "test", "eval_write_s", time.time() - t_write)
         shown = ", ".join(
             f"{k} {v:.2f}" for k, v in test.metrics.items() if "/" not in k or k.startswith("avg/")
         )
@@ -425,9 +580,14 @@ class Trainer:
                 labels.to(self.device, non_blocking=nb),
             )  # fmt: skip
             ctx.step = self.step
+            self.consistent = False  # a stop inside a step leaves no checkpoint of half-stepped weights
+            if self.compiling:
+                self.reporter.progress(phase="compile", epoch=epoch)
+                self.interruptible = True  # SIGTERM ends compilation (and its workers) at once
             try:
                 terms = self.method.train_step(batch, ctx)
             except NonFiniteLoss as exc:
+                self.consistent = True
                 self.nan_skipped += 1
                 if self.nan_skipped > int(self.tcfg["nan_skip"]):
                     raise TrainingError(
@@ -443,12 +603,17 @@ class Trainer:
                 for o in self.optimizers.values():
                     o.zero_grad(set_to_none=True)
                 continue
+            self.interruptible = False
             for s in self.schedulers.values():
                 s.step()
             if self.ema:
                 self.ema.update()
             self.step += 1
             self.batch_in_epoch += 1
+            self.consistent = True
+            if self.compiling:
+                self.compiling = False
+                self.reporter.progress(phase="train")
             steps_since += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
@@ -486,6 +651,7 @@ class Trainer:
     def run(self) -> int:
         self.setup()
         resumed = self.resume_if_possible()
+        self.consistent = True
         if not resumed and self.tcfg["eval_at_start"]:
             self.run_eval(0)
         epochs = int(self.tcfg["epochs"])
@@ -522,13 +688,29 @@ def _oom_message(exc: BaseException, trainer: Trainer | None) -> str:
     )
 
 
+def _cancelled(trainer: Trainer, registry, run_id: int) -> int:
+    """Record a cancellation; ``last.pt`` is written only when the state is consistent (not inside a step)."""
+    saved = trainer.consistent
+    if saved:
+        trainer.save_last()
+    with contextlib.suppress(Exception):
+        trainer.reporter.close()
+    where = f"epoch {trainer.epoch + 1} step {trainer.step}"
+    note = "last.pt saved" if saved else "stopped inside a step or before training began; last.pt not updated"
+    registry.set_status(run_id, "cancelled", f"cancelled at {where}; {note}", exit_code=EXIT_CANCELLED)
+    log(f"cancelled; {note}")
+    return EXIT_CANCELLED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dwc_core.engine.train", description=__doc__.splitlines()[0]
     )
     parser.add_argument("run_id", type=int)
     parser.add_argument("--registry", default=os.environ.get("DWC_REGISTRY", "runs/registry.db"))
-    parser.add_argument("--sink", choices=SINKS, help="report to the registry (default) or to files in --run-dir")
+    parser.add_argument(
+        "--sink", choices=SINKS, help="report to the registry (default) or to files in --run-dir"
+    )
     parser.add_argument("--run-dir", help="the run directory (with --sink files: never opens the registry)")
     args = parser.parse_args(argv)
     registry_path = Path(args.registry).resolve()
@@ -539,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         if trainer is not None:
             trainer.stop_requested.set()
+            if trainer.interruptible:  # cache build, evaluation, compilation: stop now, not at the next check
+                trainer.interruptible = False
+                raise Stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -547,10 +732,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir:
         os.environ[RUN_DIR_ENV] = str(Path(args.run_dir).resolve())
     registry = open_sink(registry_path, args.run_id)
-    dist = Dist.from_env()
-    if not dist.is_main:  # only rank 0 records the run's outcome
-        registry.set_status = lambda *a, **k: None  # type: ignore[method-assign]
+    lock = _take_run_lock(registry, args.run_id)
+    if lock is None:
+        return EXIT_LOCKED
+    dist = Dist()
     try:
+        # backend and device follow trainer.device (cpu: gloo processes even where CUDA exists)
+        dist = Dist.from_env(registry.get(args.run_id)["config"]["trainer"]["device"])
+        if not dist.is_main:  # only rank 0 records the run's outcome
+            registry.set_status = lambda *a, **k: None  # type: ignore[method-assign]
         trainer = Trainer(args.run_id, registry_path, dist)
         trainer.stop_requested = stop
         code = trainer.run()
@@ -563,15 +753,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         log("done")
         return code
-    except Stop:
-        assert trainer is not None
-        trainer.save_last()
-        trainer.reporter.close()
-        registry.set_status(args.run_id, "cancelled", f"cancelled at epoch {trainer.epoch + 1} step {trainer.step}; last.pt saved",
-                            exit_code=EXIT_CANCELLED)  # fmt: skip
-        log("cancelled; checkpoint saved")
-        return EXIT_CANCELLED
-    except BaseException as exc:  # noqa: BLE001 — everything ends as a recorded failure
+    except BaseException as exc:  # noqa: BLE001 — everything ends as a recorded outcome
+        # a stop ends as cancelled, also when it surfaced as another error (a compile/loader worker it killed)
+        if trainer is not None and (
+            isinstance(exc, Stop) or (stop.is_set() and not isinstance(exc, DwcError))
+        ):
+            return _cancelled(trainer, registry, args.run_id)
         if isinstance(exc, torch.OutOfMemoryError):
             message = _oom_message(exc, trainer)
         elif isinstance(exc, DwcError):
@@ -580,15 +767,57 @@ def main(argv: list[str] | None = None) -> int:
             message = "interrupted"
         else:
             message = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
+        if not isinstance(
+            exc, DwcError
+        ):  # a user-fixable error is one message; anything else keeps its trace
+            traceback.print_exc()
         log(f"failed: {message}")
+        code = exc.exit_code if isinstance(exc, DwcError) and exc.exit_code in (1, 2) else 1
         if trainer is not None:
             with contextlib.suppress(Exception):
                 trainer.reporter.close()
-        registry.set_status(args.run_id, "failed", message, error=message, exit_code=1)
-        return 1
+        try:
+            registry.set_status(args.run_id, "failed", message, error=message, exit_code=code)
+        except Exception as exc2:  # noqa: BLE001 — e.g. the disk is full: train.log keeps the outcome
+            log(f"could not record the failure in the registry ({type(exc2).__name__}: {exc2}); "
+                f"`dwc runs` reconciles it from this log")  # fmt: skip
+        return code
     finally:
         dist.close()
+        lock.release()
+
+
+EXIT_LOCKED = 4  # another live process trains this run: this one exits without touching it
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
+
+def _take_run_lock(registry, run_id: int):
+    """The run lock, held until exit (rank 0 of a torchrun group only: its other ranks are its own children).
+    ``None`` (after saying who holds it) when another live process trains this run."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _NoLock()
+    row = registry.get(run_id)
+    lock = run_lock(row["run_dir"], run_id)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        log(
+            f"refused: run {run_id} is already being trained by {describe_holder(exc.holder)} (it holds "
+            f"{exc.path}); this process leaves the run alone"
+        )
+        return None
+    removed = checkpoint.remove_orphan_temps(Path(row["run_dir"]))
+    if removed:
+        size = sum(n for _, n in removed) / 2**20
+        msg = f"removed {len(removed)} temp files of interrupted checkpoint writes ({size:.1f} MB)"
+        log(msg)
+        with contextlib.suppress(Exception):
+            registry.event(run_id, "cleanup", msg)
+    return lock
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ Nothing here imports torch, torchvision, open_clip or textual at import time: li
 from __future__ import annotations
 
 import functools
+import sqlite3
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from dwc_core.errors import DwcError, UsageError
 from dwc_tui.cli.output import FORMATS, err
@@ -27,6 +29,7 @@ app = typer.Typer(
 
 class State:
     project: Path | None = None
+    readonly_noted = False
 
 
 def _project() -> Path:
@@ -35,27 +38,53 @@ def _project() -> Path:
     return State.project or find_project()
 
 
+def _require_project() -> Path:
+    """The project, or a usage error when neither --project/DWC_PROJECT nor experiments.yaml here or above names one
+    (a folder holding runs/registry.db counts as a project too)."""
+    project = _project()
+    if not ((project / "experiments.yaml").is_file() or (project / "runs" / "registry.db").is_file()):
+        raise UsageError(
+            f"not a dwc project ({project}): no experiments.yaml here or above. Run dwc in a project folder, pass "
+            "--project DIR, or set DWC_PROJECT."
+        )
+    return project
+
+
 def _registry(create: bool = True):
     from dwc_core.runs.registry import Registry
 
-    return Registry(_project() / "runs" / "registry.db", create=create)
+    registry = Registry(_require_project() / "runs" / "registry.db", create=create)
+    if registry.readonly and not State.readonly_noted:
+        State.readonly_noted = True
+        err.print(f"note: {escape(str(registry.path))} is read-only; showing it as it is.", highlight=False)
+    return registry
 
 
 def handle_errors(fn):
-    """Turn DwcError into a one-paragraph message and its exit code (never a traceback)."""
+    """Turn DwcError (and SQLite failures of the registry) into a one-paragraph message and its exit code, never a
+    traceback. Messages are printed literally: user input in them is escaped, never read as Rich markup."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except DwcError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(exc.message, exc.exit_code)
+        except sqlite3.Error as exc:
+            from dwc_core.runs.registry import registry_error
+
+            error = registry_error(exc, _project() / "runs" / "registry.db")
+            _fail(error.message, error.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _fail(message: str, code: int):
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def _check_format(fmt: str, allowed=FORMATS) -> str:

@@ -19,7 +19,7 @@ from dwc_core.config.schema import Opt, flatten_section
 from dwc_core.config.schema.methods import METHODS
 from dwc_core.errors import DwcError, UsageError
 from dwc_tui.cli.app import FormatOpt, _check_format, _project, app, handle_errors
-from dwc_tui.cli.output import emit, out
+from dwc_tui.cli.output import emit, err, out
 
 
 def switches(method: str) -> dict[str, Opt]:
@@ -69,11 +69,15 @@ def yaml_value(value) -> str:
 def models(
     method: Annotated[str | None, typer.Argument(help="one method: list all its switches")] = None,
     counts: Annotated[
-        bool, typer.Option("--counts/--no-counts", help="parameter counts (default config)")
-    ] = True,
+        bool,
+        typer.Option(
+            "--counts/--no-counts",
+            help="parameter counts at the default config (builds every method once in a subprocess, then cached)",
+        ),
+    ] = False,
     fmt: FormatOpt = "table",
 ) -> None:
-    """Methods, their switches (model.* options) and trainable / frozen parameter counts at the default size."""
+    """Methods and their switches (model.* options); --counts adds trainable / frozen parameter counts."""
     _check_format(fmt)
     from dwc_core.config.schema.methods import METHODS
 
@@ -107,6 +111,7 @@ def models(
                 "switches": ", ".join(k for k in switches(name) if not k.endswith("pretrained")),
             }
         )
-    emit(
-        rows, ["method", "trainable", "frozen", "switches"], fmt, title="methods (default sizes, no weights)"
-    )
+    columns = ["method", "trainable", "frozen", "switches"] if counts else ["method", "switches"]
+    emit(rows, columns, fmt, title="methods (default sizes, no weights)" if counts else "methods")
+    if not counts and fmt == "table":
+        err.print("[dim]parameter counts: dwc models --counts[/]")

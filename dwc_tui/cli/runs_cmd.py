@@ -32,6 +32,17 @@ def run(
     project = _project()
     path = experiments or project / "experiments.yaml"
     specs = ExperimentsFile.load(path).resolve(name, list(set_ or []))
+    if (
+        not queue_only
+    ):  # a foreground run trains here: refuse a GPU request this host cannot meet, before launch
+        from dwc_core.runs.gpus import check_gpu_request
+
+        for s in specs:
+            check_gpu_request(s.config["trainer"], s.experiment)
+    from dwc_core.config.checks import preflight
+
+    for s in specs:  # dataset root / cache folder: exit 2 before anything is created
+        preflight(s.config, project)
     registry = _registry()
     runs_dir = project / "runs"
     runs = [registry.create_run(s.experiment, s.config, runs_dir, variant=s.variant) for s in specs]
@@ -55,8 +66,8 @@ def run(
                     rest["id"], "cancelled", "cancelled with the run before it", only_from=("queued",)
                 )
             raise typer.Exit(130)
-        if row["status"] != "done":
-            worst = 1
+        if row["status"] != "done":  # 2: the trainer found a config/data error before training
+            worst = max(worst, 2 if row.get("exit_code") == 2 else 1)
     raise typer.Exit(worst)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,8 +25,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from dwc_core.errors import UsageError
 from dwc_core.runs import launcher
-from dwc_core.runs.registry import FINISHED, Registry
+from dwc_core.runs.registry import ACTIVE, FINISHED, Registry
 from dwc_tui.cli.output import cell, duration, err, is_headline, metric_order, out
 
 POLL_S = 0.5
@@ -34,7 +36,7 @@ POLL_S = 0.5
 def _progress_line(row: dict) -> str:
     p = row.get("progress") or {}
     phase = p.get("phase", row["status"])
-    parts = [f"[bold]{row['experiment'][:18]}[/] #{row['id']}", f"{phase}"]
+    parts = [f"[bold]{escape(row['experiment'][:18])}[/] #{row['id']}", f"{phase}"]
     if phase == "cache" and p.get("cache_total"):
         parts.append(f"images {p.get('cache_done', 0)}/{p['cache_total']}")
     if p.get("loss") is not None:
@@ -91,15 +93,25 @@ def follow(registry: Registry, run_id: int, proc: subprocess.Popen, interactive:
 
 
 def run_foreground(registry: Registry, registry_path: Path, run: dict, interactive: bool) -> dict:
-    """Claim, start and follow one queued run. Ctrl-C cancels it cleanly."""
-    claimed = registry.claim(worker=f"cli:{os.getpid()}", run_id=run["id"])
-    if claimed is None:
-        raise RuntimeError(f"run {run['id']} could not be claimed (already taken by a worker?)")
-    proc = launcher.spawn(registry, claimed, registry_path)
-    err.print(f"[dim]run {run['id']} → {run['run_dir']} (log: train.log, pid {proc.pid})[/]")
+    """Claim, start and follow one queued run. Ctrl-C cancels it cleanly, at any moment: before the training
+    process exists, during its start-up (before it can checkpoint) or while it trains."""
+    proc = None
     try:
+        claimed = registry.claim(worker=f"cli:{os.getpid()}", run_id=run["id"])
+        if claimed is None:
+            raise UsageError(
+                f"run {run['id']} could not be claimed: a worker took it first (`dwc runs` shows it)."
+            )
+        proc = launcher.spawn(registry, claimed, registry_path)
+        err.print(f"[dim]run {run['id']} → {escape(str(run['run_dir']))} (log: train.log, pid {proc.pid})[/]")
         return follow(registry, run["id"], proc, interactive)
     except KeyboardInterrupt:
+        if proc is None:
+            registry.set_status(
+                run["id"], "cancelled", "cancelled from the terminal before training started",
+                only_from=("queued", *ACTIVE),
+            )  # fmt: skip
+            return registry.get(run["id"])
         err.print(
             "[yellow]Ctrl-C: cancelling the run (it saves a checkpoint first; Ctrl-C again to kill)…[/]"
         )
@@ -109,6 +121,13 @@ def run_foreground(registry: Registry, registry_path: Path, run: dict, interacti
             proc.wait()
         finally:
             signal.signal(signal.SIGINT, previous)
+        # the trainer records `cancelled` itself; one stopped during its start-up (still importing, no handler
+        # yet) dies of our SIGTERM without a word: that is a cancellation too, not a failure
+        if proc.returncode == -signal.SIGTERM:
+            registry.set_status(
+                run["id"], "cancelled", "cancelled from the terminal during start-up", only_from=ACTIVE,
+                exit_code=proc.returncode,
+            )  # fmt: skip
         row = launcher.reconcile_exit(registry, run["id"], proc.returncode)
         if row["status"] not in FINISHED:
             registry.set_status(run["id"], "cancelled", "cancelled from the terminal")
@@ -139,9 +158,14 @@ def results_table(registry: Registry, run_id: int) -> Table:
 
 def print_summary(registry: Registry, run_id: int) -> None:
     row = registry.get(run_id)
-    out.print(results_table(registry, run_id))
+    if registry.evaluations(run_id, kind="epoch"):
+        out.print(results_table(registry, run_id))
+    else:
+        out.print(f"{escape(row['experiment'])} #{run_id}: no evaluation recorded")
     took = (row["ended"] or time.time()) - (row["started"] or row["created"])
-    out.print(f"status: [bold]{row['status']}[/]  time: {duration(took)}  run dir: {row['run_dir']}")
+    out.print(
+        f"status: [bold]{row['status']}[/]  time: {duration(took)}  run dir: {escape(str(row['run_dir']))}"
+    )
     if row.get("error"):
-        err.print(f"[red]error:[/] {row['error']}")
+        err.print(f"[red]error:[/] {escape(row['error'])}")
     sys.stdout.flush()

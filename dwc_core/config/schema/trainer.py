@@ -47,6 +47,12 @@ TRAINER: Section = {
     "val_fraction": Opt(
         "float", 0.1, help="share of train held out when select_on=val_split", min=0, max=0.5
     ),
+    "val_min_queries": Opt(
+        "int",
+        50,
+        help="fewest validation queries select_on=val_split accepts (lower it to allow a smaller split explicitly)",
+        min=1,
+    ),
     "schedule": Opt("str", "constant", choices=("constant", "step", "cosine"), help="learning-rate schedule"),
     "lr_decay_epochs": Opt("list[int]", [], help="epochs at which the step schedule multiplies lr by gamma"),
     "gamma": Opt("float", 0.1, help="step-schedule factor", min=0),
