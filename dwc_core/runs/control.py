@@ -182,9 +182,10 @@ def wait_cancelled(registry: Registry, run_id: int, grace_s: float = 60.0, poll_
 
 
 # ---------------------------------------------------------------------------------------------------- resume
-def resume(registry: Registry, run_id: int) -> dict:
-    """Re-queue a failed / cancelled / lost run; a worker continues it from ``last.pt`` in its run directory."""
-    registry.requeue(run_id, "resume requested")
+def resume(registry: Registry, run_id: int, from_scratch: bool = False) -> dict:
+    """Re-queue a failed / cancelled / lost run; a worker continues it from ``last.pt`` in its run directory
+    (``from_scratch``: its trainer clears what the run recorded and starts again at epoch 0)."""
+    registry.requeue(run_id, "resume requested", from_scratch=from_scratch)
     return registry.get(run_id)
 
 

@@ -225,6 +225,13 @@ def resume(
     queue_only: Annotated[
         bool, typer.Option("--queue", hidden=True, help="(the default) re-queue it")
     ] = False,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="start again at epoch 0 (clears its recorded epochs), e.g. after a corrupt last.pt",
+        ),
+    ] = False,
 ) -> None:
     """Continue a failed / cancelled / lost run from its last checkpoint, in the same run directory: re-queued for
     a worker, or trained here with --now."""
@@ -233,9 +240,11 @@ def resume(
     if now and queue_only:
         raise UsageError("--now and --queue exclude each other.")
     registry = _registry(create=False)
-    row = control.resume(registry, run_id)
+    row = control.resume(registry, run_id, from_scratch=from_scratch)
     if not now:
-        err.print(f"run {run_id} re-queued; it continues from last.pt")
+        err.print(
+            f"run {run_id} re-queued; it {'starts again from scratch' if from_scratch else 'continues from last.pt'}"
+        )
         msg = control.nobody_will_take(_project())
         if msg:
             err.print(
