@@ -49,6 +49,7 @@ class DwcApp(App):
         self.poll_error: str | None = None
         self.polls_applied = 0
         self._poll_timer = None
+        self.messages: list[tuple[str, str]] = []  # (severity, text) of every action's outcome, oldest first
         self.sub_title = str(self.project)
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -95,9 +96,11 @@ class DwcApp(App):
         elif worker.group == "action":
             if event.state == WorkerState.SUCCESS:
                 if isinstance(worker.result, str):
+                    self.messages.append(("information", worker.result))
                     self.notify(escape(worker.result), timeout=4)
                 self.poll_soon()
             elif event.state == WorkerState.ERROR:
+                self.messages.append(("error", error_text(worker.error)))
                 self.notify(escape(error_text(worker.error)), severity="error", timeout=8)
 
     def apply_snapshot(self, snap: Snapshot) -> None:

@@ -72,6 +72,7 @@ class DashboardScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Static("dwc — reading the registry…", id="summary")
+        yield Static("", id="error")
         yield Input(
             placeholder="filter: words, status:running,failed — enter to apply, esc to clear", id="filter"
         )
@@ -89,11 +90,13 @@ class DashboardScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
+        self.query_one("#error", Static).display = False
         self.query_one("#runs", DataTable).focus()
 
     # ------------------------------------------------------------------------------------------ snapshots
     def apply(self, snap: Snapshot) -> None:
         table = self.query_one("#runs", DataTable)
+        self.show_error(None)
         for rid in snap.removed:
             self.rows.pop(rid, None)
             self.marked.discard(rid)
@@ -113,8 +116,10 @@ class DashboardScreen(Screen):
         if not self.rows and snap.error is None:
             self.query_one("#phase", Static).update("no runs yet — press q to queue an experiment")
 
-    def show_error(self, message: str) -> None:
-        self.query_one("#summary", Static).update(Text(f"registry: {message}", style="bold red"))
+    def show_error(self, message: str | None) -> None:
+        box = self.query_one("#error", Static)
+        box.display = bool(message)
+        box.update(Text(message or "", style="bold red"))
 
     def _summary(self, snap: Snapshot) -> None:
         parts = [Text("dwc ", style="bold")]

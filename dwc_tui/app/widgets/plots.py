@@ -61,6 +61,10 @@ class Curves(PlotWidget):
                 dx, dy = [dx[0] - 0.01, dx[0]], [dy[0], dy[0]]
             self.plot(dx, dy, line_style=COLOURS[i % len(COLOURS)], hires_mode=HiResMode.BRAILLE, label=name)
             self.series_names.append(name)
+        xs_all = [x for name in self.series_names for x in series[name][0]]
+        if xs_all:
+            lo, hi = min(xs_all), max(xs_all)
+            self.set_xticks(sorted({round(lo, 1), round((lo + hi) / 2, 1), round(hi, 1)}))
         # the legend covers the curves of a small plot: then the names go in the pane's title instead
         self.show_legend(is_visible=len(self.series_names) > 1 and self.size.width >= 36)
         self.border_subtitle = " ".join(self.series_names) if len(self.series_names) > 1 else ""

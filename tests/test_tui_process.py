@@ -1,0 +1,207 @@
+"""`dwc tui` as a process: live updates written by another process, import hygiene, quitting / SIGHUP never touch
+runs, clear messages for a registry it cannot use."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pty
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_tui import add_run, make_app, make_project, ready, seed_registry, text_of, until
+from typer.testing import CliRunner
+
+from dwc_core.runs import registry as registry_mod
+from dwc_core.runs.registry import Registry
+from dwc_tui.cli import app as cli_app
+
+pytestmark = pytest.mark.anyio
+HEAVY = ("torch", "torchvision", "open_clip")
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.setenv("DWC_FAKE_GPUS", "1")
+    p = make_project(tmp_path)
+    return p, seed_registry(p)
+
+
+WRITER = """
+import sys, time
+from dwc_core.runs.registry import Registry
+reg = Registry(sys.argv[1])
+rid = int(sys.argv[2])
+reg.log_metrics(rid, [{"step": 7, "epoch": 1.5, "split": "train", "name": "loss", "value": 0.4321}])
+reg.heartbeat(rid, epoch=2, step=7, total_steps=12, phase="train", epoch_step=1, epoch_steps=4, loss=0.4321, eta_s=30)
+print(time.time(), flush=True)
+"""
+
+
+async def test_progress_written_by_another_process_shows_within_2s(project):
+    p, ids = project
+    reg = Registry(p / "runs" / "registry.db")
+    rid = add_run(reg, p, "live", "running", epochs=3, losses=[1.0])
+    reg.close()
+    app = make_app(p, poll_interval=1.0)  # the real interval
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        row = lambda: app.dashboard.rows[rid]["cells"]  # noqa: E731
+        assert "0.4321"[:5] not in row()["loss"].plain
+        res = subprocess.run(
+            [sys.executable, "-c", WRITER, str(p / "runs" / "registry.db"), str(rid)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        written = float(res.stdout.strip())
+        await until(
+            pilot, lambda: "0.432" in text_of(app) and row()["epoch"].plain.startswith("2/3"), timeout=5,
+            what="new epoch and loss on screen",
+        )  # fmt: skip
+        assert time.time() - written < 2.0
+
+
+def test_tui_does_not_import_torch(tmp_path):
+    make_project(tmp_path)
+    seed_registry(tmp_path)
+    code = (
+        "import asyncio, sys\n"
+        "from dwc_tui.app.app import DwcApp\n"
+        "async def main():\n"
+        f"    app = DwcApp({str(tmp_path)!r}, poll_interval=0.2)\n"
+        "    async with app.run_test(size=(80, 24)) as pilot:\n"
+        "        while app.polls_applied < 2:\n"
+        "            await pilot.pause(0.05)\n"
+        "        await pilot.press('enter'); await pilot.pause(0.5)\n"
+        "asyncio.run(main())\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY=" in res.stdout, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_newer_registry_schema_is_a_clear_error(tmp_path):
+    make_project(tmp_path)
+    seed_registry(tmp_path)
+    conn = sqlite3.connect(tmp_path / "runs" / "registry.db")
+    conn.execute("INSERT INTO _dwc_migrations (name, applied) VALUES ('999_from_the_future', 0)")
+    conn.commit()
+    conn.close()
+    res = CliRunner().invoke(cli_app, ["--project", str(tmp_path), "tui"])
+    assert res.exit_code == 3, res.output
+    assert "newer version of dwc" in res.output and "999_from_the_future" in res.output
+    assert "Traceback" not in res.output
+
+
+async def test_registry_replaced_by_a_newer_one_while_open_shows_message(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        conn = sqlite3.connect(p / "runs" / "registry.db")
+        conn.execute("INSERT INTO _dwc_migrations (name, applied) VALUES ('999_from_the_future', 0)")
+        conn.commit()
+        conn.close()
+        await until(pilot, lambda: "newer version of dwc" in text_of(app), what="message in the summary line")
+        assert len(app.dashboard.shown_ids) == 5  # what was shown stays
+
+
+async def test_read_only_registry_shows_runs_and_refuses_changes(project, monkeypatch):
+    p, ids = project
+    # as root every file is writable: make the registry believe its file is not
+    monkeypatch.setattr(registry_mod.os, "access", lambda path, mode: False)
+    app = make_app(p)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert len(app.dashboard.shown_ids) == 5
+        table = app.dashboard.query_one("#runs")
+        table.move_cursor(row=app.dashboard.shown_ids.index(ids["queued"]))
+        await pilot.press("c")
+        await until(pilot, lambda: app.messages, what="the action's outcome")
+        assert app.messages[-1][0] == "error" and "is read-only" in app.messages[-1][1]
+        assert "Traceback" not in text_of(app)
+    assert Registry(p / "runs" / "registry.db", create=False).get(ids["queued"])["status"] == "queued"
+
+
+# ------------------------------------------------------------------------------------- quitting never touches runs
+def _dummy_run(project: Path) -> tuple[int, subprocess.Popen]:
+    """A long-lived process in its own session, registered as a running run (as a worker would start it)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    reg = Registry(project / "runs" / "registry.db")
+    rid = add_run(reg, project, "longrun", "running", losses=[1.0])
+    reg.update(rid, pid=proc.pid, pgid=proc.pid, host=os.uname().nodename)
+    reg.close()
+    return rid, proc
+
+
+def _start_tui(project: Path) -> tuple[int, int]:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: `dwc tui` on a terminal of its own
+        os.environ["TERM"] = "xterm-256color"
+        os.environ["COLUMNS"], os.environ["LINES"] = "100", "30"
+        os.execv(sys.executable, [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), "tui"])
+    return pid, fd
+
+
+def _read_until(fd: int, needle: bytes, timeout: float = 30.0) -> bytes:
+    buf = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline and needle not in buf:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                buf += os.read(fd, 65536)
+            except OSError:
+                break
+    assert needle in buf, buf[-2000:]
+    return buf
+
+
+def _wait_exit(pid: int, fd: int, timeout: float = 20.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with_output = select.select([fd], [], [], 0.1)[0]
+        if with_output:
+            with contextlib.suppress(OSError):
+                os.read(fd, 65536)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError("dwc tui did not exit")
+
+
+@pytest.mark.parametrize("how", ["ctrl+q", "SIGHUP"])
+def test_quitting_or_sighup_leaves_runs_running(tmp_path, how):
+    make_project(tmp_path)
+    rid, proc = _dummy_run(tmp_path)
+    try:
+        pid, fd = _start_tui(tmp_path)
+        _read_until(fd, b"longrun")
+        if how == "ctrl+q":
+            os.write(fd, b"\x11")
+            status = _wait_exit(pid, fd)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        else:
+            os.kill(pid, signal.SIGHUP)
+            _wait_exit(pid, fd)
+        os.close(fd)
+        time.sleep(0.3)
+        assert proc.poll() is None, "the run's process was touched"
+        row = Registry(tmp_path / "runs" / "registry.db", create=False).get(rid)
+        assert row["status"] == "running" and not row["cancel_requested"]
+    finally:
+        proc.kill()
+        proc.wait()
