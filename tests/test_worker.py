@@ -1,0 +1,234 @@
+"""Workers training tiny runs end to end on CPU slots: claims exactly once under two workers, trainer.gpus: 2 on a
+fake 3-GPU worker, killed trainers and workers, cancel, adoption, resume without duplicated steps, a missing
+dataset root."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dwc_core.runs import control
+from dwc_core.runs.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+TINY = """\
+experiments:
+  tiny:
+    dataset: {name: synthetic, num_train: 64, num_test: 16, image_size: 32}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+    trainer: {epochs: 1, batch_size: 16, max_steps_per_epoch: 2, num_workers: 0, heartbeat_s: 0.5, device: cpu}
+    eval: {ks: [1, 5, 10], query_results: false}
+  many:
+    extends: tiny
+    seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+  two-gpu:
+    extends: tiny
+    trainer: {gpus: 2}
+  long:
+    extends: tiny
+    dataset: {num_train: 1600}
+    trainer: {epochs: 2, max_steps_per_epoch: null, log_every: 2}
+  missing-root:
+    dataset: {name: shoes, root: /nonexistent/shoes-data}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+"""
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    (tmp_path / "experiments.yaml").write_text(TINY)
+    return tmp_path
+
+
+def dwc(
+    project: Path, *args: str, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def worker(project: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), "worker", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def wait_for(pred, timeout=120.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError("worker did not exit:\n" + out) from None
+    return out
+
+
+def queue(project: Path, *args: str) -> list[int]:
+    res = dwc(project, "queue", *args)
+    assert res.returncode == 0, res.stderr
+    return [int(x) for x in res.stdout.split()]
+
+
+def loss_steps(reg: Registry, run_id: int) -> list[int]:
+    return [m["step"] for m in reg.metrics(run_id, split="train", name="loss")]
+
+
+def test_two_workers_twelve_runs_each_claimed_exactly_once(proj):
+    ids = queue(proj, "many")
+    assert len(ids) == 12
+    workers = [worker(proj, "--cpu", "--slots", "2", "--once") for _ in range(2)]
+    outs = [finish(w, timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    reg = Registry(proj / "runs" / "registry.db")
+    rows = reg.runs()
+    assert [r["status"] for r in rows] == ["done"] * 12, [(r["id"], r["status"], r["error"]) for r in rows]
+    for r in rows:
+        starts = [e for e in reg.events(r["id"]) if e["kind"] == "starting"]
+        assert len(starts) == 1, (r["id"], starts)  # claimed once
+        log = (Path(r["run_dir"]) / "train.log").read_text()
+        assert log.count(f"start run {r['id']} ===") == 1  # started once
+        assert r["cpu_threads"] >= 1 and r["data_workers"] == 0
+    by_worker = {r["worker"] for r in rows}
+    assert len(by_worker) == 2  # both workers took runs
+    assert sum(o.count("started on CPU") for o in outs) == 12
+
+
+def test_two_gpu_run_on_a_fake_three_gpu_worker(proj):
+    """trainer.gpus: 2 runs under torchrun with two distinct ids in CUDA_VISIBLE_DEVICES (processes on CPU:
+    trainer.device: cpu), and a 1-GPU run takes the third GPU."""
+    env = {"DWC_FAKE_GPUS": "3"}
+    (big,) = queue(proj, "two-gpu")
+    (small,) = queue(proj, "tiny")
+    w = worker(proj, "--gpus", "0,1,2", "--once", env=env)
+    out = finish(w, timeout=400)
+    assert w.returncode == 0, out
+    reg = Registry(proj / "runs" / "registry.db")
+    b, s = reg.get(big), reg.get(small)
+    assert b["status"] == "done" and s["status"] == "done", (b["error"], s["error"], out)
+    big_gpus = str(b["gpus"]).split(",")
+    assert len(big_gpus) == 2 and len(set(big_gpus)) == 2
+    assert {*big_gpus, str(s["gpus"])} == {"0", "1", "2"}
+    # both ran at the same time: the 1-GPU run did not wait for the 2-GPU one
+    assert s["started"] < b["ended"] and b["started"] < s["ended"]
+
+
+def test_sigkill_trainer_fails_within_10s_and_cancel_running_run(proj):
+    a, b = queue(proj, "long", "--seeds", "1,2")
+    w = worker(proj, "--cpu", "--slots", "2")
+    reg = Registry(proj / "runs" / "registry.db")
+    try:
+        for rid in (a, b):
+            wait_for(lambda rid=rid: len(loss_steps(reg, rid)) >= 2, timeout=180, what=f"run {rid} training")
+        os.kill(reg.get(a)["pid"], signal.SIGKILL)
+        t0 = time.time()
+        wait_for(lambda: reg.get(a)["status"] == "failed", timeout=10, what="failed after SIGKILL")
+        assert time.time() - t0 < 10
+        row = reg.get(a)
+        assert "SIGKILL" in row["error"] and row["exit_code"] == -signal.SIGKILL
+        res = dwc(proj, "cancel", str(b), "--grace", "60")
+        assert res.returncode == 0, res.stderr
+        row = reg.get(b)
+        assert row["status"] == "cancelled" and (Path(row["run_dir"]) / "last.pt").is_file()
+        assert w.poll() is None  # the worker goes on
+    finally:
+        w.send_signal(signal.SIGTERM)
+        out = finish(w, timeout=60)
+    assert w.returncode == 0, out
+    assert f"run {a} ended (SIGKILL): failed" in out
+
+
+def test_sigkill_worker_run_finishes_and_is_adopted_then_lost_run_resumes(proj):
+    reg = Registry(proj / "runs" / "registry.db")
+    (a,) = queue(proj, "long")
+    w1 = worker(proj, "--cpu")
+    wait_for(lambda: len(loss_steps(reg, a)) >= 2, timeout=180, what="training")
+    w1.kill()
+    w1.communicate(timeout=30)
+    trainer_pid = reg.get(a)["pid"]
+    assert trainer_pid and os.path.exists(f"/proc/{trainer_pid}")  # the run outlives its worker
+    # the next worker adopts the live run instead of marking it lost, and sees it end
+    w2 = worker(proj, "--cpu", "--once")
+    out = finish(w2, timeout=300)
+    assert w2.returncode == 0, out
+    row = reg.get(a)
+    assert row["status"] == "done", (row["error"], out)
+    assert any(e["kind"] == "adopted" for e in reg.events(a))
+    steps = loss_steps(reg, a)
+    assert steps == sorted(set(steps)) and max(steps) == 2 * (1600 // 16)
+
+    # worker and trainer both killed: the run is lost, then resumes from last.pt without duplicated steps
+    (b,) = queue(proj, "long", "--seeds", "5")
+    w3 = worker(proj, "--cpu")
+    wait_for(lambda: reg.get(b)["epoch"] >= 1 and len(loss_steps(reg, b)) > 1600 // 16 // 2, timeout=240,
+             what="past the first epoch")  # fmt: skip
+    w3.kill()
+    w3.communicate(timeout=30)
+    os.kill(reg.get(b)["pid"], signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{reg.get(b)['pid']}"), timeout=10, what="trainer gone")
+    res = dwc(proj, "runs", "--format", "json")
+    assert res.returncode == 0
+    assert reg.get(b)["status"] == "lost"
+    res = dwc(proj, "resume", str(b))
+    assert res.returncode == 0 and "no worker is running" in res.stderr
+    w4 = worker(proj, "--cpu", "--once")
+    out = finish(w4, timeout=300)
+    row = reg.get(b)
+    assert row["status"] == "done" and row["resumes"] == 1, (row["error"], out)
+    steps = loss_steps(reg, b)
+    assert steps == sorted(set(steps)) and max(steps) == 2 * (1600 // 16)
+    assert any(e["kind"] == "resume" for e in reg.events(b))
+
+
+def test_missing_dataset_root_fails_fast_and_the_worker_goes_on(proj):
+    (bad,) = queue(proj, "missing-root", "--priority", "1")
+    (good,) = queue(proj, "tiny")
+    t0 = time.time()
+    w = worker(proj, "--cpu", "--once")
+    out = finish(w, timeout=300)
+    assert w.returncode == 0, out
+    reg = Registry(proj / "runs" / "registry.db")
+    b = reg.get(bad)
+    assert (
+        b["status"] == "failed" and "/nonexistent/shoes-data" in b["error"] and "does not exist" in b["error"]
+    )
+    assert b["ended"] - t0 < 10 and b["pid"] is None  # failed before any process started
+    assert reg.get(good)["status"] == "done"
+
+
+def test_queue_hold_release_with_a_live_worker(proj):
+    w = worker(proj, "--cpu")
+    try:
+        wait_for(lambda: control.live_workers(proj), timeout=30, what="worker up")
+        res = dwc(proj, "queue", "tiny", "--hold")
+        (rid,) = [int(x) for x in res.stdout.split()]
+        assert "no worker" not in res.stderr
+        time.sleep(2)
+        reg = Registry(proj / "runs" / "registry.db")
+        assert reg.get(rid)["status"] == "queued"  # held: the worker leaves it
+        assert dwc(proj, "release", str(rid)).returncode == 0
+        wait_for(lambda: reg.get(rid)["status"] == "done", timeout=120, what="released run done")
+        res = dwc(proj, "logs", str(rid), "-n", "200")
+        assert f"start run {rid}" in res.stdout and "done" in res.stdout
+    finally:
+        w.send_signal(signal.SIGTERM)
+        finish(w, timeout=60)
