@@ -201,7 +201,7 @@ def test_every_format_round_trips_the_same_numbers(reg, tmp_path):
     assert t.rows[0].cells["mean"].std == round(statistics.stdev([48.33, 47.0]), 2)
 
     doc = json.loads(formats.to_json(t))
-    got = [[(r[m], r[f"{m} std"], r[f"{m} delta"]) for m in t.metrics] for r in doc["rows"]]
+    got = [[(r[m], r[f"{m} std"], r[f"{m} delta"]) for m in t.metrics] for r in doc]
     assert got == want
 
     rows = list(csv.DictReader(io.StringIO(formats.to_csv(t))))

@@ -82,7 +82,7 @@ def test_run_compare_show(proj):
     cmp_ = dwc(proj, "compare", "--format", "json")
     assert cmp_.returncode == 0
     (line,) = json.loads(cmp_.stdout)
-    assert line["experiment"] == "tiny" and line["R@10"] == row["best_metrics"]["R@10"]
+    assert line["experiment"] == "tiny" and line["R@10"] == round(row["best_metrics"]["R@10"], 2)
     show = dwc(proj, "show", str(row["id"]))
     assert show.returncode == 0 and "config" in show.stdout
 

@@ -255,6 +255,7 @@ def compare_rows(
 ) -> CompareTable:
     """The compare table over the registry's runs with results (or over ``runs`` when given, e.g. the TUI's
     marked runs). Raises :class:`UsageError` for filters that match nothing (with what exists)."""
+    _check_choice("--dataset", dataset, _dataset_names())
     selected = runs if runs is not None else select_runs(registry, names, dataset, method, tag, which)
     if runs is None and names:
         missing = [n for n in names if not any(fnmatch.fnmatchcase(r["experiment"], n) for r in selected)]
@@ -336,7 +337,7 @@ def _our_rows(runs: list[dict], group_by: str, which: str, per_run: bool) -> lis
             names = sorted({k for p in per for k in p})
             label = grouping.label(idents[gid], keys)
             if per_run:
-                label = " ".join(x for x in (grouping.variant_text(first), f"seed={first['seed']}") if x)
+                label = " ".join(x for x in (label, f"seed={first['seed']}") if x)
             rows.append(
                 CompareRow(
                     kind="ours",

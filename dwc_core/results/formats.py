@@ -88,15 +88,8 @@ def to_csv(table: CompareTable) -> str:
 
 
 def to_json(table: CompareTable) -> str:
-    doc = {
-        "title": table.title,
-        "which": table.which,
-        "group_by": table.key_column,
-        "metrics": table.metrics,
-        "notes": table.notes,
-        "rows": table.records(),
-    }
-    return json.dumps(doc, indent=2)
+    """A list of row objects (what csv holds, with lists and nulls as JSON): ready for pandas/polars."""
+    return json.dumps(table.records(), indent=2) + "\n"
 
 
 def _info_value(table: CompareTable, row, col: str) -> str:

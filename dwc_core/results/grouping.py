@@ -89,3 +89,19 @@ def variant_text(row: dict) -> str:
         overrides = [f"{k}={fmt_value(v)}" for k, v in overrides.items()]
     parts += [f"--set {o}" for o in overrides]
     return " ".join(parts)
+
+
+def variant_labels(rows: list[dict]) -> dict[int, str]:
+    """Run id → what sets the run apart from the other listed runs of its experiment: the config keys whose
+    values differ among them (grid keys first; ``--set`` overrides show up the same way), seed excluded."""
+    by_exp: dict[str, list[dict]] = {}
+    for r in rows:
+        by_exp.setdefault(r["experiment"], []).append(r)
+    out: dict[int, str] = {}
+    for group in by_exp.values():
+        idents = {r["id"]: identity(r.get("config") or {}) for r in group}
+        first = [k for r in group for k in (r.get("variant") or {}) if k != "seed"]
+        keys = differing_keys(idents.values(), list(dict.fromkeys(first)))
+        for r in group:
+            out[r["id"]] = label(idents[r["id"]], keys)
+    return out

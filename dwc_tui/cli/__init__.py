@@ -11,7 +11,7 @@ import importlib
 from dwc_tui.cli.app import app
 
 # Importing a command module registers its commands; this order is the order of the panels in `dwc --help`.
-COMMAND_MODULES = ("runs_cmd", "queue_cmd", "results_cmd", "models_cmd", "data_cmd", "tui_cmd")
+COMMAND_MODULES = ("runs_cmd", "queue_cmd", "results_cmd", "browse_cmd", "models_cmd", "data_cmd", "tui_cmd")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"dwc_tui.cli.{_name}")
 app.add_typer(importlib.import_module("dwc_tui.cli.data_cmd").app, name="data", rich_help_panel="Data")

@@ -1,4 +1,9 @@
-"""Rendering rows for the terminal (rich tables) and for machines (json, csv, markdown)."""
+"""Rendering rows for the terminal (rich tables) and for machines (json, csv, markdown).
+
+Machine formats (json, csv, md) carry values, not display strings: nulls are empty cells (json null), times are
+ISO-8601 with their zone (:func:`iso`), durations are seconds as numbers, lists are space-separated in csv/md.
+The terminal table shows "–" for nulls and short local times.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,15 @@ import time
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from dwc_core.results.compare import is_headline, metric_order
+from dwc_core.results.formats import iso
 
 FORMATS = ("table", "json", "csv", "md")
+COMPARE_FORMATS = ("table", "json", "csv", "md", "latex")
 
 out = Console(soft_wrap=False)
 err = Console(stderr=True)
@@ -29,22 +40,57 @@ def emit(
         writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({c: cell(r.get(c)) for c in columns})
+            writer.writerow({c: machine_cell(r.get(c)) for c in columns})
         print(buf.getvalue(), end="")
         return
     if fmt == "md":
         print("| " + " | ".join(columns) + " |")
         print("|" + "|".join("---" for _ in columns) + "|")
         for r in rows:
-            print("| " + " | ".join(cell(r.get(c)) for c in columns) + " |")
+            print("| " + " | ".join(machine_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |")
         return
-    table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
-    for c in columns:
+    table = Table(
+        title=escape(title) if title else None, show_edge=False, header_style="bold", pad_edge=False
+    )
+    texts = [[cell(r.get(c)) for c in columns] for r in rows]
+    for i, c in enumerate(columns):
         numeric = any(isinstance(r.get(c), int | float) for r in rows)
-        table.add_column(c, justify="right" if numeric else "left", style=(styles or {}).get(c))
-    for r in rows:
-        table.add_row(*(cell(r.get(c)) for c in columns))
-    out.print(table)
+        # the key (first) column is never truncated: it gets the width of its longest value
+        width = max([len(c), *(len(t[i]) for t in texts)]) if i == 0 else None
+        table.add_column(
+            escape(c), justify="right" if numeric else "left", style=(styles or {}).get(c), min_width=width,
+            no_wrap=i == 0,
+        )  # fmt: skip
+    for t in texts:
+        table.add_row(*(Text(x) for x in t))  # plain text: user strings are never read as markup
+    print_wide(table)
+
+
+def print_wide(renderable) -> None:
+    """Print at the table's natural width when the terminal is narrower: columns are never squeezed into
+    ellipses (piped output and ``less -S`` stay readable; a narrow terminal wraps the lines)."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(out, out.options.update(max_width=100_000), renderable).maximum
+    width = out.width
+    out.width = max(width, natural)
+    try:
+        out.print(renderable)
+    finally:
+        out.width = width
+
+
+def machine_cell(value) -> str:
+    """A csv/md cell: empty for null, numbers as they are, lists space-separated, dicts as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return " ".join(machine_cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
 
 
 def cell(value) -> str:
@@ -72,12 +118,7 @@ def duration(seconds: float | None) -> str | None:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def is_headline(metric: str) -> bool:
-    """Metrics shown in summary tables: the main recalls, the FashionIQ averages and the mean."""
-    return metric.startswith("R@") or metric.startswith("avg/R@") or metric == "mean"
-
-
-def metric_order(metric: str) -> tuple:
-    """R@1 < R@5 < R@10 < R@50 < avg/R@10 < ... < mean."""
-    k = int(metric.rsplit("@", 1)[1]) if "@" in metric else 0
-    return (metric == "mean", metric.count("/"), metric.rsplit("R@", 1)[0], k)
+__all__ = [
+    "COMPARE_FORMATS", "FORMATS", "cell", "duration", "emit", "err", "is_headline", "iso", "machine_cell",
+    "metric_order", "out", "print_wide", "when",
+]  # fmt: skip

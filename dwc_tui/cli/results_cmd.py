@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
-from dwc_core.errors import UsageError
-from dwc_tui.cli.app import FormatOpt, _check_format, _registry, app, handle_errors
-from dwc_tui.cli.output import emit, is_headline, metric_order
+from dwc_core.results.grouping import fmt_value
+from dwc_tui.cli.app import FormatOpt, _check_format, _project, _registry, app, handle_errors
+from dwc_tui.cli.output import COMPARE_FORMATS, emit, err, is_headline, metric_order, print_wide
 
 
 # ------------------------------------------------------------------------------------------------------ compare
@@ -18,67 +20,103 @@ from dwc_tui.cli.output import emit, is_headline, metric_order
 @handle_errors
 def compare(
     names: Annotated[
-        list[str] | None, typer.Argument(help="experiments to compare (default: all with results)")
+        list[str] | None,
+        typer.Argument(help="experiments to compare, globs allowed (default: all with results)"),
     ] = None,
-    per_run: Annotated[
-        bool, typer.Option("--runs", help="one row per run instead of per experiment")
+    dataset: Annotated[str | None, typer.Option("--dataset", help="only runs on this dataset")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="only runs of this method")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="only runs of experiments with this tag")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="only these metrics (R@10 also picks dress/R@10, …)")
+    ] = None,
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="experiment | method | dataset | a config key (model.embed_dim)")
+    ] = "experiment",
+    last: Annotated[
+        bool, typer.Option("--last/--best", help="last-epoch results instead of the best epoch's")
     ] = False,
-    fmt: FormatOpt = "table",
+    only_changed: Annotated[
+        bool, typer.Option("--only-changed", help="the config keys that differ between rows, as columns")
+    ] = False,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="add the published rows (source, protocol, our delta)")
+    ] = False,
+    per_run: Annotated[
+        bool, typer.Option("--runs", help="one row per run (with its variant/overrides and seed)")
+    ] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | md | csv | latex | json")] = "table",
 ) -> None:
-    """Results table: best Recall@K per experiment (mean ± std over seeds/runs)."""
-    _check_format(fmt)
-    registry = _registry(create=False)
-    rows = [r for r in registry.runs(names or None) if r.get("best_metrics")]
-    if names:
-        missing = [n for n in names if not any(r["experiment"] == n for r in rows)]
-        if missing:
-            raise UsageError(f"no finished results for: {', '.join(missing)}. See `dwc runs`.")
-    keys: list[str] = []
-    for r in rows:
-        for k in r["best_metrics"]:
-            if is_headline(k) and k not in keys:
-                keys.append(k)
-    keys.sort(key=metric_order)
-    table_rows = []
-    if per_run:
-        for r in rows:
-            d = {"experiment": r["experiment"], "run": r["id"], "status": r["status"], "seed": r["seed"],
-                 "method": r["config"]["model"]["name"], "dataset": r["config"]["dataset"]["name"]}  # fmt: skip
-            d.update({k: r["best_metrics"].get(k) for k in keys})
-            table_rows.append(d)
-        emit(
-            table_rows,
-            ["experiment", "run", "method", "dataset", "seed", *keys],
-            fmt,
-            title="best epoch per run",
-        )
-        return
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["experiment"], []).append(r)
-    for exp, group in groups.items():
-        d = {"experiment": exp, "method": group[0]["config"]["model"]["name"],
-             "dataset": group[0]["config"]["dataset"]["name"], "runs": len(group)}  # fmt: skip
-        for k in keys:
-            vals = [g["best_metrics"][k] for g in group if k in g["best_metrics"]]
-            if not vals:
-                d[k] = None
-            elif fmt == "table" and len(vals) > 1:
-                d[k] = f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
-            else:
-                d[k] = statistics.mean(vals)
-            if fmt != "table" and len(vals) > 1:
-                d[f"{k}_std"] = statistics.stdev(vals)
-        table_rows.append(d)
-    cols = ["experiment", "method", "dataset", "runs", *keys]
-    title = "best epoch per experiment"
+    """Results table as papers print them: one row per distinct config, mean ± std over seeds (n), best marked."""
+    from dwc_core.results import compare as cmp
+    from dwc_core.results import formats
+
+    _check_format(fmt, COMPARE_FORMATS)
+    which = "last" if last else "best"
+    registry_file = _project() / "runs" / "registry.db"
+    if reference and dataset and not registry_file.exists():
+        table = cmp.compare_rows(None, dataset=dataset, reference=True, which=which, runs=[])
+    else:
+        registry = _registry(create=False)
+        filters = bool(names or dataset or method or tag)
+        if not filters and not cmp.select_runs(registry, which=which):
+            err.print("no results yet — train one with `dwc run demo`, then `dwc compare`.")
+            return
+        table = cmp.compare_rows(
+            registry, names=names or None, dataset=dataset, method=method, tag=tag, metrics=metric or None,
+            group_by=group_by, which=which, only_changed=only_changed, reference=reference, per_run=per_run,
+        )  # fmt: skip
     if fmt != "table":
-        cols += [c for c in (table_rows[0] if table_rows else {}) if c.endswith("_std")]
-    elif len(table_rows) > 1:  # at 80 columns, say once what every row shares
-        shared = [c for c in ("dataset", "method", "runs") if len({r[c] for r in table_rows}) == 1]
-        cols = [c for c in cols if c not in shared]
-        title += "".join(f" · {c} {table_rows[0][c]}" for c in shared)
-    emit(table_rows, cols, fmt, title=title)
+        print(formats.render(table, fmt), end="")
+        return
+    _print_compare(table)
+
+
+def _print_compare(table) -> None:
+    from dwc_core.results.formats import cell_text, header
+
+    info = table.info_columns(compact=True)
+    t = Table(title=escape(table.title), show_edge=False, header_style="bold", pad_edge=False)
+    for i, c in enumerate(info):
+        width = max([len(c), *(len(_info(table, r, c)) for r in table.rows)]) if i == 0 else None
+        t.add_column(escape(c), justify="right" if c == "n" else "left", min_width=width, no_wrap=i == 0)
+    for m in table.metrics:
+        t.add_column(escape(header(m)), justify="right")
+    if table.reference:
+        t.add_column("protocol")
+    for r in table.rows:
+        cells = [Text(_info(table, r, c)) for c in info]
+        for m in table.metrics:
+            c = r.cells.get(m)
+            cells.append(Text(cell_text(c) or "–", style="bold green" if c is not None and c.best else ""))
+        if table.reference:
+            cells.append(Text(_protocol_flag(r)))
+        t.add_row(*cells, style="dim" if r.kind == "published" else None)
+    print_wide(t)
+    for note in table.notes:
+        err.print(escape(note), highlight=False)
+    for r in table.rows:
+        if r.kind == "published" and (r.protocol_diff or r.not_stated):
+            err.print(f"  {escape(r.key)}: {escape(r.protocol_text)} — {escape(r.source)}", highlight=False)
+
+
+def _info(table, row, col: str) -> str:
+    if col == table.key_column:
+        return row.key
+    if col == "variant":
+        return row.label
+    if col == "n":
+        return str(row.n) if row.kind == "ours" else ""
+    if table.only_changed and col in table.changed_keys:
+        return "" if row.kind != "ours" else fmt_value(row.changed.get(col))
+    return str(getattr(row, col, "") or "")
+
+
+def _protocol_flag(row) -> str:
+    if row.kind != "published":
+        return ""
+    if row.protocol_diff:
+        return "differs"
+    return "not stated" if row.not_stated else "same"
 
 
 @app.command(name="eval", rich_help_panel="Results")

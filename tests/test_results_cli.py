@@ -1,0 +1,151 @@
+"""`dwc compare` and `dwc browse` through the CLI: formats, messages, exit codes, import hygiene; and the demo run
+end to end (slow)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_results_registry import add_eval, config, qrow, seed_run
+from typer.testing import CliRunner
+
+from dwc_core.runs.registry import Registry
+from dwc_tui.cli import app
+
+HEAVY = ("torch", "torchvision", "open_clip", "textual")
+
+
+def invoke(project: Path, *args: str):
+    return CliRunner().invoke(app, ["--project", str(project), *args])
+
+
+@pytest.fixture
+def proj(tmp_path):
+    (tmp_path / "experiments.yaml").write_text("experiments: {}\n")
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    for seed, (r1, r10) in {1: (10.0, 40.0), 2: (14.0, 42.0)}.items():
+        seed_run(reg, tmp_path, "my_exp", config(seed=seed), {"R@1": r1, "R@10": r10, "mean": (r1 + r10) / 2})
+    other = seed_run(reg, tmp_path, "other", config(method="dwc"), {"R@1": 30.0, "R@10": 35.0, "mean": 32.5})
+    gallery = [f"g{i}" for i in range(12)]
+    rows = [qrow(i, f"make it {c}", f"g{i}", gallery) for i, c in enumerate(["red", "blue", "green"])]
+    add_eval(reg, 1, rows)
+    add_eval(reg, other, rows[:2], gallery_size=99)
+    reg.close()
+    return tmp_path
+
+
+def test_compare_table_md_csv_latex(proj):
+    res = invoke(proj, "compare")
+    assert res.exit_code == 0, res.output
+    assert "12.00 ± 2.83" in res.output and "my_exp" in res.output and "other" in res.output
+    md = invoke(proj, "compare", "-f", "md").output
+    assert "| my_exp |" in md and "**30.00**" in md and "12.00 ± 2.83" in md
+    rows = list(csv.DictReader(io.StringIO(invoke(proj, "compare", "-f", "csv").output)))
+    assert rows[0]["R@1"] == "12.00" and rows[0]["R@1 std"] == "2.83" and rows[1]["R@1 std"] == ""
+    tex = invoke(proj, "compare", "-f", "latex").output
+    assert r"my\_exp" in tex and r"\toprule" in tex and r"$12.00 \pm 2.83$" in tex
+    data = json.loads(invoke(proj, "compare", "-f", "json", "--metric", "R@1").output)
+    assert [(d["experiment"], d["R@1"], d["R@1 std"], d["n"]) for d in data] == [
+        ("my_exp", 12.0, 2.83, 2), ("other", 30.0, None, 1),
+    ]  # fmt: skip
+    assert "R@10" not in data[0]
+
+
+def test_compare_errors_are_one_clean_paragraph(proj, tmp_path):
+    for args, text in [
+        (["compare", "--dataset", "imagenet"], "Allowed: synthetic"),
+        (["compare", "nope*"], "no best-epoch results for: nope*"),
+        (["compare", "--format", "xml"], "Allowed: table | json | csv | md | latex"),
+        (["compare", "--group-by", "model.nope"], "no compared run has this config key"),
+    ]:
+        res = invoke(proj, *args)
+        assert res.exit_code == 2 and text in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_compare_reference_in_a_fresh_project(tmp_path):
+    (tmp_path / "experiments.yaml").write_text("experiments: {}\n")
+    res = invoke(tmp_path, "compare", "--reference", "--dataset", "shoes", "-f", "csv")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    dwc = next(r for r in rows if r["method"] == "DWC")
+    assert (dwc["R@1"], dwc["R@10"], dwc["R@50"], dwc["kind"]) == ("18.94", "55.55", "80.19", "published")
+    assert "AAAI 2024" in dwc["source"]
+
+
+def test_browse_text_jsonl_and_against_refusal(proj):
+    res = invoke(proj, "browse", "1", "--limit", "2", "--top", "3")
+    assert res.exit_code == 0, res.output
+    assert (
+        "#0 [test]  rank 1" in res.output
+        and "make it blue" in res.output
+        and "make it green" not in res.output
+    )
+    assert "✓" in res.output and "3 queries" in res.output
+    lines = invoke(proj, "browse", "1", "--misses", "--k", "1", "-f", "jsonl").output.splitlines()
+    assert [json.loads(x)["qidx"] for x in lines] == [1, 2]
+    res = invoke(proj, "browse", "1", "--against", "3")
+    assert res.exit_code == 2 and "not evaluated on the same evaluation set" in res.output
+    res = invoke(proj, "browse", "2")
+    assert res.exit_code == 2 and "no best-epoch evaluation with per-query results" in res.output
+
+
+def _heavy_after(args: list[str], cwd: Path) -> list[str]:
+    code = (
+        "import sys, atexit\n"
+        f"atexit.register(lambda: print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules)))\n"
+        f"sys.argv = ['dwc', *{args!r}]\n"
+        "from dwc_tui.cli import main\nmain()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60)
+    line = [x for x in res.stdout.splitlines() if x.startswith("HEAVY=")]
+    assert line, res.stdout + res.stderr
+    return [m for m in line[-1][len("HEAVY=") :].split(",") if m]
+
+
+def test_compare_and_browse_stay_torch_free(proj):
+    assert _heavy_after(["compare", "--reference"], proj) == []
+    assert _heavy_after(["browse", "1", "--limit", "1"], proj) == []
+    code = "import sys, dwc_core.results.compare, dwc_core.results.browse, dwc_core.results.formats; " + (
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == "[]"
+
+
+# -------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_browse_misses_on_the_demo_run(tmp_path):
+    """The shipped demo, shrunk (~20 s on 2 cores): `dwc browse --misses --limit 5` prints five missed queries
+    with their text, target description and top-K with scores, as plain text."""
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "experiments.yaml").write_text((root / "experiments.yaml").read_text())
+    base = [sys.executable, "-m", "dwc_tui.cli", "--project", str(tmp_path)]
+    shrink = ["--set", "dataset.num_train=320", "--set", "dataset.num_test=60", "--set", "trainer.epochs=1",
+              "--set", "dataset.image_size=32"]  # fmt: skip
+    res = subprocess.run([*base, "run", "demo", *shrink], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = subprocess.run([*base, "browse", "1", "--misses", "--limit", "5"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    best = next(e for e in reg.evaluations(1) if e["is_best"])
+    missed = [q for q in reg.query_results(best["id"]) if q["target_rank"] is None or q["target_rank"] > 10]
+    assert len(missed) >= 5  # a one-epoch tiny model misses some
+    blocks = res.stdout.split("\n\n")[1:]
+    assert len(blocks) == 5
+    for block, q in zip(blocks, missed[:5], strict=True):
+        lines = block.splitlines()
+        assert lines[0].startswith(f"#{q['qidx']} [test]")
+        assert f"  text    {q['text']}" in lines
+        target = next(x for x in lines if x.startswith("  target  "))
+        assert (
+            target.startswith(f"  target  {q['target_ids'][0]}: ") and " at " in target
+        )  # scene description
+        ranked = [x for x in lines if x[:6].strip().isdigit()]
+        assert len(ranked) == 5 and all(x.split()[0] == str(i + 1) for i, x in enumerate(ranked))
+        assert ranked[0].split()[1] == f"{q['topk_scores'][0]:.4f}" and q["topk_ids"][0] in ranked[0]
+    assert "\x1b[" not in res.stdout  # plain text when piped
