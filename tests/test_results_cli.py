@@ -149,3 +149,58 @@ def test_browse_misses_on_the_demo_run(tmp_path):
         assert len(ranked) == 5 and all(x.split()[0] == str(i + 1) for i, x in enumerate(ranked))
         assert ranked[0].split()[1] == f"{q['topk_scores'][0]:.4f}" and q["topk_ids"][0] in ranked[0]
     assert "\x1b[" not in res.stdout  # plain text when piped
+
+
+# ------------------------------------------------------------------------------------------------ dwc runs / show
+def test_runs_listing_machine_formats_variants_and_filters(proj):
+    reg = Registry(proj / "runs" / "registry.db")
+    lr = seed_run(reg, proj, "my_exp", config(seed=1, trainer={"lr": 0.5}, tags=["grid"]), {"R@1": 1.0})
+    reg.close()
+    rows = list(csv.DictReader(io.StringIO(invoke(proj, "runs", "-f", "csv").stdout)))
+    assert [r["id"] for r in rows] == ["1", "2", "3", str(lr)]
+    assert [r["variant"] for r in rows] == ["trainer.lr=0.001", "trainer.lr=0.001", "", "trainer.lr=0.5"]
+    first = rows[0]
+    assert first["R@1"] == "10.0" and first["mean"] == "25.0" and first["error"] == "" and first["tags"] == ""
+    assert "recall" not in first and "{" not in ",".join(first.values())
+    data = json.loads(invoke(proj, "runs", "-f", "json").stdout)
+    assert data[0]["started"] is None and data[0]["duration_s"] is None  # never started: nulls, not "–"
+    sorted_ = json.loads(invoke(proj, "runs", "-f", "json", "--sort", "mean", "--limit", "2").stdout)
+    assert [r["id"] for r in sorted_] == [3, 2]  # mean 32.5, then 28.0
+    tagged = json.loads(invoke(proj, "runs", "-f", "json", "--tag", "grid").stdout)
+    assert [r["id"] for r in tagged] == [lr]
+    disk = json.loads(invoke(proj, "runs", "-f", "json", "--disk").stdout)
+    assert all(isinstance(r["disk_bytes"], int) and r["disk_bytes"] > 0 for r in disk)  # config.json at least
+    table = invoke(proj, "runs", "--disk")
+    assert table.exit_code == 0 and "trainer.lr=0.5" in table.output and "disk" in table.output
+
+
+def test_runs_messages_for_no_match_bad_status_and_no_project(proj, tmp_path_factory):
+    res = invoke(proj, "runs", "nope")
+    assert res.exit_code == 0 and "no runs match" in res.output
+    res = invoke(proj, "runs", "--status", "finished")
+    assert res.exit_code == 2 and "Allowed: queued | starting | running | done" in res.output
+    res = invoke(proj, "runs", "--sort", "colour")
+    assert res.exit_code == 2 and "Allowed: id | experiment" in res.output
+    elsewhere = tmp_path_factory.mktemp("not_a_project")
+    res = invoke(elsewhere, "runs")
+    assert res.exit_code == 2 and "not a dwc project" in res.output and "experiments.yaml" in res.output
+    fresh = tmp_path_factory.mktemp("fresh")
+    (fresh / "experiments.yaml").write_text("experiments: {}\n")
+    res = invoke(fresh, "runs")
+    assert res.exit_code == 0 and "no runs yet" in res.output
+
+
+def test_show_lists_reevaluations_with_their_protocol_and_the_variant(proj):
+    reg = Registry(proj / "runs" / "registry.db")
+    seed_run(reg, proj, "my_exp", config(seed=3, trainer={"lr": 0.5}), {"R@1": 1.0})
+    reg.add_evaluation(
+        1, epoch=3, step=30, kind="reeval", split="test", checkpoint="/x/best.pt",
+        protocol={"name": "fashioniq", "gallery": "split_all", "overrides": ["dataset.gallery=split_all"]},
+        metrics={"R@10": 12.5, "mean": 20.0}, num_queries=3, gallery_size=12, skipped_queries=0,
+    )  # fmt: skip
+    reg.close()
+    res = invoke(proj, "show", "1")
+    assert res.exit_code == 0, res.output
+    assert "re-evaluations" in res.output and "gallery=split_all" in res.output
+    assert "dataset.gallery=split_all" in res.output and "12.50" in res.output
+    assert "differs from the other my_exp runs in: trainer.lr=0.001" in res.output

@@ -77,24 +77,114 @@ def _variant(row: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------- runs
-def _run_summary(r: dict) -> dict:
-    best = r.get("best_metrics") or {}
+SORT_COLUMNS = ("id", "experiment", "status", "epoch", "R@10", "mean", "seed", "started", "duration", "disk")
+WATCH_S = 2.0
+
+
+def _run_record(r: dict, variant: str, disk: int | None = None) -> dict:
+    """A run's listing row as values: metrics one column each, ISO-8601 times, seconds as numbers."""
+    from dwc_core.results.compare import run_metrics
+    from dwc_core.results.formats import iso
+
+    best = run_metrics(r, "best")
     end = r["ended"] or (time.time() if r["status"] in ("running", "starting") else None)
-    recall = {k: best[k] for k in sorted(best, key=metric_order) if is_headline(k) and k != "mean"}
-    return {
+    tags = r.get("tags") if isinstance(r.get("tags"), list) else (r.get("config") or {}).get("tags") or []
+    rec = {
         "id": r["id"],
         "experiment": r["experiment"],
+        "variant": variant,
         "status": r["status"],
-        "epoch": f"{r['epoch'] or (r.get('progress') or {}).get('epoch', 0)}/{r['epochs']}",
-        "best": r.get("best_value"),
+        "epoch": r["epoch"] or (r.get("progress") or {}).get("epoch", 0),
+        "epochs": r["epochs"],
         "best_epoch": r.get("best_epoch"),
-        "recall": recall,
-        "R@10": recall.get("R@10", recall.get("avg/R@10")),
         "seed": r["seed"],
-        "started": when(r["started"]),
-        "duration": duration(end - r["started"]) if r["started"] and end else None,
+        "tags": list(tags),
+        **{k: round(best[k], 2) for k in sorted(best, key=metric_order) if is_headline(k)},
+        "started": iso(r["started"]),
+        "ended": iso(r["ended"]),
+        "duration_s": round(end - r["started"], 1) if r["started"] and end else None,
         "error": r.get("error"),
     }
+    if disk is not None:
+        rec["disk_bytes"] = disk
+    return rec
+
+
+def _sorted(recs: list[dict], column: str) -> list[dict]:
+    """Numbers and times largest first, names and statuses A→Z; runs without a value last."""
+
+    def value(rec: dict):
+        return {
+            "R@10": rec.get("R@10", rec.get("avg/R@10")),
+            "duration": rec.get("duration_s"),
+            "disk": rec.get("disk_bytes"),
+        }.get(column, rec.get(column))
+
+    have = [r for r in recs if value(r) is not None]
+    have.sort(key=value, reverse=column not in ("experiment", "status"))
+    return have + [r for r in recs if value(r) is None]
+
+
+def _listing(
+    experiment: list[str] | None, status: list[str] | None, tag: str | None, all_: bool, sort: str,
+    limit: int | None, disk: bool,
+) -> tuple[list[dict], bool]:  # fmt: skip
+    """(rows, whether the project has any run at all)."""
+    from dwc_core.results.grouping import variant_labels
+
+    path = _project() / "runs" / "registry.db"
+    if not path.exists():
+        if not (_project() / "experiments.yaml").is_file():
+            _registry(create=False)  # raises: not a dwc project (no experiments.yaml here or above)
+        return [], False
+    registry = _registry(create=False)
+    import socket
+
+    from dwc_core.runs.launcher import reap_lost
+
+    reap_lost(registry, socket.gethostname())
+    rows = registry.runs(experiment or None, status or None, include_deleted=all_)
+    anything = bool(rows) or bool(registry.runs(include_deleted=all_, limit=1))
+    if tag:
+        rows = [r for r in rows if tag in (r.get("tags") or (r.get("config") or {}).get("tags") or [])]
+    labels = variant_labels(rows)
+    usage = None
+    if disk:
+        from dwc_core.runs.control import run_disk_usage as usage
+    recs = [_run_record(r, labels.get(r["id"], ""), usage(r["run_dir"]) if usage else None) for r in rows]
+    if sort != "id":
+        recs = _sorted(recs, sort)
+    if limit is not None:
+        recs = recs[:limit]
+    return recs, anything
+
+
+def _table_rows(recs: list[dict], disk: bool) -> tuple[list[dict], list[str]]:
+    from dwc_core.runs.control import human_bytes
+
+    rows = []
+    for rec in recs:
+        rows.append(
+            {
+                **rec,
+                "epoch": f"{rec['epoch']}/{rec['epochs']}",
+                "R@10": rec.get("R@10", rec.get("avg/R@10")),
+                "started": when(_ts(rec["started"])),
+                "duration": duration(rec["duration_s"]),
+                "disk": human_bytes(rec["disk_bytes"]) if disk else None,
+            }
+        )
+    cols = ["id", "experiment"] + (["variant"] if any(r["variant"] for r in recs) else [])
+    cols += ["status", "epoch", "R@10", "mean", "started", "duration"] + (["disk"] if disk else [])
+    return rows, cols
+
+
+def _ts(iso_text: str | None) -> float | None:
+    if not iso_text:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso_text).timestamp()
 
 
 @app.command(name="runs", rich_help_panel="Runs")
@@ -102,32 +192,72 @@ def _run_summary(r: dict) -> dict:
 def runs_cmd(
     experiment: Annotated[list[str] | None, typer.Argument(help="only these experiments")] = None,
     status: Annotated[list[str] | None, typer.Option("--status", help="only runs with this status")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="only runs of experiments with this tag")] = None,
+    sort: Annotated[
+        str, typer.Option("--sort", help=f"sort by: {' | '.join(SORT_COLUMNS)} (numbers: largest first)")
+    ] = "id",
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="show at most N runs")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="refresh every 2 s until Ctrl-C")] = False,
+    disk: Annotated[bool, typer.Option("--disk", help="add each run directory's disk use")] = False,
     all_: Annotated[bool, typer.Option("--all", help="include deleted runs")] = False,
     fmt: FormatOpt = "table",
 ) -> None:
-    """List runs: id, experiment, status, epoch, best Recall@K, started, duration."""
+    """List runs: id, experiment, variant, status, epoch, best Recall@K, started, duration."""
+    from dwc_core.runs.registry import STATUSES
+
     _check_format(fmt)
-    path = _project() / "runs" / "registry.db"
-    rows = []
-    if path.exists():
-        registry = _registry(create=False)
-        import socket
-
-        from dwc_core.runs.launcher import reap_lost
-
-        reap_lost(registry, socket.gethostname())
-        rows = [
-            _run_summary(r) for r in registry.runs(experiment or None, status or None, include_deleted=all_)
-        ]
-    if fmt == "table":
-        if not rows:
+    bad = [s for s in status or [] if s not in STATUSES]
+    if bad:
+        raise UsageError(f"--status {bad[0]!r} is not a run status. Allowed: {' | '.join(STATUSES)}.")
+    if sort not in SORT_COLUMNS:
+        raise UsageError(f"--sort {sort!r} is not a column. Allowed: {' | '.join(SORT_COLUMNS)}.")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: must be a positive number.")
+    if watch and fmt != "table":
+        raise UsageError("--watch redraws a table: use it with --format table.")
+    if watch:
+        _watch(experiment, status, tag, all_, sort, limit, disk)
+        return
+    recs, anything = _listing(experiment, status, tag, all_, sort, limit, disk)
+    if fmt != "table":
+        cols = list(dict.fromkeys(k for r in recs for k in r)) or ["id"]
+        emit(recs, cols, fmt)
+        return
+    if not recs:
+        if anything:
+            err.print("no runs match — `dwc runs` lists them all")
+        else:
             err.print("no runs yet — start one with `dwc run demo`")
-            return
+        return
+    rows, cols = _table_rows(recs, disk)
+    emit(rows, cols, fmt)
+
+
+def _watch(experiment, status, tag, all_, sort, limit, disk) -> None:
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
+    from dwc_tui.cli.output import cell
+
+    def render():
+        recs, _ = _listing(experiment, status, tag, all_, sort, limit, disk)
+        rows, cols = _table_rows(recs, disk)
+        table = Table(title=time.strftime("dwc runs · %H:%M:%S (Ctrl-C to stop)"), show_edge=False,
+                      header_style="bold", pad_edge=False)  # fmt: skip
+        for c in cols:
+            table.add_column(c, no_wrap=c == "experiment")
         for r in rows:
-            r["mean"] = r["best"]
-        emit(rows, ["id", "experiment", "status", "epoch", "R@10", "mean", "started", "duration"], fmt)
-    else:
-        emit(rows, list(rows[0]) if rows else ["id"], fmt)
+            table.add_row(*(Text(cell(r.get(c))) for c in cols))
+        return table
+
+    try:
+        with Live(render(), console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(WATCH_S)
+                live.update(render(), refresh=True)
+    except KeyboardInterrupt:  # the normal way to leave --watch
+        return
 
 
 # --------------------------------------------------------------------------------------------------------- show
@@ -152,14 +282,15 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
     from dwc_tui.cli.supervise import results_table
 
     info = [
-        f"[bold]{row['experiment']}[/] #{row['id']}  status [bold]{row['status']}[/]  seed {row['seed']}",
-        f"run dir {row['run_dir']}",
+        f"[bold]{escape(row['experiment'])}[/] #{row['id']}  status [bold]{row['status']}[/]  seed {row['seed']}",
+        f"run dir {escape(str(row['run_dir']))}",
         f"host {row['host']}  device {row['device']}  pid {row['pid']}",
         f"git {row['git_commit'] or '–'}{' (dirty)' if row['git_dirty'] else ''}",
         f"versions {', '.join(f'{k} {v}' for k, v in (row['versions'] or {}).items() if k in ('python', 'torch', 'cuda', 'precision'))}",
     ]
+    info += _variant_lines(registry, row)
     if row.get("error"):
-        info.append(f"[red]error {row['error']}[/]")
+        info.append(f"[red]error {escape(str(row['error']))}[/]")
     out.print(Panel("\n".join(info), title="run", expand=False))
     cfg = {k: row["config"][k] for k in ("dataset", "model", "trainer", "eval") if k in row["config"]}
     out.print(
@@ -171,11 +302,55 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
     )
     if evals:
         out.print(results_table(registry, run_id))
+    _print_reevaluations(evals)
     train = _train_metric_summary(registry.metrics(run_id, split="train"))
     if train:
         emit(train, ["metric", "first", "last", "min", "max", "points"], "table", title="training metrics")
     emit([{"time": when(e["time"]), "kind": e["kind"], "message": e["message"]} for e in events[-15:]],
          ["time", "kind", "message"], "table", title="events")  # fmt: skip
+
+
+def _variant_lines(registry, row: dict) -> list[str]:
+    """The run's grid variant and what sets it apart from the other runs of its experiment (e.g. --set values)."""
+    from dwc_core.results.grouping import fmt_value, variant_labels
+
+    lines = []
+    grid = {k: v for k, v in (row.get("variant") or {}).items() if k != "seed"}
+    if grid:
+        lines.append("variant " + escape(" ".join(f"{k}={fmt_value(v)}" for k, v in grid.items())))
+    label = variant_labels(
+        registry.runs([row["experiment"]]) + ([] if not row.get("deleted") else [row])
+    ).get(row["id"], "")
+    if label:
+        lines.append(f"differs from the other {escape(row['experiment'])} runs in: {escape(label)}")
+    return lines
+
+
+def _print_reevaluations(evals: list[dict]) -> None:
+    """`dwc eval` re-evaluations beside the per-epoch ones, with the protocol each was scored under."""
+    re_evals = [e for e in evals if e["kind"] != "epoch"]
+    if not re_evals:
+        return
+    keys = sorted({k for e in re_evals for k in e["metrics"] if is_headline(k)}, key=metric_order)
+    rows = []
+    for e in re_evals:
+        proto = e.get("protocol") or {}
+        shown = [
+            f"{k}={proto[k]}"
+            for k in ("gallery", "mask_reference", "text", "category")
+            if proto.get(k) is not None
+        ]
+        rows.append(
+            {
+                "eval": e["id"], "checkpoint": Path(e["checkpoint"] or "").name, "epoch": e["epoch"],
+                "protocol": " ".join(shown) or proto.get("name", ""),
+                "overrides": " ".join(proto.get("overrides") or []) or "(run protocol)",
+                **{k: e["metrics"].get(k) for k in keys},
+            }
+        )  # fmt: skip
+    emit(
+        rows, ["eval", "checkpoint", "epoch", "protocol", "overrides", *keys], "table", title="re-evaluations"
+    )
 
 
 def _train_metric_summary(rows: list[dict]) -> list[dict]:
