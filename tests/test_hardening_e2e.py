@@ -1,0 +1,207 @@
+"""Issue 8 (end to end, slow): the fault-injection cases on tiny runs — two trainers on one run, an emptied
+registry beside old run dirs, resume without a usable last.pt, a full disk, Ctrl-C during start-up, a gallery
+smaller than K."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dwc_core.runs.registry import ACTIVE, Registry
+
+pytestmark = pytest.mark.slow
+
+TINY = """\
+experiments:
+  tiny:
+    dataset: {name: synthetic, num_train: 320, num_test: 48, image_size: 32}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+    trainer: {epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 1, heartbeat_s: 0.5,
+              max_steps_per_epoch: 3}
+  long:
+    extends: tiny
+    trainer: {epochs: 2, max_steps_per_epoch: 40}
+"""
+
+
+def dwc(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def start(project: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for(pred, timeout=180.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    (tmp_path / "experiments.yaml").write_text(TINY)
+    return tmp_path
+
+
+def epochs(reg: Registry, run_id: int) -> list[int]:
+    return [e["epoch"] for e in reg.evaluations(run_id, kind="epoch")]
+
+
+def assert_no_duplicate_metrics(reg: Registry, run_id: int) -> None:
+    keys = [(m["split"], m["name"], m["step"]) for m in reg.metrics(run_id)]
+    assert len(keys) == len(set(keys))
+    lines = (Path(reg.get(run_id)["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    file_keys = [(r["split"], r["name"], r["step"]) for r in map(json.loads, lines)]
+    assert len(file_keys) == len(set(file_keys)) and sorted(file_keys) == sorted(keys)
+
+
+# ------------------------------------------------------------------------------------------------------ item 1
+def test_second_trainer_and_resume_are_refused_while_a_run_trains(proj):
+    proc = start(proj, "run", "long")
+    reg = Registry(proj / "runs" / "registry.db")
+    wait_for(lambda: reg.runs() and reg.get(1)["status"] == "running", what="running")
+    wait_for(lambda: reg.metrics(1, split="train", name="loss"), what="first losses")
+    pid = reg.get(1)["pid"]
+    second = subprocess.run(
+        [sys.executable, "-m", "dwc_core.engine.train", "1", "--registry", str(proj / "runs" / "registry.db")],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert second.returncode == 4, second.stdout + second.stderr
+    assert f"pid {pid}" in second.stdout and "already being trained" in second.stdout
+    assert reg.get(1)["status"] == "running" and reg.get(1)["pid"] == pid
+    # SIGSTOP with a stale heartbeat: alive on this host, so `stalled`, never `lost`, and never resumed twice
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        reg.update(1, heartbeat=time.time() - 1000)
+        listing = dwc(proj, "runs", "--format", "json")
+        assert listing.returncode == 0 and json.loads(listing.stdout)[0]["status"] == "running"
+        assert any(e["kind"] == "stalled" for e in reg.events(1))
+        reg.set_status(1, "lost", "marked lost by an older dwc", only_from=ACTIVE)
+        again = dwc(proj, "resume", "1")
+        assert again.returncode == 2 and f"pid {pid}" in again.stderr, again.stderr
+        assert reg.get(1)["status"] == "lost"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, errs = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + errs
+    row = reg.get(1)
+    assert row["status"] == "done" and row["resumes"] == 0
+    assert epochs(reg, 1) == [0, 1, 2]
+    assert [e["kind"] for e in reg.events(1)].count("done") == 1
+    assert_no_duplicate_metrics(reg, 1)
+
+
+# ------------------------------------------------------------------------------------------------------ item 2
+def test_emptied_registry_new_run_does_not_load_the_old_checkpoint(proj):
+    assert dwc(proj, "run", "tiny").returncode == 0
+    old_dir = Path(Registry(proj / "runs" / "registry.db").get(1)["run_dir"])
+    assert (old_dir / "last.pt").is_file()
+    (proj / "runs" / "registry.db").write_bytes(b"")  # `: > runs/registry.db`
+    res = dwc(proj, "run", "tiny", "--set", "trainer.seed=7")
+    assert res.returncode == 0, res.stdout + res.stderr
+    reg = Registry(proj / "runs" / "registry.db")
+    row = reg.get(1)
+    assert Path(row["run_dir"]) != old_dir and row["config"]["trainer"]["seed"] == 7
+    kinds = [e["kind"] for e in reg.events(1)]
+    assert "resume" not in kinds and "warning" in kinds
+    assert epochs(reg, 1) == [0, 1]
+    log = (Path(row["run_dir"]) / "train.log").read_text()
+    assert "resumed" not in log
+
+
+# ------------------------------------------------------------------------------------------------------ items 3, 5, 6, 8
+def test_resume_without_a_usable_last_pt_never_records_an_epoch_twice(proj):
+    assert dwc(proj, "run", "tiny").returncode == 0
+    reg = Registry(proj / "runs" / "registry.db")
+    run_dir = Path(reg.get(1)["run_dir"])
+    # killed before its first last.pt (here: deleted), with epochs already recorded
+    reg.set_status(1, "failed", "simulated kill")
+    (run_dir / "last.pt").unlink()
+    (run_dir / ".last.pt.tmp99999").write_bytes(b"x" * 1000)  # a write that was killed
+    res = dwc(proj, "resume", "1", "--now")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert epochs(reg, 1) == [0, 1]
+    kinds = [e["kind"] for e in reg.events(1)]
+    assert "restart" in kinds and "cleanup" in kinds
+    assert not (run_dir / ".last.pt.tmp99999").exists()
+    assert_no_duplicate_metrics(reg, 1)
+    # a truncated last.pt: the run fails naming the file and the way out, and records nothing twice
+    reg.set_status(1, "failed", "simulated kill")
+    data = (run_dir / "last.pt").read_bytes()
+    (run_dir / "last.pt").write_bytes(data[: len(data) // 3])
+    res = dwc(proj, "resume", "1", "--now")
+    assert res.returncode != 0
+    row = reg.get(1)
+    assert row["status"] == "failed" and str(run_dir / "last.pt") in row["error"]
+    assert "--from-scratch" in row["error"] and "Traceback" not in res.stderr
+    assert epochs(reg, 1) == [0, 1]
+    res = dwc(proj, "resume", "1", "--from-scratch", "--now")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert epochs(reg, 1) == [0, 1] and reg.get(1)["status"] == "done"
+    assert_no_duplicate_metrics(reg, 1)
+
+
+# ------------------------------------------------------------------------------------------------------ item 7
+def test_disk_full_fails_the_run_with_a_clear_message(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); tests/test_hardening.py injects ENOSPC instead")
+    try:
+        (disk / "experiments.yaml").write_text(TINY)
+        (disk / "runs").mkdir()
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        with open(disk / "filler", "wb") as fh:  # leave 6 MB: less than best.pt (~5 MB) plus the 4 MB reserve
+            fh.write(b"\0" * (free - 6 * 2**20))
+        res = dwc(disk, "run", "tiny", "--set", f"dataset.cache_dir={tmp_path / 'cache'}")
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr and "disk full at" in res.stderr
+        reg = Registry(disk / "runs" / "registry.db")
+        row = reg.get(1)
+        assert row["status"] == "failed" and row["error"].startswith("disk full at")
+        assert str(Path(row["run_dir"]) / "best.pt") in row["error"]
+        assert not (Path(row["run_dir"]) / "best.pt").exists()
+        assert not any(e["is_best"] for e in reg.evaluations(1))  # best is marked only once the file exists
+        assert not list(Path(row["run_dir"]).glob(".*.tmp*"))
+        reg.close()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------------------------------------------ item 11
+def test_ctrl_c_during_start_up_is_a_cancellation(proj):
+    proc = start(proj, "run", "tiny")
+    path = proj / "runs" / "registry.db"
+    wait_for(lambda: path.exists() and Registry(path).runs() and Registry(path).get(1)["pid"], what="spawned")
+    proc.send_signal(signal.SIGINT)  # the trainer is still importing torch
+    out, errs = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out + errs
+    row = Registry(path).get(1)
+    assert row["status"] == "cancelled", row
+
+
+# ------------------------------------------------------------------------------------------------------ item 13
+def test_gallery_smaller_than_k_exits_2_naming_both(proj):
+    res = dwc(proj, "run", "tiny", "--set", "dataset.num_test=10")
+    assert res.returncode == 2, res.stdout + res.stderr
+    text = " ".join(res.stderr.split())
+    assert "gallery holds only 20 images" in text and "Recall@50" in text
+    assert "Traceback" not in res.stderr
