@@ -10,8 +10,10 @@ target or reference is that name: reference = ``ReferenceImageName``, target = `
 caption. A record with both images in the list is therefore emitted twice, as in the papers' code.
 Test gallery = the eval list in file order; hits are exact. A test pair with an image outside the eval list (29 in
 the real files) is skipped and counted by default (``outside_eval_list: skip``; ``EvalSet.skipped_queries``,
-notes); ``keep`` keeps it as DWC's code does (its reference is then not in the gallery, and a target outside the
-gallery can never be hit). Training label = image index of the target (targets are unique images).
+notes); ``keep`` keeps it and scores it as a miss when its target is outside the gallery (its reference may be
+missing from the gallery too, so nothing is masked). DWC's code has no such mode: it looks every pair's images up
+in the eval list with ``list.index()``, which raises ``ValueError`` on these pairs, so its published numbers
+cannot include them; ``keep`` exists to measure what keeping them would cost, not to reproduce DWC. Training label = image index of the target (targets are unique images).
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def load(cfg: dict, cache_dir: Path) -> CIRDataset:
     ]
     if outside and keep_outside:
         notes.append(
-            f"{len(outside)} queries have an image outside eval_im_names.txt (kept, as in DWC's code)"
+            f"{len(outside)} queries have an image outside eval_im_names.txt (kept; a target outside the gallery "
+            "is a miss)"
         )
     elif outside:
         notes.append(f"{len(outside)} queries skipped: an image outside eval_im_names.txt")

@@ -60,8 +60,8 @@ PER_DATASET: dict[str, Section] = {
             "str",
             "skip",
             choices=("skip", "keep"),
-            help="test pairs with an image outside eval_im_names.txt: skip (counted) or keep as DWC's code does "
-            "(a target outside the gallery is then a miss)",
+            help="test pairs with an image outside eval_im_names.txt: skip (counted), or keep them (a target "
+            "outside the gallery is then a miss; DWC's code cannot run on such pairs)",
         ),
     },
     "fashion200k": {
