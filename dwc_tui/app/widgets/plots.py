@@ -61,6 +61,12 @@ class Curves(PlotWidget):
                 dx, dy = [dx[0] - 0.01, dx[0]], [dy[0], dy[0]]
             self.plot(dx, dy, line_style=COLOURS[i % len(COLOURS)], hires_mode=HiResMode.BRAILLE, label=name)
             self.series_names.append(name)
+        ys_all = [y for name in self.series_names for y in series[name][1]]
+        if ys_all and max(ys_all) - min(ys_all) < 1e-9:  # a flat series: give the axis some room
+            pad = max(abs(ys_all[0]) * 0.1, 0.1)
+            self.set_ylimits(ys_all[0] - pad, ys_all[0] + pad)
+        else:
+            self.set_ylimits(None, None)
         xs_all = [x for name in self.series_names for x in series[name][0]]
         if xs_all:
             lo, hi = min(xs_all), max(xs_all)
