@@ -1,0 +1,176 @@
+"""Runs through a real Slurm cluster (scripts/slurm-cluster.sh up): submission, ingestion, scancel, requeue,
+a killed worker, and 2-process gloo training through srun + torchrun. Skipped (with the reason) without a cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dwc_core.runs import slurm
+from dwc_core.runs.control import queue_experiment
+from dwc_core.runs.registry import Registry
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+DEFAULT_CONF = Path(os.environ.get("DWC_SLURM_DIR", "/tmp/dwc-slurm")) / "etc" / "slurm.conf"
+
+TINY = """\
+experiments:
+  tiny:
+    dataset: {name: synthetic, num_train: 96, num_test: 48, image_size: 32}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+    eval: {ks: [1, 5, 10], query_results: false}
+    trainer: {epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 1, heartbeat_s: 0.5,
+              device: cpu, cpu_threads: 1}
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    if not os.environ.get("SLURM_CONF") and DEFAULT_CONF.exists():
+        os.environ["SLURM_CONF"] = str(DEFAULT_CONF)
+    try:
+        why = slurm.available()
+    except slurm.SlurmError as exc:
+        why = exc.message
+    if why:
+        pytest.skip(f"no Slurm cluster here ({why}); start one with scripts/slurm-cluster.sh up")
+
+
+@pytest.fixture()
+def project(tmp_path):
+    (tmp_path / "experiments.yaml").write_text(TINY)
+    return tmp_path
+
+
+def queue(project: Path, *overrides: str, seed: int = 1) -> int:
+    reg = Registry(project / "runs" / "registry.db")
+    return queue_experiment(reg, project, "tiny", overrides=list(overrides), seeds=[seed])[0]["id"]
+
+
+def worker_thread(project: Path) -> threading.Thread:
+    """A Slurm worker with --once in a thread (it opens its own registry connection there)."""
+
+    def body():
+        reg_path = project / "runs" / "registry.db"
+        slurm.SlurmWorker(reg_path, slurm.SlurmOptions(poll_s=0.5), log=lambda m: None).run(once=True)
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t
+
+
+def wait_for(pred, timeout: float = 120.0, what: str = ""):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def loss_steps(reg: Registry, run_id: int) -> list[int]:
+    return [m["step"] for m in reg.metrics(run_id, split="train", name="loss")]
+
+
+def test_two_runs_once_and_two_gloo_processes_match_one(project):
+    single = queue(project)
+    ddp = queue(project, "trainer.gpus=2")
+    w = slurm.SlurmWorker(
+        project / "runs" / "registry.db", slurm.SlurmOptions(poll_s=0.5), log=lambda m: None
+    )
+    assert w.run(once=True) == 0
+    reg = Registry(project / "runs" / "registry.db")
+    for run_id in (single, ddp):
+        row = reg.get(run_id)
+        assert row["status"] == "done", (
+            row["error"],
+            (Path(row["run_dir"]) / "train.log").read_text()[-3000:],
+        )
+        messages = [e["message"] for e in reg.events(run_id)]
+        assert f"submitted as slurm job {row['slurm_job']}" in messages
+        assert row["slurm_state"] == "COMPLETED"
+        recall = reg.metrics(run_id, split="test", name="R@10")
+        assert [m["epoch"] for m in recall] == [0.0, 1.0]
+    assert "world size 2" in " ".join(e["message"] for e in reg.events(ddp))
+    e_single, e_ddp = reg.evaluations(single)[0], reg.evaluations(ddp)[0]
+    assert e_single["epoch"] == e_ddp["epoch"] == 0
+    assert e_ddp["metrics"] == e_single["metrics"] and e_ddp["num_queries"] == 48
+    assert max(loss_steps(reg, ddp)) * 2 == max(loss_steps(reg, single)) == 96 // 16
+
+
+def test_scancel_ends_the_run_cancelled_with_the_reason(project):
+    run_id = queue(project, "trainer.epochs=50", "trainer.max_steps_per_epoch=4")
+    reg = Registry(project / "runs" / "registry.db")
+    t = worker_thread(project)
+    wait_for(lambda: reg.get(run_id)["status"] == "running", what="the run to start")
+    job = reg.get(run_id)["slurm_job"]
+    assert slurm.cancel(reg, run_id).startswith(f"run {run_id}: scancel {job}")
+    t.join(timeout=120)
+    row = reg.get(run_id)
+    assert row["status"] == "cancelled" and "cancelled by Slurm" in row["error"] and job in row["error"]
+    assert row["slurm_state"] == "CANCELLED"
+
+
+def test_requeue_resumes_from_last_pt_without_duplicated_steps(project):
+    run_id = queue(project, "trainer.epochs=3", "trainer.max_steps_per_epoch=4")
+    reg = Registry(project / "runs" / "registry.db")
+    t = worker_thread(project)
+    run_dir = Path(wait_for(lambda: reg.get(run_id)["run_dir"], what="run dir"))
+    wait_for(lambda: (run_dir / "last.pt").exists(), what="the first checkpoint")
+    job = reg.get(run_id)["slurm_job"]
+    subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
+    # Slurm holds a requeued job back (BeginTime) for a while; once it is pending, let it start now
+    wait_for(lambda: slurm.job_states([job])[job].state == "PENDING", what="the job to be pending again")
+    wait_for(
+        lambda: (
+            subprocess.run(
+                ["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True
+            ).returncode
+            == 0
+        ),
+        what="the requeued job to accept a start time",
+    )
+    t.join(timeout=240)
+    row = reg.get(run_id)
+    log = (run_dir / "train.log").read_text()[-3000:]
+    assert row["status"] == "done", (row["error"], log)
+    messages = " | ".join(e["message"] for e in reg.events(run_id))
+    assert "resumed from last.pt" in messages and "(restart 1)" in messages, messages
+    assert loss_steps(reg, run_id) == list(range(1, 13))  # every step once: none lost, none duplicated
+    assert [e["epoch"] for e in reg.evaluations(run_id)] == [0, 1, 2, 3]
+
+
+def test_killed_worker_then_a_new_one_loses_nothing(project):
+    run_id = queue(project, "trainer.epochs=3", "trainer.max_steps_per_epoch=4")
+    reg_path = project / "runs" / "registry.db"
+    reg = Registry(reg_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dwc_core.runs.slurm", "worker", "--registry", str(reg_path), "--poll", "0.5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=project,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: reg.get(run_id)["status"] == "running", what="the run to start")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    job = reg.get(run_id)["slurm_job"]
+    written_before = len(loss_steps(reg, run_id))
+    # the job trains to the end with nobody ingesting its reports
+    wait_for(lambda: not slurm.job_states([job])[job].active, timeout=180, what="the job to end")
+    assert len(loss_steps(reg, run_id)) == written_before and reg.get(run_id)["status"] == "running"
+    w = slurm.SlurmWorker(reg_path, slurm.SlurmOptions(poll_s=0.5), log=lambda m: None)
+    assert w.run(once=True) == 0
+    row = reg.get(run_id)
+    assert row["status"] == "done", row["error"]
+    assert loss_steps(reg, run_id) == list(range(1, 13))
+    assert [e["epoch"] for e in reg.evaluations(run_id)] == [0, 1, 2, 3]
+    assert any("followed by" in e["message"] for e in reg.events(run_id))
