@@ -180,7 +180,7 @@ def test_read_only_project_lists_and_shows_but_refuses_writes(tmp_path):
             and "Traceback" not in write.stderr
         )
     finally:
-        subprocess.run(["umount", str(ro)], check=False)
+        _umount(ro)
 
 
 # ----------------------------------------------------------------------------------------- 1: locks, liveness
@@ -297,6 +297,12 @@ def test_enospc_in_the_checkpoint_writer_is_disk_full_and_leaves_no_temp(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def _umount(path: Path) -> None:
+    """Unmount; lazily if something (a connection not yet collected) still holds a file there."""
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def _tmpfs(path: Path, size: str) -> bool:
     path.mkdir()
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode == 0
@@ -322,7 +328,7 @@ def test_checkpoint_on_a_full_tmpfs_is_disk_full(tmp_path, monkeypatch):
             checkpoint.save_atomic({"model": {"w": torch.zeros(8 * 2**20 // 4)}}, small / "best.pt")
         assert list(small.iterdir()) == []
     finally:
-        subprocess.run(["umount", str(small)], check=False)
+        _umount(small)
 
 
 def test_orphan_checkpoint_temps_are_found_and_removed(tmp_path):
@@ -411,3 +417,28 @@ def test_models_builds_nothing_unless_counts_are_asked_for(proj):
     res = invoke(proj, "models")
     assert res.exit_code == 0 and "tirg" in res.output
     assert not (proj / "runs" / ".cache").exists()
+
+
+def test_full_disk_under_the_registry_is_one_line_exit_3(tmp_path):
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "2m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (disk / "experiments.yaml").write_text(GOOD)
+        reg, run = registry_with_run(disk)
+        reg.close()
+        with open(disk / "filler", "wb") as fh, pytest.raises(OSError):  # fill the disk to the last block
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        res = dwc_proc(disk, "cancel", str(run["id"]))
+        assert res.returncode == 3, res.stdout + res.stderr
+        assert "disk is full" in res.stderr and "Traceback" not in res.stderr
+        (disk / "filler").unlink()
+        res = dwc_proc(disk, "cancel", str(run["id"]))
+        assert res.returncode == 0, res.stderr
+        after = Registry(disk / "runs" / "registry.db")
+        assert after.get(run["id"])["status"] == "cancelled"
+        after.close()
+    finally:
+        _umount(disk)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import time
@@ -241,6 +242,9 @@ def registry_error(exc: sqlite3.Error, path: Path) -> RegistryError:
     """A one-line explanation (with the way out) of a SQLite failure on the registry file."""
     text = str(exc)
     low = text.lower()
+    # a full disk can also surface as an I/O error (the WAL index cannot grow)
+    if "i/o error" in low and _free_bytes(path) < 2**20:
+        low = "full"
     if "locked" in low or "busy" in low:
         msg = (
             f"{path} is locked by another process (it held a write lock for more than {BUSY_TIMEOUT_S:.0f} s); "
@@ -261,6 +265,13 @@ def registry_error(exc: sqlite3.Error, path: Path) -> RegistryError:
     else:
         msg = f"{path}: the run registry is unavailable: {text}."
     return RegistryError(msg)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return 1 << 62
 
 
 class Registry:
@@ -330,9 +341,16 @@ class Registry:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (e.g. disk full): keep the first error
+            with suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            with suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
 
     def _rows(self, sql: str, params: Iterable = ()) -> list[dict]:
         return [_decode(dict(r)) for r in self.conn.execute(sql, list(params))]

@@ -48,7 +48,7 @@ def run(
     runs = [registry.create_run(s.experiment, s.config, runs_dir, variant=s.variant) for s in specs]
     if queue_only:
         for r in runs:
-            err.print(f"queued run {r['id']} ({r['experiment']}{_variant(r)})")
+            err.print(f"queued run {r['id']} ({escape(r['experiment'] + _variant(r))})")
         return
     from dwc_tui.cli.supervise import print_summary, run_foreground
 
@@ -57,7 +57,7 @@ def run(
     registry_path = runs_dir / "registry.db"
     for i, r in enumerate(runs):
         if len(runs) > 1:
-            err.print(f"[bold]run {i + 1}/{len(runs)}[/]: #{r['id']}{_variant(r)}")
+            err.print(f"[bold]run {i + 1}/{len(runs)}[/]: #{r['id']}{escape(_variant(r))}")
         row = run_foreground(registry, registry_path, r, interactive)
         print_summary(registry, r["id"])
         if row["status"] == "cancelled":
