@@ -204,3 +204,19 @@ def test_show_lists_reevaluations_with_their_protocol_and_the_variant(proj):
     assert "re-evaluations" in res.output and "gallery=split_all" in res.output
     assert "dataset.gallery=split_all" in res.output and "12.50" in res.output
     assert "differs from the other my_exp runs in: trainer.lr=0.001" in res.output
+
+
+def test_compare_reference_table_flags_protocol_differences(tmp_path):
+    from test_compare import FIQ, fiq_config
+
+    (tmp_path / "experiments.yaml").write_text("experiments: {}\n")
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    seed_run(
+        reg, tmp_path, "fiq-clip4cir-protocol", fiq_config(gallery="split_all", mask_reference=False), FIQ
+    )
+    reg.close()
+    res = invoke(tmp_path, "compare", "--reference")
+    assert res.exit_code == 0, res.output
+    assert "DWC (AAAI'24)" in res.output and "Avg R@10" in res.output and "differs" in res.output
+    assert "DWC (AAAI'24): gallery: split_all vs val_union; mask_reference: false vs true" in res.output
+    assert "DWC (Huang et al., AAAI 2024)" in res.output  # the source
