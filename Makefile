@@ -20,7 +20,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/dwc run demo
 
+# The `slurm` tests need a Slurm cluster: reuse a running test cluster, else start one (root on Debian: installs
+# slurm-wlm + munge if missing) and stop it afterwards, Ctrl-C included; otherwise say why they are skipped.
 test: $(STAMP)
+	@if scripts/slurm-cluster.sh env >/dev/null 2>&1; then \
+		echo "slurm tests: using the running test cluster"; \
+		eval "$$(scripts/slurm-cluster.sh env)"; \
+	elif why=$$(scripts/slurm-cluster.sh up 2>&1 >/dev/null); then \
+		trap 'scripts/slurm-cluster.sh down' EXIT INT TERM; \
+		eval "$$(scripts/slurm-cluster.sh env)"; \
+		echo "slurm tests: started a one-node test cluster ($$SLURM_CONF)"; \
+	else \
+		echo "slurm tests will be skipped: $$why"; \
+	fi; \
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
