@@ -140,6 +140,12 @@ def cancel(registry: Registry, run_id: int) -> str:
     Returns what happened, in words. Use :func:`wait_cancelled` to enforce a grace period."""
     row = registry.get(run_id)
     registry.request_cancel(run_id)
+    if row.get("slurm_job") and row["status"] in ACTIVE:  # a run handed to Slurm: scancel its job
+        from dwc_core.runs import slurm
+
+        said = slurm.cancel(registry, run_id)
+        if said:
+            return said
     if row["status"] == "queued":
         return f"run {run_id}: removed from the queue (cancelled)"
     if row["status"] in ACTIVE and _signal_group(row, signal.SIGTERM):

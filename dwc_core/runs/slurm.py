@@ -540,3 +540,25 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def spawn_detached(registry_path: Path, opts: SlurmOptions, once: bool = False) -> tuple[int, Path]:
+    """``dwc worker --slurm --detach``: the same worker in its own session, logging to runs/workers/."""
+    folder = Path(registry_path).resolve().parent / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"slurm-{socket.gethostname()}-{int(time.time())}.log"
+    cmd = [sys.executable, "-m", "dwc_core.runs.slurm", "worker", "--registry", str(Path(registry_path).resolve()),
+           "--max-jobs", str(opts.max_jobs), "--max-requeues", str(opts.max_requeues), "--grace", str(opts.grace_s),
+           "--poll", str(opts.poll_s)]  # fmt: skip
+    for flag, value in (("--partition", opts.partition), ("--account", opts.account), ("--qos", opts.qos),
+                        ("--time", opts.time)):  # fmt: skip
+        if value:
+            cmd += [flag, value]
+    for arg in opts.sbatch_args:
+        cmd.append(f"--sbatch-arg={arg}")
+    if once:
+        cmd.append("--once")
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
+    return proc.pid, log
