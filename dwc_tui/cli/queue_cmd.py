@@ -135,10 +135,40 @@ def worker(
     detach: Annotated[
         bool, typer.Option("--detach", help="run in the background (log in runs/workers/)")
     ] = False,
+    use_slurm: Annotated[
+        bool, typer.Option("--slurm", help="submit queued runs to Slurm as batch jobs and follow them")
+    ] = False,
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Slurm account")] = None,
+    qos: Annotated[str | None, typer.Option("--qos", help="Slurm QOS")] = None,
+    time_limit: Annotated[
+        str | None, typer.Option("--time", help="Slurm time limit, e.g. 1-00:00:00")
+    ] = None,
+    sbatch_arg: Annotated[
+        list[str] | None, typer.Option("--sbatch-arg", help="extra sbatch argument (repeatable)")
+    ] = None,
+    max_jobs: Annotated[int, typer.Option("--max-jobs", help="Slurm jobs in flight at most")] = 8,
+    max_requeues: Annotated[
+        int, typer.Option("--max-requeues", help="re-submissions after TIMEOUT/PREEMPTED")
+    ] = 3,
 ) -> None:
-    """Take queued runs and train them on this machine's GPUs (or --cpu slots)."""
+    """Take queued runs and train them on this machine's GPUs (or --cpu slots), or hand them to Slurm."""
     from dwc_core.runs.worker import run_worker
 
+    if use_slurm:
+        from dwc_core.runs import slurm
+
+        opts = slurm.SlurmOptions(
+            partition=partition, account=account, qos=qos, time=time_limit, sbatch_args=list(sbatch_arg or []),
+            max_jobs=max_jobs, max_requeues=max_requeues,
+        )  # fmt: skip
+        reg_path = _project() / "runs" / "registry.db"
+        if detach:
+            pid, log = slurm.spawn_detached(reg_path, opts, once=once)
+            err.print(f"slurm worker started in the background: pid {pid}\n  log  {log}")
+            print(pid)
+            return
+        raise typer.Exit(slurm.run_worker(reg_path, opts, once=once))
     if gpus is not None and cpu:
         raise UsageError("--gpus and --cpu exclude each other: a worker uses either GPUs or CPU slots.")
     kwargs = dict(
