@@ -1,4 +1,7 @@
-"""Data parallel on CPU with the gloo backend and 2 processes: collectives, and a whole run under torchrun."""
+"""Data parallel on CPU with the gloo backend and 2 processes: collectives, and a whole run under torchrun.
+
+`trainer.device: cpu` makes them gloo CPU processes on any machine, one with a single GPU included.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     os.environ["LOCAL_RANK"] = str(rank)
-    d = Dist.from_env()
+    d = Dist.from_env("cpu")  # gloo on the CPU even where CUDA is available (never set_device)
     try:
         # gradient averaging
         p = torch.nn.Parameter(torch.zeros(3))
@@ -69,7 +72,7 @@ experiments:
   tiny:
     dataset: {name: synthetic, num_train: 320, num_test: 48, image_size: 32}
     model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
-    trainer: {epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5}
+    trainer: {epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5, device: cpu}
 """
 
 

@@ -71,8 +71,15 @@ class ImageCache:
         meta = json.loads(self.meta_path.read_text())
         return meta.get("count") == self.count and meta.get("size") == self.size
 
-    def ensure(self, threads: int = 0, progress: Callable[[int, int], None] | None = None) -> None:
-        """Build the cache if it does not exist yet."""
+    def ensure(
+        self,
+        threads: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+        check: Callable[[], None] | None = None,
+        chunk: int = 256,
+    ) -> None:
+        """Build the cache if it does not exist yet. ``check`` is called between chunks of ``chunk`` images and
+        may raise to abandon the build (cancellation): the temp file is removed, nothing half-built is kept."""
         if self.is_built():
             return
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -105,7 +112,12 @@ class ImageCache:
         workers = threads or min(8, (os.cpu_count() or 2) * 2)
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(one, range(self.count)))
+                for start in range(
+                    0, self.count, chunk
+                ):  # a chunk at a time: a stop waits for one chunk only
+                    if check is not None:
+                        check()
+                    list(pool.map(one, range(start, min(self.count, start + chunk))))
             out.flush()
             os.replace(tmp, self.path)
         except BaseException:
@@ -189,19 +201,25 @@ class EpochBatches:
         return len(self.batches)
 
 
-class IndexedImages:
-    """torch Dataset of cached images by image index (for encoding galleries and queries)."""
+def image_batches(cache: ImageCache, indices, batch_size: int, device, pin: bool | None = None):
+    """Yield uint8 (N, 3, H, W) batches of cached images on ``device``, in ``indices`` order.
 
-    def __init__(self, indices: list[int], cache: ImageCache):
-        self.indices = list(indices)
-        self.cache = cache
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        torch = _torch()
-        return torch.from_numpy(self.cache.get(self.indices[i])).permute(2, 0, 1).contiguous()
+    One fancy index into the cache per batch (no per-image tensor work in Python); the uint8 NHWC batch is moved
+    to the device first (pinned, non-blocking on CUDA, so the copy overlaps the previous batch's compute) and
+    permuted there: contiguous NCHW on the CPU, channels-last strides on CUDA (what the CNNs run in there).
+    """
+    torch = _torch()
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    pin = cuda if pin is None else pin
+    images = cache.array
+    idx = np.asarray(indices, dtype=np.int64)
+    for start in range(0, len(idx), batch_size):
+        host = torch.from_numpy(images[idx[start : start + batch_size]])
+        if pin:
+            host = host.pin_memory()
+        x = host.to(device, non_blocking=cuda).permute(0, 3, 1, 2)
+        yield x if cuda else x.contiguous()
 
 
 def loader_kwargs(workers: int, pin: bool, persistent: bool = False) -> dict:

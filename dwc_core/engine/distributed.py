@@ -15,6 +15,39 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dwc_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BackendPlan:
+    backend: str  # gloo | nccl
+    device: str  # cpu | cuda
+
+
+def choose_backend(
+    device_choice: str, cuda_available: bool, device_count: int, local_rank: int, world: int
+) -> BackendPlan:
+    """Backend and device of one data-parallel process, from ``trainer.device`` and what this host has.
+
+    ``cpu`` → gloo on the CPU, whatever GPUs exist (``gpus: N`` = N CPU processes); ``cuda`` → NCCL, one GPU per
+    process, and an error when this process's local rank has no GPU; ``auto`` → CUDA when every local rank gets a
+    GPU, the CPU when there is none, and an error when there are some but fewer than processes (no silent mix).
+    """
+    if device_choice == "cpu" or (device_choice == "auto" and (not cuda_available or device_count == 0)):
+        return BackendPlan("gloo", "cpu")
+    if not cuda_available or device_count == 0:
+        raise ConfigError(
+            f"trainer.device = {device_choice} with trainer.gpus = {world}, but no CUDA device is visible to this "
+            "process. Use trainer.device: cpu for CPU processes."
+        )
+    if local_rank >= device_count:
+        raise ConfigError(
+            f"trainer.gpus = {world} data-parallel processes but only {device_count} GPU(s) visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): local rank {local_rank} has "
+            f"no GPU. Lower trainer.gpus to at most {device_count}, or use trainer.device: cpu."
+        )
+    return BackendPlan("nccl", "cuda")
+
 
 @dataclass
 class Dist:
@@ -32,15 +65,20 @@ class Dist:
 
     # ------------------------------------------------------------------------------------------------ set-up
     @classmethod
-    def from_env(cls) -> Dist:
+    def from_env(cls, device_choice: str = "auto") -> Dist:
+        """Join the process group torchrun set up (``WORLD_SIZE`` > 1), on the backend ``trainer.device`` implies."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        plan = choose_backend(
+            device_choice, cuda, torch.cuda.device_count() if cuda else 0, local_rank, world
+        )
+        if plan.device == "cuda":  # only a CUDA run binds this process to its GPU
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=plan.backend)
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank)
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():

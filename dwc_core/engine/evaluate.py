@@ -4,6 +4,16 @@ Ranking is a chunked matrix multiply + ``topk`` on the device: at most ``chunk �
 never the full query × gallery matrix. The reference image is masked (score −inf) when the protocol says so.
 Hits follow the evaluation set's match rules (exact image, same label, same caption, ...).
 
+Ranking rule (exact, whatever ``eval.chunk_size``): gallery items are ordered by score, descending; equal scores by
+gallery position, ascending — also when a group of equal scores crosses the cut-off ``max(K)``, where the
+lowest-positioned members of the group are the ones kept. Scores are computed in blocks of exactly
+:data:`SCORE_BLOCK` queries (the last one zero-padded), so a query's scores never depend on how many queries
+share its matrix multiply: ``eval.chunk_size`` changes memory use only, never a score or a rank.
+
+Encoding reads whole batches from the image cache (one fancy index each), moves uint8 to the device, then
+permutes and normalises there. Each phase's wall time (encode gallery, encode queries, rank) is returned in
+:attr:`EvalResult.timings` and reported by the trainer as metrics.
+
 Metric names: one evaluation set → ``R@K`` (main rule), ``<rule>/R@K`` (extra rules) and ``mean`` (mean of the
 main R@K); several sets (FashionIQ ``all``) → ``<set>/R@K``, ``avg/R@K`` (arithmetic mean over sets) and
 ``mean`` (mean of the ``avg/R@K``), as the papers report them. ``mean`` is the model-selection metric.
@@ -11,19 +21,63 @@ main R@K); several sets (FashionIQ ``all``) → ``<set>/R@K``, ``avg/R@K`` (arit
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from dwc_core.data.loading import ImageCache, IndexedImages, loader_kwargs
+from dwc_core.data.loading import ImageCache, image_batches
 from dwc_core.data.types import CIRDataset, EvalSet
+
+#: queries per score matrix multiply; chunks are whole numbers of blocks, so scores are chunk-size independent
+SCORE_BLOCK = 64
 
 
 @dataclass
 class Ranking:
     indices: torch.Tensor  # (Q, k) gallery positions, best first
     scores: torch.Tensor  # (Q, k)
+
+
+def _scores(q: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """(len(q), G) dot products, computed SCORE_BLOCK queries at a time (the last block zero-padded)."""
+    out = q.new_empty(q.size(0), gallery.size(0))
+    g_t = gallery.T  # a transposed view: BLAS reads it as is, no copy of the gallery
+    for a in range(0, q.size(0), SCORE_BLOCK):
+        block = q[a : a + SCORE_BLOCK]
+        n = block.size(0)
+        if n < SCORE_BLOCK:
+            block = torch.cat([block, block.new_zeros(SCORE_BLOCK - n, block.size(1))])
+            out[a : a + n] = (block @ g_t)[:n]
+        else:
+            torch.mm(block, g_t, out=out[a : a + n])
+    return out
+
+
+def _order_ties(s: torch.Tensor, i: torch.Tensor, scores: torch.Tensor, k: int) -> None:
+    """In place: make the top-k (``s``, ``i``) follow (score desc, position asc) exactly, ties included.
+
+    ``topk`` orders equal scores arbitrarily and, when a group of equal scores crosses rank k, keeps an arbitrary
+    subset of it. Rows whose k-th score is shared with items left out get that group's lowest positions instead;
+    rows holding any tie are then re-sorted stably by position, then by score.
+    """
+    kth = s[:, k - 1 : k]
+    outside = (scores == kth).sum(dim=1) > (s == kth).sum(dim=1)
+    for r in torch.nonzero(outside).squeeze(1).tolist():
+        above = s[r] > kth[r]
+        n_above = int(above.sum())
+        tied_pos = torch.nonzero(scores[r] == kth[r]).squeeze(1)[: k - n_above]  # ascending positions
+        i[r] = torch.cat([i[r][above], tied_pos])
+        s[r] = torch.cat([s[r][above], scores[r][tied_pos]])
+    tied = torch.nonzero((s[:, 1:] == s[:, :-1]).any(dim=1)).squeeze(1)
+    if tied.numel():
+        ts, ti = s[tied], i[tied]
+        by_pos = ti.argsort(dim=1)
+        ti, ts = ti.gather(1, by_pos), ts.gather(1, by_pos)
+        ts, by_score = ts.sort(dim=1, descending=True, stable=True)
+        s[tied], i[tied] = ts, ti.gather(1, by_score)
 
 
 def rank(
@@ -35,32 +89,28 @@ def rank(
 ) -> Ranking:
     """Top-k gallery positions per query by dot product, masking each query's reference position (−1 = none).
 
-    Equal scores are ordered by gallery position (lower first): ``topk`` returns an unspecified order among ties,
-    so its k results are re-sorted stably by (score desc, position asc) — only the rows that hold a tie, the
-    others being strictly decreasing already. Exact for every K below k unless more than k − K gallery items tie
-    with the K-th.
+    Order: score descending, then gallery position ascending, exactly (see the module summary); the result does
+    not depend on ``chunk_size`` (rounded up to a whole number of :data:`SCORE_BLOCK` queries).
     """
     k = min(k, gallery.size(0))
+    chunk_size = max(SCORE_BLOCK, -(-chunk_size // SCORE_BLOCK) * SCORE_BLOCK)
     out_idx, out_scores = [], []
     for start in range(0, queries.size(0), chunk_size):
-        q = queries[start : start + chunk_size]
-        scores = q @ gallery.T  # a transposed view: BLAS reads it as is, no copy of the gallery
+        scores = _scores(queries[start : start + chunk_size], gallery)
         if ref_positions is not None:
             refs = ref_positions[start : start + chunk_size].to(scores.device)
             rows = torch.nonzero(refs >= 0).squeeze(1)
             if rows.numel():
                 scores[rows, refs[rows]] = float("-inf")
         s, i = scores.topk(k, dim=1)  # sorted by score desc; order among equal scores unspecified
+        if k:
+            _order_ties(s, i, scores, k)
         del scores  # free this chunk before the next one is allocated
-        tied = torch.nonzero((s[:, 1:] == s[:, :-1]).any(dim=1)).squeeze(1)
-        if tied.numel():
-            ts, ti = s[tied], i[tied]
-            by_pos = ti.argsort(dim=1)
-            ti, ts = ti.gather(1, by_pos), ts.gather(1, by_pos)
-            ts, by_score = ts.sort(dim=1, descending=True, stable=True)
-            s[tied], i[tied] = ts, ti.gather(1, by_score)
         out_idx.append(i)
         out_scores.append(s)
+    if not out_idx:
+        dev = queries.device
+        return Ranking(torch.zeros(0, k, dtype=torch.long, device=dev), torch.zeros(0, k, device=dev))
     return Ranking(torch.cat(out_idx), torch.cat(out_scores))
 
 
@@ -95,6 +145,7 @@ class SetResult:
 class EvalResult:
     metrics: dict[str, float]
     sets: dict[str, SetResult] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (encode_gallery_s, ...)
 
     @property
     def num_queries(self) -> int:
@@ -161,27 +212,34 @@ def combine(sets: dict[str, SetResult], ks: list[int]) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------- encoding
 @torch.inference_mode()
 def encode_images(
-    method, cache: ImageCache, indices: list[int], device, batch_size: int, autocast, workers: int = 0
-):
-    loader = torch.utils.data.DataLoader(
-        IndexedImages(indices, cache), batch_size=batch_size, shuffle=False,
-        **loader_kwargs(workers, device.type == "cuda"),
-    )  # fmt: skip
+    method, cache: ImageCache, indices: list[int], device, batch_size: int, autocast, check=None
+) -> torch.Tensor:
+    """Gallery embeddings of cached images, in ``indices`` order. ``check()`` runs between batches (it may raise
+    to cancel)."""
     out = []
-    for images in loader:
+    for images in image_batches(cache, indices, batch_size, device):
+        if check is not None:
+            check()
         with autocast():
-            out.append(method.encode_gallery(images.to(device, non_blocking=True)).float())
+            out.append(method.encode_gallery(images).float())
     return torch.cat(out) if out else torch.zeros(0, 1, device=device)
 
 
 @torch.inference_mode()
-def encode_queries(method, cache: ImageCache, queries: list, device, batch_size: int, autocast):
+def encode_queries(
+    method, cache: ImageCache, queries: list, device, batch_size: int, autocast, check=None
+) -> torch.Tensor:
+    """Query embeddings (reference image + modification text), in ``queries`` order."""
     out = []
-    for start in range(0, len(queries), batch_size):
-        chunk = queries[start : start + batch_size]
-        images = torch.from_numpy(cache.get([q.ref for q in chunk])).permute(0, 3, 1, 2).to(device)
+    refs = [q.ref for q in queries]
+    for start, images in zip(
+        range(0, len(queries), batch_size), image_batches(cache, refs, batch_size, device), strict=True
+    ):
+        if check is not None:
+            check()
+        texts = [q.text for q in queries[start : start + batch_size]]
         with autocast():
-            out.append(method.encode_queries(images, [q.text for q in chunk]).float())
+            out.append(method.encode_queries(images, texts).float())
     return torch.cat(out) if out else torch.zeros(0, 1, device=device)
 
 
@@ -197,6 +255,11 @@ def _encode_sharded(encode, items: list, dist, device) -> torch.Tensor:
     return dist.gather_rows(local, len(items), per)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def evaluate(
     method,
     ds: CIRDataset,
@@ -205,39 +268,58 @@ def evaluate(
     eval_cfg: dict,
     autocast,
     eval_sets: dict[str, EvalSet] | None = None,
-    workers: int = 0,
     dist=None,
+    check: Callable[[], None] | None = None,
 ) -> EvalResult | None:
     """Encode and score every evaluation set of ``ds`` with ``method`` (switched to eval mode and back).
 
     With a data-parallel ``dist``, every rank encodes a slice; rank 0 scores and gets the result, the other
-    ranks get ``None``.
+    ranks get ``None``. ``check()`` is called between encoding batches in a single process (it may raise to
+    cancel); with several ranks, whose batch counts differ, only between phases, where every rank calls it.
     """
     was_training = method.training
     method.eval()
     sets_in = eval_sets or ds.eval_sets
+    per_batch = check if dist is None or not dist.enabled else None
+    timings = {"encode_gallery_s": 0.0, "encode_queries_s": 0.0, "rank_s": 0.0}
     try:
         sets = {}
         bs = int(eval_cfg.get("batch_size", 128))
         for name, es in sets_in.items():
             ks = list(eval_cfg.get("ks") or es.ks)
+            t0 = time.perf_counter()
             g = _encode_sharded(
-                lambda idx: encode_images(method, cache, idx, device, bs, autocast, workers),
+                lambda idx: encode_images(method, cache, idx, device, bs, autocast, per_batch),
                 es.gallery,
                 dist,
                 device,
             )
+            _sync(device)
+            t1 = time.perf_counter()
+            if check is not None:
+                check()
             q = _encode_sharded(
-                lambda qs: encode_queries(method, cache, qs, device, bs, autocast), es.queries, dist, device
+                lambda qs: encode_queries(method, cache, qs, device, bs, autocast, per_batch),
+                es.queries,
+                dist,
+                device,
             )
+            _sync(device)
+            t2 = time.perf_counter()
+            timings["encode_gallery_s"] += t1 - t0
+            timings["encode_queries_s"] += t2 - t1
+            if check is not None:
+                check()
             if dist is not None and not dist.is_main:
                 continue
             keep, chunk = int(eval_cfg.get("store_topk", 50)), int(eval_cfg.get("chunk_size", 2048))
             sets[name] = score_set(es, q, g, ks, keep, chunk)
+            _sync(device)
+            timings["rank_s"] += time.perf_counter() - t2
         if dist is not None and not dist.is_main:
             return None
         ks_all = list(eval_cfg.get("ks") or next(iter(sets_in.values())).ks)
-        return EvalResult(combine(sets, ks_all), sets)
+        return EvalResult(combine(sets, ks_all), sets, timings)
     finally:
         method.train(was_training)
 

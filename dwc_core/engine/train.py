@@ -185,16 +185,17 @@ class Trainer:
         self.consistent = False
         self.compiling = False
 
-    def stop_check(self, phase: str):
+    def stop_check(self, phase: str, collective: bool = True):
         """A callable for long phases, called between chunks/batches: raises :class:`Stop` once a stop was
-        requested (SIGTERM or a cancellation in the registry), on every rank together."""
+        requested (SIGTERM or a cancellation in the registry) — on every rank together when ``collective``, else
+        on this rank alone (the cache build, which rank 0 does while the others wait)."""
         delay = _phase_delay(phase)
 
         def check() -> None:
             if delay:
                 time.sleep(delay)
             flag = self.stop_requested.is_set() or self.reporter.cancel_requested.is_set()
-            if self.dist.any(flag, self.device):
+            if self.dist.any(flag, self.device) if collective else flag:
                 raise Stop()
 
         return check
@@ -247,7 +248,7 @@ class Trainer:
                         progress=lambda d, n: self.reporter.progress(
                             phase="cache", cache_done=d, cache_total=n
                         ),
-                        check=self.stop_check("cache"),
+                        check=self.stop_check("cache", collective=False),
                     )
         self.dist.barrier()
         if not self.dist.is_main:

@@ -185,3 +185,75 @@ class LSTMTextEncoder(nn.Module):
         shorter than the batch maximum gets max(valid outputs, 0) per channel."""
         valid = torch.arange(outputs.size(1), device=outputs.device).view(1, -1) < lengths.view(-1, 1)
         return outputs.masked_fill(~valid.unsqueeze(-1), fill).max(dim=1).values
+
+
+# ----------------------------------------------------------------------------------------------------- compile
+_TENSOR_TYPES = {"Tensor", "torch.Tensor", "Tensor | None", "torch.Tensor | None", "Optional[Tensor]",
+                 "Optional[torch.Tensor]"}  # fmt: skip
+_SCALAR_TYPES = {"int", "float", "bool"}
+
+
+def _annotation(a) -> str:
+    if a is torch.Tensor:
+        return "Tensor"
+    return a if isinstance(a, str) else getattr(a, "__name__", str(a))
+
+
+def takes_only_tensors(module: nn.Module) -> bool:
+    """True when ``module.forward`` is declared to take tensors only (plus optional scalar switches): no strings,
+    lists or vocabularies — host-side work that would drag CPU code and per-length recompiles into a graph."""
+    import inspect
+
+    params = list(inspect.signature(type(module).forward).parameters.values())[1:]
+    if not params:
+        return False
+    for p in params:
+        kind = _annotation(p.annotation).replace(" ", "").replace("|", " | ")
+        if p.annotation is inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            return False
+        if kind in _TENSOR_TYPES:
+            continue
+        if kind in _SCALAR_TYPES and p.default is not inspect.Parameter.empty:
+            continue
+        return False
+    return True
+
+
+def compile_tensor_modules(root: nn.Module, **compile_kwargs) -> list[str]:
+    """``torch.compile`` (in place, lazily: the graph is built at first use) the outermost pure-tensor modules of
+    ``root`` and return their names.
+
+    A module is compiled when its ``forward`` takes tensors only (:func:`takes_only_tensors`), it is not a torch
+    built-in leaf (a lone Linear gains nothing) and it is the only instance of its class among the candidates; a
+    module defining ``compile_targets()`` names its own (the CLIP wrapper: image tower and text transformer, never
+    the tokenizer); others are searched inside. Never compiled: vocabularies, tokenizers, LSTM text encoders
+    taking strings — what made inductor build CPU kernels and recompile for every text length — nor small blocks
+    used several times at different widths (DWC's Inception editors, GeM): their instances share one code object,
+    whose graphs (one per width × rank × grad mode) would exhaust dynamo's recompile limit. What is compiled sees
+    fixed shapes apart from the batch size (CLIP pads token ids to its context length), so the number of graphs
+    per module is bounded by its modes (training, no-grad teacher, inference) and the last, smaller batch.
+    """
+    candidates: list[tuple[str, nn.Module]] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        targets = getattr(module, "compile_targets", None)
+        if callable(targets):
+            candidates.extend((prefix + name, sub) for name, sub in targets())
+            return
+        builtin = type(module).__module__.startswith("torch.")
+        if module is not root and not builtin and takes_only_tensors(module):
+            candidates.append((prefix.rstrip("."), module))
+            return
+        for name, child in module.named_children():
+            visit(f"{prefix}{name}.", child)
+
+    visit("", root)
+    per_class: dict[type, int] = {}
+    for _, module in candidates:
+        per_class[type(module)] = per_class.get(type(module), 0) + 1
+    done = []
+    for name, module in candidates:
+        if per_class[type(module)] == 1:
+            module.compile(**compile_kwargs)
+            done.append(name)
+    return done
