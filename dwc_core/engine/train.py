@@ -703,6 +703,47 @@ def _cancelled(trainer: Trainer, registry, run_id: int) -> int:
     return EXIT_CANCELLED
 
 
+COMPILE_STOP_GRACE_S = 3.0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _end_compilation_soon(registry_path: Path, run_id: int, finished: threading.Event) -> None:
+    """A stop during torch.compile: the Stop raised into dynamo/inductor may be caught there and compilation go on,
+    so unless the process has finished its row within a few seconds, record the cancellation from a watchdog
+    thread and end the process and its compile workers (nothing to checkpoint: no step completed)."""
+
+    def watchdog() -> None:
+        if finished.wait(COMPILE_STOP_GRACE_S):
+            return
+        msg = "cancelled during compilation; stopped inside a step or before training began; last.pt not updated"
+        with contextlib.suppress(Exception):
+            open_sink(registry_path, run_id).set_status(run_id, "cancelled", msg, exit_code=EXIT_CANCELLED)
+        log(msg)
+        with contextlib.suppress(Exception):
+            for pid in _descendants(os.getpid()):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        os._exit(EXIT_CANCELLED)
+
+    threading.Thread(target=watchdog, name="dwc-compile-stop", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dwc_core.engine.train", description=__doc__.splitlines()[0]
@@ -717,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     registry_path = Path(args.registry).resolve()
     trainer: Trainer | None = None
     stop = threading.Event()
+    finished = threading.Event()  # the outcome is recorded (the compile-stop watchdog stands down)
 
     def on_signal(signum, _frame):
         stop.set()
@@ -724,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer.stop_requested.set()
             if trainer.interruptible:  # cache build, evaluation, compilation: stop now, not at the next check
                 trainer.interruptible = False
+                if trainer.compiling:
+                    _end_compilation_soon(registry_path, args.run_id, finished)
                 raise Stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -784,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"`dwc runs` reconciles it from this log")  # fmt: skip
         return code
     finally:
+        finished.set()
         dist.close()
         lock.release()
 

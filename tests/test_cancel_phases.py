@@ -1,0 +1,123 @@
+"""`dwc cancel` is honoured within 10 s in every long phase, not only between training steps: the decoded-image
+cache build, an evaluation (by signal, and by the registry flag alone) and torch.compile's first compilation.
+
+Phases are made to last with the test-only ``DWC_TEST_PHASE_DELAY`` (a sleep at each of the phase's checks); the
+compile phase is real inductor work on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dwc_core.runs.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+LIMIT_S = 10.0
+
+YAML = """\
+experiments:
+  tiny:
+    dataset: {{name: synthetic, num_train: {num_train}, num_test: 48, image_size: 32}}
+    model: {{name: tirg, embed_dim: 32, cnn: {{arch: tiny}}, text: {{word_dim: 16, hidden: 32}}}}
+    trainer: {{epochs: 1, batch_size: 16, num_workers: 0, log_every: 1, heartbeat_s: 0.5, device: cpu{trainer}}}
+    eval: {{batch_size: 8}}
+"""
+
+
+def _start(tmp_path, env_extra: dict, num_train: int = 160, trainer: str = "") -> subprocess.Popen:
+    (tmp_path / "experiments.yaml").write_text(YAML.format(num_train=num_train, trainer=trainer))
+    env = {**os.environ, **env_extra}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(tmp_path), "run", "tiny"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+
+
+def _phase(row: dict) -> str | None:
+    progress = row.get("progress") or {}
+    if isinstance(progress, str):
+        progress = json.loads(progress)
+    return progress.get("phase")
+
+
+def _wait_for_phase(tmp_path, proc, phase: str, timeout: float = 240.0) -> dict:
+    db = tmp_path / "runs" / "registry.db"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if db.exists():
+            rows = Registry(db).runs()
+            if rows and rows[0]["status"] == "running" and _phase(rows[0]) == phase:
+                return rows[0]
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"the run never reached phase {phase!r}")
+
+
+def _cancel_and_time(tmp_path, proc, run_id: int, by_signal: bool = True) -> float:
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    t0 = time.time()
+    if by_signal:
+        res = subprocess.run(
+            [sys.executable, "-m", "dwc_tui.cli", "--project", str(tmp_path), "cancel", str(run_id)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+    else:  # the registry flag alone (what a cancel from another host amounts to): read by the heartbeat thread
+        reg.request_cancel(run_id)
+    while time.time() - t0 < 60 and reg.get(run_id)["status"] not in ("cancelled", "failed", "done"):
+        time.sleep(0.05)
+    elapsed = time.time() - t0
+    out, _ = proc.communicate(timeout=60)
+    row = reg.get(run_id)
+    assert row["status"] == "cancelled", (row["status"], row["error"], out)
+    assert proc.returncode == 130, out
+    return elapsed
+
+
+def _group_gone(pgid: int, wait_s: float = 5.0) -> bool:
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_cancel_during_the_cache_build(tmp_path):
+    proc = _start(tmp_path, {"DWC_TEST_PHASE_DELAY": "cache=1.0"}, num_train=600)
+    row = _wait_for_phase(tmp_path, proc, "cache")
+    assert _cancel_and_time(tmp_path, proc, row["id"]) < LIMIT_S
+    cache_dirs = list((tmp_path / "runs" / ".cache").rglob("images_*"))
+    assert not any(p.suffix == ".u8" for p in cache_dirs)  # no half-built cache left as if complete
+    assert not list((tmp_path / "runs" / ".cache").rglob("*.tmp*"))  # nor its temp file
+
+
+@pytest.mark.parametrize("by_signal", [True, False], ids=["dwc-cancel", "registry-flag"])
+def test_cancel_during_an_evaluation(tmp_path, by_signal):
+    proc = _start(tmp_path, {"DWC_TEST_PHASE_DELAY": "eval=0.5"})
+    row = _wait_for_phase(tmp_path, proc, "eval")
+    assert _cancel_and_time(tmp_path, proc, row["id"], by_signal=by_signal) < LIMIT_S
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    assert reg.evaluations(row["id"]) == []  # the interrupted evaluation recorded nothing
+
+
+def test_cancel_during_compilation_ends_the_process_and_its_workers(tmp_path):
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "TORCHINDUCTOR_COMPILE_THREADS": "2"}
+    proc = _start(tmp_path, env, trainer=", compile: true, eval_at_start: false")
+    row = _wait_for_phase(tmp_path, proc, "compile")
+    time.sleep(1.0)  # inside dynamo / inductor by now
+    elapsed = _cancel_and_time(tmp_path, proc, row["id"])
+    assert elapsed < LIMIT_S
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    assert "last.pt not updated" in " ".join(e["message"] for e in reg.events(row["id"]))
+    assert _group_gone(row["pgid"]), "a process of the run (trainer or compile worker) outlived the cancel"
