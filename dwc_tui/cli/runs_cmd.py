@@ -81,8 +81,9 @@ SORT_COLUMNS = ("id", "experiment", "status", "epoch", "R@10", "mean", "seed", "
 WATCH_S = 2.0
 
 
-def _run_record(r: dict, variant: str, disk: int | None = None) -> dict:
-    """A run's listing row as values: metrics one column each, ISO-8601 times, seconds as numbers."""
+def _run_record(r: dict, variant: str, disk: int | None = None, slurm: bool = False) -> dict:
+    """A run's listing row as values: metrics one column each, ISO-8601 times, seconds as numbers; with
+    ``slurm``, the raw Slurm columns (job, bare state, reason, nodes, requeues)."""
     from dwc_core.results.compare import run_metrics
     from dwc_core.results.formats import iso
 
@@ -105,6 +106,10 @@ def _run_record(r: dict, variant: str, disk: int | None = None) -> dict:
         "duration_s": round(end - r["started"], 1) if r["started"] and end else None,
         "error": r.get("error"),
     }
+    if slurm:
+        from dwc_core.results.slurm_view import slurm_fields
+
+        rec.update(slurm_fields(r))
     if disk is not None:
         rec["disk_bytes"] = disk
     return rec
@@ -151,7 +156,10 @@ def _listing(
     usage = None
     if disk:
         from dwc_core.runs.control import run_disk_usage as usage
-    recs = [_run_record(r, labels.get(r["id"], ""), usage(r["run_dir"]) if usage else None) for r in rows]
+    slurm = any(r.get("slurm_job") for r in rows)  # Slurm columns only where Slurm is used
+    recs = [
+        _run_record(r, labels.get(r["id"], ""), usage(r["run_dir"]) if usage else None, slurm) for r in rows
+    ]
     if sort != "id":
         recs = _sorted(recs, sort)
     if limit is not None:
@@ -176,7 +184,29 @@ def _table_rows(recs: list[dict], disk: bool) -> tuple[list[dict], list[str]]:
         )
     cols = ["id", "experiment"] + (["variant"] if any(r["variant"] for r in recs) else [])
     cols += ["status", "epoch", "R@10", "mean", "started", "duration"] + (["disk"] if disk else [])
+    _fold_slurm(rows, cols)
     return rows, cols
+
+
+TABLE_WIDTH = 80  # the listing keeps within a classic terminal where it can
+
+
+def _fold_slurm(rows: list[dict], cols: list[str], width: int = TABLE_WIDTH) -> None:
+    """Slurm's view of a run as a second line of its status cell ("PD Priority", "R node1"), cut with "…" so
+    the table keeps within ``width`` columns (the cell is never narrower than the status column itself);
+    `dwc show` has it in full, machine formats carry the raw columns."""
+    from dwc_core.results.slurm_view import slurm_compact
+    from dwc_tui.cli.output import cell
+
+    if not any(r.get("slurm_job") for r in rows):
+        return
+    others = sum(max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in cols if c != "status")
+    status_w = max(len("status"), *(len(r["status"]) for r in rows))
+    room = max(status_w, width - others - 3 * (len(cols) - 1))
+    for r in rows:
+        text = slurm_compact(r, room)
+        if text:
+            r["status"] = f"{r['status']}\n{text}"
 
 
 def _ts(iso_text: str | None) -> float | None:
@@ -289,6 +319,11 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
         f"versions {', '.join(f'{k} {v}' for k, v in (row['versions'] or {}).items() if k in ('python', 'torch', 'cuda', 'precision'))}",
     ]
     info += _variant_lines(registry, row)
+    from dwc_core.results.slurm_view import slurm_line
+
+    slurm = slurm_line(row)
+    if slurm:
+        info.append(escape(slurm))
     if row.get("error"):
         info.append(f"[red]error {escape(str(row['error']))}[/]")
     out.print(Panel("\n".join(info), title="run", expand=False))
