@@ -161,3 +161,107 @@ def test_show_has_a_slurm_line_and_json_the_columns(proj):
     assert "slurm job" not in invoke(proj, "show", "4").stdout
     run = json.loads(invoke(proj, "show", "1", "-f", "json").stdout)["run"]
     assert (run["slurm_job"], run["slurm_reason"], run["slurm_requeues"]) == ("4711", "Priority", 0)
+
+
+# ------------------------------------------------------------------------------ the Slurm worker in workers/
+def _slurm_worker_in_thread(project, started: list, monkeypatch, job_state: str = "RUNNING"):
+    """A Slurm worker (no cluster: Slurm's answers are faked) looping in a thread until ``stop``."""
+    import threading
+
+    from dwc_core.runs import slurm
+
+    monkeypatch.setattr(
+        slurm, "job_states", lambda ids: {j: slurm.JobInfo(j, job_state, "None", "node7") for j in ids}
+    )
+
+    def body():
+        w = slurm.SlurmWorker(project / "runs" / "registry.db", slurm.SlurmOptions(poll_s=0.05, partition="gpu"),
+                              log=lambda m: None, log_file="/tmp/w.log")  # fmt: skip
+        started.append(w)
+        w.result = w.run()
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t
+
+
+def _wait(pred, timeout=20.0):
+    deadline = time.time() + timeout
+    while not pred():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_slurm_worker_registers_while_it_lives_and_dwc_workers_lists_it(proj, monkeypatch):
+    from dwc_core.runs import control
+
+    assert control.nobody_will_take(proj) is not None
+    started: list = []
+    t = _slurm_worker_in_thread(proj, started, monkeypatch)
+    _wait(lambda: started and control.live_workers(proj))
+    w = started[0]
+    (info,) = control.live_workers(proj)
+    assert (info["name"], info["kind"], info["partition"], info["log"]) == (
+        w.name,
+        "slurm",
+        "gpu",
+        "/tmp/w.log",
+    )
+    assert info["name"].startswith("slurm-") and (proj / "runs" / "workers" / f"{w.name}.lock").exists()
+    assert control.nobody_will_take(proj) is None  # `dwc run --queue` / `dwc resume` no longer warn
+    # it adopted the unfinished Slurm runs (1 pending, 2 running) and is named as the worker following them
+    reg = Registry(proj / "runs" / "registry.db")
+    _wait(lambda: [reg.get(i)["worker"] for i in (1, 2, 3)] == [w.name, w.name, None])
+    reg.close()
+    (row,) = json.loads(invoke(proj, "workers", "-f", "json").stdout)
+    assert (row["kind"], row["state"], sorted(row["runs"].split(","))) == ("slurm", "alive", ["1", "2"])
+    assert "gpu partition" in row["gpus"]
+    table = invoke(proj, "workers").stdout
+    assert "slurm" in table and "alive" in table
+    # the heartbeat is refreshed while it lives (a worker on another host is judged by it)
+    first = json.loads((proj / "runs" / "workers" / f"{w.name}.json").read_text())["heartbeat"]
+    monkeypatch.setattr("dwc_core.runs.slurm.INFO_EVERY_S", 0.0)
+    _wait(lambda: json.loads((proj / "runs" / "workers" / f"{w.name}.json").read_text())["heartbeat"] > first)
+    w.stop = True
+    t.join(timeout=20)
+    assert w.result == 130
+    assert not list((proj / "runs" / "workers").glob("slurm-*"))  # its files go with it
+    assert control.live_workers(proj) == []
+
+
+def test_two_slurm_workers_in_one_process_get_distinct_files(tmp_path):
+    from dwc_core.runs import slurm
+
+    reg_path = tmp_path / "runs" / "registry.db"
+    Registry(reg_path).close()
+    a = slurm.SlurmWorker(reg_path, slurm.SlurmOptions(), log=lambda m: None)
+    b = slurm.SlurmWorker(reg_path, slurm.SlurmOptions(), log=lambda m: None)
+    a.register()
+    b.register()
+    try:
+        assert a.name != b.name and b.name == f"{a.name}-2"
+        names = {p.stem for p in (tmp_path / "runs" / "workers").glob("*.json")}
+        assert names == {a.name, b.name}
+    finally:
+        a.unregister()
+        b.unregister()
+    assert not list((tmp_path / "runs" / "workers").iterdir())
+
+
+def test_slurm_worker_entry_point_records_its_log_file(tmp_path, monkeypatch):
+    """`python -m dwc_core.runs.slurm worker --log-file F` (what `--detach` starts) names F in its worker file."""
+    from dwc_core.runs import slurm
+
+    reg_path = tmp_path / "runs" / "registry.db"
+    Registry(reg_path).close()
+    monkeypatch.setattr(slurm, "available", lambda: None)
+    seen = []
+    real = slurm.write_worker_file
+    monkeypatch.setattr(slurm, "write_worker_file", lambda folder, name, info: (seen.append(dict(info)),
+                                                                               real(folder, name, info)))  # fmt: skip
+    code = slurm.main(
+        ["worker", "--registry", str(reg_path), "--once", "--log-file", str(tmp_path / "w.log")]
+    )
+    assert code == 0
+    assert seen and seen[0]["kind"] == "slurm" and seen[0]["log"] == str(tmp_path / "w.log")
+    assert not list((tmp_path / "runs" / "workers").glob("*.json"))

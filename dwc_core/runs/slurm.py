@@ -37,8 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dwc_core.errors import DwcError, UsageError
+from dwc_core.runs import control
 from dwc_core.runs.ingest import ingest, read_final
+from dwc_core.runs.locks import LockHeld
 from dwc_core.runs.registry import ACTIVE, Registry
+from dwc_core.runs.worker import INFO_EVERY_S, hold_worker_lock, remove_worker_files, write_worker_file
 
 ACTIVE_STATES = {
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
@@ -238,14 +241,59 @@ def submit(registry: Registry, registry_path: Path, run: dict, opts: SlurmOption
 
 # ------------------------------------------------------------------------------------------------- the worker
 class SlurmWorker:
-    def __init__(self, registry_path: Path, opts: SlurmOptions, name: str | None = None, log=print):
+    def __init__(
+        self, registry_path: Path, opts: SlurmOptions, name: str | None = None, log=print, log_file: str | None = None
+    ):  # fmt: skip
         self.registry_path = Path(registry_path).resolve()
         self.registry = Registry(self.registry_path)
         self.opts = opts
         self.name = name or f"slurm-{socket.gethostname()}-{os.getpid()}"
         self.log = log
+        self.log_file = log_file
         self.followed: dict[int, str] = {}  # run id → job id
         self.stop = False
+        self.folder = self.registry_path.parent / control.WORKERS_DIR  # runs/workers/, beside local workers
+        self._lock = None
+        self._info: dict = {}
+        self._last_info = 0.0
+
+    # -------------------------------------------------------------------------------- runs/workers/ entry
+    def register(self) -> None:
+        """Describe this worker in ``runs/workers/<name>.json`` (``kind: slurm``) and hold ``<name>.lock`` while
+        it lives, as local workers do: `dwc workers` lists it, and `dwc run --queue` / `dwc resume` know that
+        queued runs will be taken. A second worker object in the same process gets a numbered name."""
+        base, n = self.name, 1
+        while True:
+            try:
+                self._lock = hold_worker_lock(self.folder, self.name)
+                break
+            except LockHeld:
+                if n >= 100:
+                    raise
+                n += 1
+                self.name = f"{base}-{n}"
+        o = self.opts
+        self._info = {
+            "name": self.name, "kind": "slurm", "host": socket.gethostname(), "pid": os.getpid(), "gpus": [],
+            "cpu_slots": 0, "partition": o.partition, "account": o.account, "qos": o.qos, "time": o.time,
+            "max_jobs": o.max_jobs, "started": time.time(), "log": self.log_file,
+        }  # fmt: skip
+        self.heartbeat(force=True)
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Refresh the worker file (heartbeat, followed runs) every INFO_EVERY_S: a worker on another host is
+        live while its heartbeat is fresh."""
+        if self._lock is None or (not force and time.time() - self._last_info < INFO_EVERY_S):
+            return
+        self._info["runs"] = sorted(self.followed)
+        write_worker_file(self.folder, self.name, self._info)
+        self._last_info = time.time()
+
+    def unregister(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            remove_worker_files(self.folder, self.name)
 
     def adopt(self) -> list[int]:
         """Follow every unfinished run that has a Slurm job (a previous worker's included)."""
@@ -261,6 +309,7 @@ class SlurmWorker:
         for r in rows:
             if r["id"] not in self.followed:
                 self.followed[r["id"]] = str(r["slurm_job"])
+                self.registry.update(r["id"], worker=self.name)  # `dwc workers` shows who follows it now
                 if r["status"] == "lost":
                     self.registry.set_status(
                         r["id"],
@@ -378,10 +427,20 @@ class SlurmWorker:
         return True
 
     def run(self, once: bool = False) -> int:
+        """Register in runs/workers/, follow and submit until stopped (or, with ``once``, until nothing is left);
+        the worker file goes when it returns."""
+        self.register()
+        try:
+            return self._loop(once)
+        finally:
+            self.unregister()
+
+    def _loop(self, once: bool) -> int:
         self.adopt()
         while not self.stop:
             self.submit_queued()
             self.poll()
+            self.heartbeat()
             if once and not self.followed and not self._claimable():
                 return 0
             deadline = time.time() + self.opts.poll_s
@@ -424,11 +483,13 @@ def cancel(registry: Registry, run_id: int) -> str | None:
     return f"run {run_id}: scancel {job} (Slurm stops it; the Slurm worker records it cancelled)"
 
 
-def run_worker(registry_path: Path, opts: SlurmOptions, once: bool = False, log=print) -> int:
+def run_worker(
+    registry_path: Path, opts: SlurmOptions, once: bool = False, log=print, log_file: str | None = None
+) -> int:
     why = available()
     if why is not None:
         raise UsageError(f"dwc worker --slurm: no Slurm cluster reachable from here ({why}).")
-    worker = SlurmWorker(registry_path, opts, log=log)
+    worker = SlurmWorker(registry_path, opts, log=log, log_file=log_file)
 
     def on_signal(signum, _frame):
         worker.stop = True
@@ -525,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--grace", type=int, default=90)
     w.add_argument("--poll", type=float, default=5.0)
     w.add_argument("--once", action="store_true")
+    w.add_argument("--log-file", help="where this worker's output goes (recorded in runs/workers/)")
     args = p.parse_args(argv)
     opts = SlurmOptions(
         partition=args.partition, account=args.account, qos=args.qos, time=args.time,
@@ -532,7 +594,13 @@ def main(argv: list[str] | None = None) -> int:
         grace_s=args.grace, poll_s=args.poll,
     )  # fmt: skip
     try:
-        return run_worker(Path(args.registry), opts, once=args.once, log=lambda m: print(m, flush=True))
+        return run_worker(
+            Path(args.registry),
+            opts,
+            once=args.once,
+            log=lambda m: print(m, flush=True),
+            log_file=args.log_file,
+        )
     except DwcError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return exc.exit_code
@@ -558,6 +626,7 @@ def spawn_detached(registry_path: Path, opts: SlurmOptions, once: bool = False) 
         cmd.append(f"--sbatch-arg={arg}")
     if once:
         cmd.append("--once")
+    cmd.append(f"--log-file={log}")
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)  # fmt: skip

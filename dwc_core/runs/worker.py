@@ -229,9 +229,10 @@ class Worker:
                         f"a GPU. Name other GPUs with --gpus, or stop that worker first (`dwc workers` lists them)."
                     ) from None
                 self._locks.append(lock)
-        self._locks.append(FileLock(self.folder / f"{self.name}.lock", what=f"worker {self.name}").acquire())
+        self._locks.append(hold_worker_lock(self.folder, self.name))
         self._info = {
             "name": self.name,
+            "kind": "local",
             "host": self.host,
             "pid": self.pid,
             "gpus": self.pool.units if self.pool.gpu_mode else [],
@@ -249,21 +250,15 @@ class Worker:
         self.log(f"started on {what}; {self.cores} cores; project {self.project}")
 
     def write_info(self) -> None:
-        self._info["heartbeat"] = time.time()
         self._info["runs"] = sorted(self.children)
-        path = self.folder / f"{self.name}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self._info, indent=1) + "\n")
-        tmp.replace(path)
+        write_worker_file(self.folder, self.name, self._info)
         self._last_info = time.time()
 
     def release(self) -> None:
         for lock in self._locks:
             lock.release()
         self._locks = []
-        for suffix in (".json", ".lock"):
-            with contextlib.suppress(OSError):
-                (self.folder / f"{self.name}{suffix}").unlink()
+        remove_worker_files(self.folder, self.name)
 
     def adopt(self) -> None:
         """Take over active runs of this host whose worker is gone but whose process lives."""
@@ -521,3 +516,28 @@ def run_worker(worker_kwargs: dict, project: str | os.PathLike, detach: bool = F
     worker.start()
     worker.install_signals()
     return worker.run()
+
+
+# ----------------------------------------------------------------------------------------------- worker files
+# Every worker (local, Slurm) describes itself in runs/workers/<name>.json and holds <name>.lock while it lives:
+# `dwc workers` lists them, `control.live_workers` tells a live one (same host: the lock; other host: heartbeat).
+def hold_worker_lock(folder: Path, name: str) -> FileLock:
+    """Take the worker's own lock ``<folder>/<name>.lock`` (the kernel drops it when the process dies)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return FileLock(Path(folder) / f"{name}.lock", what=f"worker {name}").acquire()
+
+
+def write_worker_file(folder: Path, name: str, info: dict) -> None:
+    """(Re)write ``<folder>/<name>.json`` atomically with ``info``, its ``heartbeat`` set to now."""
+    info["heartbeat"] = time.time()
+    path = Path(folder) / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def remove_worker_files(folder: Path, name: str) -> None:
+    """Remove the worker's description and lock file (its lock must be released first)."""
+    for suffix in (".json", ".lock"):
+        with contextlib.suppress(OSError):
+            (Path(folder) / f"{name}{suffix}").unlink()

@@ -202,7 +202,9 @@ def workers(fmt: FormatOpt = "table") -> None:
             {
                 "host": w.get("host"),
                 "pid": w.get("pid"),
-                "gpus": ",".join(w.get("gpus") or []) or f"cpu×{w.get('cpu_slots')}",
+                "kind": w.get("kind") or "local",
+                "gpus": ",".join(w.get("gpus") or [])
+                or (_slurm_where(w) if w.get("kind") == "slurm" else f"cpu×{w.get('cpu_slots')}"),
                 "runs": ",".join(map(str, w.get("runs", []))) or "–",
                 "since": when(w.get("started")),
                 "state": "alive" if w["alive"] else "dead (removed)",
@@ -212,7 +214,12 @@ def workers(fmt: FormatOpt = "table") -> None:
     if fmt == "table" and not rows:
         err.print("no worker — start one with `dwc worker` (or `dwc worker --cpu`)")
         return
-    emit(rows, ["host", "pid", "gpus", "runs", "since", "state"], fmt)
+    emit(rows, ["host", "pid", "kind", "gpus", "runs", "since", "state"], fmt)
+
+
+def _slurm_where(w: dict) -> str:
+    """A Slurm worker's resources: its partition and job cap (the GPUs are Slurm's)."""
+    return f"{w.get('partition') or 'default'} partition, ≤{w.get('max_jobs')} jobs"
 
 
 @app.command(rich_help_panel=PANEL)
