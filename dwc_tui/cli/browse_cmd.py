@@ -13,9 +13,11 @@ from rich.text import Text
 
 from dwc_core.errors import UsageError
 from dwc_tui.cli.app import _registry, app, handle_errors
+from dwc_tui.cli.output import err
 from dwc_tui.cli.output import out as _out
 
 BROWSE_FORMATS = ("text", "jsonl")
+IMAGE_GAP = 2  # columns between two image tiles
 
 
 class _Plain:
@@ -55,6 +57,13 @@ def browse(
         typer.Option("--against", help="another run: queries one gets within K and the other misses"),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text | jsonl")] = "text",
+    images: Annotated[
+        bool,
+        typer.Option(
+            "--images", help="draw reference, target and top images (colour terminal, images on disk)"
+        ),
+    ] = False,
+    image_width: Annotated[int, typer.Option("--image-width", help="width of each image in columns")] = 12,
 ) -> None:
     """Per-query results of a run's best evaluation: reference, text, target, rank of the first hit, top-K."""
     from dwc_core.results import browse as data
@@ -63,6 +72,12 @@ def browse(
         raise UsageError(f"--format {fmt!r} is not supported here. Allowed: {' | '.join(BROWSE_FORMATS)}.")
     if top < 1:
         raise UsageError(f"--top {top}: must be a positive number.")
+    if images and (fmt != "text" or against is not None):
+        raise UsageError(
+            "--images draws into the text view of one run: not with --format jsonl or --against."
+        )
+    if not 2 <= image_width <= 80:
+        raise UsageError(f"--image-width {image_width}: allowed 2 to 80 columns.")
     registry = _registry(create=False)
     if against is not None:
         view = data.against(registry, run_id, against, k=k, eval_a=eval_id, last=last)
@@ -88,10 +103,85 @@ def browse(
             style="bold",
         )
     )
+    pictures = _run_images(view.run) if images else None
     for q in view.queries:
         out.print()
         for line in _query_lines(q, top):
             out.print(line)
+        if pictures is not None:
+            for line in image_lines(pictures, q, top, image_width, _out.width):
+                out.print(line)
+
+
+def _run_images(run: dict):
+    """The run's images, or None with a note saying why they cannot be drawn (the text view goes on)."""
+    from rich.markup import escape
+
+    from dwc_core.results.images import ImagesUnavailable, RunImages
+
+    if _out.color_system is None:
+        err.print(
+            "[yellow]note:[/] --images draws with colours and this output is not a colour terminal: text only "
+            "(set FORCE_COLOR=1 to draw them anyway, e.g. for `less -R`).",
+            soft_wrap=True,
+        )
+        return None
+    try:
+        return RunImages(run)
+    except ImagesUnavailable as exc:
+        err.print(f"[yellow]note:[/] --images: {escape(exc.message)}; text only.", soft_wrap=True)
+        return None
+
+
+def image_tile(label: str, pixels, width: int, style: str = "bold") -> list[Text]:
+    """A label line and the image in half-block cells (upper pixel = foreground, lower = background), each line
+    exactly ``width`` columns; "no image" when the pixels are missing."""
+    from rich.color import Color
+    from rich.style import Style
+
+    from dwc_core.results.images import HALF_BLOCK, half_blocks
+
+    lines = [Text(label[:width].ljust(width), style=style)]
+    if pixels is None:
+        lines.append(Text("no image"[:width].ljust(width), style="dim"))
+        return lines
+    for row in half_blocks(pixels, width):
+        line = Text()
+        run = 0
+        for x, cell in enumerate(row):  # one span per run of equal cells: fewer escape codes
+            run += 1
+            if x + 1 == len(row) or row[x + 1] != cell:
+                top, bottom = cell
+                line.append(
+                    HALF_BLOCK * run, Style(color=Color.from_rgb(*top), bgcolor=Color.from_rgb(*bottom))
+                )
+                run = 0
+        lines.append(line)
+    return lines
+
+
+def image_lines(pictures, q, top: int, width: int, max_columns: int) -> list[Text]:
+    """The query's reference, first target and top-``top`` images as tiles side by side, as many per line as
+    ``max_columns`` allows (indented by two)."""
+    tiles = [image_tile("ref", pictures.pixels(q.ref_id), width)]
+    tiles += [image_tile("target", pictures.pixels(t), width, "bold green") for t in q.target_ids[:1]]
+    for item in q.topk[:top]:
+        label = f"{item['rank']}{' ✓' if item['hit'] else ''}"
+        tiles.append(
+            image_tile(label, pictures.pixels(item["id"]), width, "bold green" if item["hit"] else "bold")
+        )
+    per_line = max(1, (max_columns - 2 + IMAGE_GAP) // (width + IMAGE_GAP))
+    lines = []
+    for start in range(0, len(tiles), per_line):
+        group = tiles[start : start + per_line]
+        for i in range(max(len(t) for t in group)):
+            line = Text("  ")
+            for j, tile in enumerate(group):
+                if j:
+                    line.append(" " * IMAGE_GAP)
+                line.append_text(tile[i] if i < len(tile) else Text(" " * width))
+            lines.append(line)
+    return lines
 
 
 def _eval_name(ev: dict) -> str:
