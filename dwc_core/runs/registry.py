@@ -544,6 +544,23 @@ class Registry:
             )
             self._event(c, run_id, "queued", reason + (" (from scratch)" if from_scratch else ""))
 
+    def unknown_run_dirs(self, runs_dir: str | os.PathLike) -> list[Path]:
+        """Run directories (``<id>-<experiment>``) under ``runs_dir`` that no run of this registry owns: the
+        registry was emptied or replaced beside older runs. They are never reused (see :meth:`create_run`)."""
+        known = {str(Path(r[0]).resolve()) for r in self.conn.execute("SELECT run_dir FROM runs") if r[0]}
+        try:
+            entries = list(Path(runs_dir).iterdir())
+        except OSError:
+            return []
+        return sorted(
+            p
+            for p in entries
+            if p.is_dir()
+            and p.name.split("-", 1)[0].isdigit()
+            and "-" in p.name
+            and str(p.resolve()) not in known
+        )
+
     def clear_history(self, run_id: int) -> dict[str, int]:
         """Forget what a run recorded while training (metrics, epoch evaluations and their per-query results, best
         and progress columns), for a restart from scratch; re-evaluations (``dwc eval``) are kept."""

@@ -45,6 +45,14 @@ def run(
         preflight(s.config, project)
     registry = _registry()
     runs_dir = project / "runs"
+    strangers = registry.unknown_run_dirs(runs_dir)
+    if strangers:
+        err.print(
+            f"[yellow]note:[/] {len(strangers)} run directories under {escape(str(runs_dir))} are not in this registry "
+            f"(e.g. {escape(strangers[0].name)}): was runs/registry.db emptied or replaced? They are left untouched; "
+            "new runs never reuse them.",
+            soft_wrap=True,
+        )
     runs = [registry.create_run(s.experiment, s.config, runs_dir, variant=s.variant) for s in specs]
     if queue_only:
         for r in runs:
