@@ -33,8 +33,11 @@ experiments:
     trainer: {gpus: 2}
   long:
     extends: tiny
-    dataset: {num_train: 1600}
-    trainer: {epochs: 2, max_steps_per_epoch: null, log_every: 2}
+    dataset: {num_train: 240}
+    trainer: {epochs: 2, batch_size: 8, max_steps_per_epoch: null, log_every: 2}
+  medium:
+    extends: long
+    dataset: {num_train: 120}
   missing-root:
     dataset: {name: shoes, root: /nonexistent/shoes-data}
     model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
@@ -174,12 +177,12 @@ def test_sigkill_worker_run_finishes_and_is_adopted_then_lost_run_resumes(proj):
     assert row["status"] == "done", (row["error"], out)
     assert any(e["kind"] == "adopted" for e in reg.events(a))
     steps = loss_steps(reg, a)
-    assert steps == sorted(set(steps)) and max(steps) == 2 * (1600 // 16)
+    assert steps == sorted(set(steps)) and max(steps) == 2 * (240 // 8)
 
     # worker and trainer both killed: the run is lost, then resumes from last.pt without duplicated steps
-    (b,) = queue(proj, "long", "--seeds", "5")
+    (b,) = queue(proj, "medium")
     w3 = worker(proj, "--cpu")
-    wait_for(lambda: reg.get(b)["epoch"] >= 1 and len(loss_steps(reg, b)) > 1600 // 16 // 2, timeout=240,
+    wait_for(lambda: reg.get(b)["epoch"] >= 1 and max(loss_steps(reg, b), default=0) > 120 // 8 + 2, timeout=240,
              what="past the first epoch")  # fmt: skip
     w3.kill()
     w3.communicate(timeout=30)
@@ -195,7 +198,7 @@ def test_sigkill_worker_run_finishes_and_is_adopted_then_lost_run_resumes(proj):
     row = reg.get(b)
     assert row["status"] == "done" and row["resumes"] == 1, (row["error"], out)
     steps = loss_steps(reg, b)
-    assert steps == sorted(set(steps)) and max(steps) == 2 * (1600 // 16)
+    assert steps == sorted(set(steps)) and max(steps) == 2 * (120 // 8)
     assert any(e["kind"] == "resume" for e in reg.events(b))
 
 
