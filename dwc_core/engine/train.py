@@ -31,7 +31,7 @@ from dwc_core.data.types import EvalSet, Query, Triplet
 from dwc_core.engine import checkpoint, runtime
 from dwc_core.engine.distributed import Dist
 from dwc_core.engine.evaluate import EvalResult, evaluate, query_rows
-from dwc_core.engine.reporting import RUN_DIR_ENV, SINK_ENV, SINKS, Reporter, open_sink
+from dwc_core.engine.reporting import RUN_DIR_ENV, SINK_ENV, SINKS, Reporter, open_sink, sink_kind
 from dwc_core.errors import ConfigError, DataError, DwcError, TrainingError
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.base import Batch, NonFiniteLoss, StepContext
@@ -399,11 +399,13 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         dropped = self._main(self.registry.delete_metrics_after, self.run_id, self.step)
         self._main(self.registry.delete_evaluations_after, self.run_id, self.epoch)
-        if self.best_eval_id and hasattr(
-            self.registry, "mark_best"
-        ):  # a later best was dropped with its epoch
+        if (
+            self.best_eval_id
+        ):  # a later best may have been dropped with its epoch: the checkpoint's best stands
             self._main(self.registry.mark_best, self.run_id, self.best_eval_id)
-        trimmed = self._main(trim_metrics_file, self.run_dir / "metrics.jsonl", self.step)
+        trimmed = None  # a files sink keeps metrics.jsonl append-only: its truncate op marks the resume point
+        if sink_kind() != "files":
+            trimmed = self._main(trim_metrics_file, self.run_dir / "metrics.jsonl", self.step)
         msg = (
             f"resumed from last.pt at epoch {self.epoch} step {self.step} (dropped {dropped} later metric rows"
             f"{f' and {trimmed} lines of metrics.jsonl' if trimmed else ''})"
