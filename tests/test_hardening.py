@@ -173,6 +173,8 @@ def test_read_only_project_lists_and_shows_but_refuses_writes(tmp_path):
         assert show.returncode == 0 and json.loads(show.stdout)["run"]["status"] == "queued"
         write = dwc_proc(ro, "cancel", str(run["id"]))
         assert write.returncode == 3 and "read-only" in write.stderr and "Traceback" not in write.stderr
+        write = dwc_proc(ro, "eval", str(run["id"]))  # refused before it evaluates anything
+        assert write.returncode == 3 and "read-only" in write.stderr and "Traceback" not in write.stderr
         write = dwc_proc(ro, "run", "demo", "--queue")
         assert (
             write.returncode in (2, 3)

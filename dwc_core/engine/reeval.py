@@ -13,7 +13,7 @@ from dwc_core.data import load_dataset
 from dwc_core.data.loading import ImageCache
 from dwc_core.engine import checkpoint, runtime
 from dwc_core.engine.evaluate import evaluate, query_rows
-from dwc_core.errors import UsageError
+from dwc_core.errors import RegistryError, UsageError
 from dwc_core.models import BuildContext, build_method
 from dwc_core.runs.registry import Registry
 
@@ -52,6 +52,11 @@ def reevaluate(
 ) -> dict:
     registry = Registry(registry_path)
     row = registry.get(run_id)
+    if registry.readonly:  # say so before minutes of evaluation, not after
+        raise RegistryError(
+            f"{registry.path} is read-only: dwc eval records its evaluation there. Re-evaluate where the project is "
+            "writable."
+        )
     config = apply_overrides(row["config"], list(overrides or []), allowed_sections=("dataset", "eval"))
     path = resolve_checkpoint(Path(row["run_dir"]), which)
     device = runtime.pick_device(config["trainer"]["device"])
