@@ -458,3 +458,21 @@ def test_run_reports_run_dirs_an_emptied_registry_does_not_know(proj):
     reg = Registry(proj / "runs" / "registry.db")
     assert [p.name for p in reg.unknown_run_dirs(proj / "runs")] == ["1-demo", "2-demo"]
     assert Path(reg.get(1)["run_dir"]).name.startswith("1-demo-")
+
+
+def test_library_warnings_of_dwc_eval_go_to_train_log(tmp_path, capsys):
+    pytest.importorskip("torch")
+    import logging
+    import warnings
+
+    from dwc_core.engine.reeval import library_warnings_to
+
+    log = tmp_path / "train.log"
+    with library_warnings_to(log):
+        for _ in range(2):
+            logging.warning("No pretrained weights loaded")
+            warnings.warn("a library deprecation", UserWarning, stacklevel=1)
+    text = log.read_text()
+    assert text.count("No pretrained weights loaded") == 1 and text.count("py.warnings") == 1
+    captured = capsys.readouterr()
+    assert "pretrained" not in captured.err + captured.out

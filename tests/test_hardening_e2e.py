@@ -120,6 +120,7 @@ def test_emptied_registry_new_run_does_not_load_the_old_checkpoint(proj):
     reg = Registry(proj / "runs" / "registry.db")
     row = reg.get(1)
     assert Path(row["run_dir"]) != old_dir and row["config"]["trainer"]["seed"] == 7
+    assert row["versions"]["dwc"]  # recorded always (item 18), git state or not
     kinds = [e["kind"] for e in reg.events(1)]
     assert "resume" not in kinds and "warning" in kinds
     assert epochs(reg, 1) == [0, 1]

@@ -24,6 +24,16 @@ def library_warnings_to(log_path: Path):
     train.log instead of the terminal, each once."""
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    seen: set[tuple[str, str]] = set()
+
+    def once(record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    handler.addFilter(once)
     root = logging.getLogger()
     saved = root.handlers[:]
     root.handlers = [handler]
