@@ -27,7 +27,7 @@ experiments:
               max_steps_per_epoch: 3}
   long:
     extends: tiny
-    trainer: {epochs: 2, max_steps_per_epoch: 40}
+    trainer: {epochs: 2, max_steps_per_epoch: 12}
 """
 
 
@@ -55,9 +55,16 @@ def wait_for(pred, timeout=180.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One synthetic-data cache for every test here (generated and decoded once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
-def proj(tmp_path: Path) -> Path:
-    (tmp_path / "experiments.yaml").write_text(TINY)
+def proj(tmp_path: Path, shared_cache: Path) -> Path:
+    text = TINY.replace("image_size: 32}", f"image_size: 32, cache_dir: {shared_cache}}}", 1)
+    (tmp_path / "experiments.yaml").write_text(text)
     return tmp_path
 
 
@@ -80,16 +87,17 @@ def test_second_trainer_and_resume_are_refused_while_a_run_trains(proj):
     wait_for(lambda: reg.runs() and reg.get(1)["status"] == "running", what="running")
     wait_for(lambda: reg.metrics(1, split="train", name="loss"), what="first losses")
     pid = reg.get(1)["pid"]
-    second = subprocess.run(
-        [sys.executable, "-m", "dwc_core.engine.train", "1", "--registry", str(proj / "runs" / "registry.db")],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert second.returncode == 4, second.stdout + second.stderr
-    assert f"pid {pid}" in second.stdout and "already being trained" in second.stdout
-    assert reg.get(1)["status"] == "running" and reg.get(1)["pid"] == pid
-    # SIGSTOP with a stale heartbeat: alive on this host, so `stalled`, never `lost`, and never resumed twice
+    # SIGSTOP (as in the report): the stopped trainer still holds its run lock, however long the checks take
     os.kill(pid, signal.SIGSTOP)
     try:
+        second = subprocess.run(
+            [sys.executable, "-m", "dwc_core.engine.train", "1", "--registry", str(proj / "runs" / "registry.db")],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert second.returncode == 4, second.stdout + second.stderr
+        assert f"pid {pid}" in second.stdout and "already being trained" in second.stdout
+        assert reg.get(1)["status"] == "running" and reg.get(1)["pid"] == pid
+        # a stale heartbeat: alive on this host, so `stalled`, never `lost`, and never resumed twice
         reg.update(1, heartbeat=time.time() - 1000)
         listing = dwc(proj, "runs", "--format", "json")
         assert listing.returncode == 0 and json.loads(listing.stdout)[0]["status"] == "running"
@@ -161,7 +169,7 @@ def test_resume_without_a_usable_last_pt_never_records_an_epoch_twice(proj):
 
 
 # ------------------------------------------------------------------------------------------------------ item 7
-def test_disk_full_fails_the_run_with_a_clear_message(tmp_path):
+def test_disk_full_fails_the_run_with_a_clear_message(tmp_path, shared_cache):
     disk = tmp_path / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)]).returncode != 0:
@@ -172,7 +180,7 @@ def test_disk_full_fails_the_run_with_a_clear_message(tmp_path):
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         with open(disk / "filler", "wb") as fh:  # leave 6 MB: less than best.pt (~5 MB) plus the 4 MB reserve
             fh.write(b"\0" * (free - 6 * 2**20))
-        res = dwc(disk, "run", "tiny", "--set", f"dataset.cache_dir={tmp_path / 'cache'}")
+        res = dwc(disk, "run", "tiny", "--set", f"dataset.cache_dir={shared_cache}")
         assert res.returncode == 1, res.stdout + res.stderr
         assert "Traceback" not in res.stderr and "disk full at" in res.stderr
         reg = Registry(disk / "runs" / "registry.db")

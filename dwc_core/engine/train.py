@@ -779,7 +779,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir:
         os.environ[RUN_DIR_ENV] = str(Path(args.run_dir).resolve())
     registry = open_sink(registry_path, args.run_id)
-    lock = _take_run_lock(registry, args.run_id)
+    try:
+        lock = _take_run_lock(registry, args.run_id)
+    except DwcError as exc:  # e.g. no such run: nothing to record it in
+        log(f"failed: {exc.message}")
+        return exc.exit_code
     if lock is None:
         return EXIT_LOCKED
     dist = Dist()
@@ -850,14 +854,18 @@ def _take_run_lock(registry, run_id: int):
         return _NoLock()
     row = registry.get(run_id)
     lock = run_lock(row["run_dir"], run_id)
-    try:
-        lock.acquire()
-    except LockHeld as exc:
-        log(
-            f"refused: run {run_id} is already being trained by {describe_holder(exc.holder)} (it holds "
-            f"{exc.path}); this process leaves the run alone"
-        )
-        return None
+    for attempt in range(5):  # a reader probing the lock (is_locked) holds it for an instant: try a few times
+        try:
+            lock.acquire()
+            break
+        except LockHeld as exc:
+            if attempt == 4:
+                log(
+                    f"refused: run {run_id} is already being trained by {describe_holder(exc.holder)} (it holds "
+                    f"{exc.path}); this process leaves the run alone"
+                )
+                return None
+            time.sleep(0.2)
     removed = checkpoint.remove_orphan_temps(Path(row["run_dir"]))
     if removed:
         size = sum(n for _, n in removed) / 2**20
