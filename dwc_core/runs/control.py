@@ -130,7 +130,14 @@ def queue_failed(registry: Registry, name: str) -> list[int]:
     ids = [r["id"] for r in registry.runs([name], list(RESUMABLE))]
     for rid in ids:
         registry.requeue(rid, f"re-queued with the failed runs of {name}")
+        _unhold(registry, rid)
     return ids
+
+
+def _unhold(registry: Registry, run_id: int) -> None:
+    """A re-queued run is for workers (a run that `dwc run` trained in the foreground was held while queued)."""
+    with registry.write() as c:
+        c.execute("UPDATE runs SET hold = 0 WHERE id = ? AND status = 'queued'", (run_id,))
 
 
 # ---------------------------------------------------------------------------------------------------- cancel
@@ -192,6 +199,7 @@ def resume(registry: Registry, run_id: int, from_scratch: bool = False) -> dict:
     """Re-queue a failed / cancelled / lost run; a worker continues it from ``last.pt`` in its run directory
     (``from_scratch``: its trainer clears what the run recorded and starts again at epoch 0)."""
     registry.requeue(run_id, "resume requested", from_scratch=from_scratch)
+    _unhold(registry, run_id)
     return registry.get(run_id)
 
 

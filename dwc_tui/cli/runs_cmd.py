@@ -19,7 +19,9 @@ from dwc_tui.cli.output import duration, emit, err, is_headline, metric_order, o
 @app.command(rich_help_panel="Runs")
 @handle_errors
 def run(
-    name: Annotated[str, typer.Argument(help="experiment name in experiments.yaml")],
+    name: Annotated[
+        str | None, typer.Argument(help="experiment name in experiments.yaml (none: list the experiments)")
+    ] = None,
     experiments: Annotated[Path | None, typer.Option("--experiments", "-e", help="experiments file")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="override an option: key=value")
@@ -29,6 +31,11 @@ def run(
     """Queue experiment NAME and train it in the foreground with a live progress display."""
     from dwc_core.config.experiments import ExperimentsFile
 
+    if name is None:  # `dwc run` alone: what could be run
+        from dwc_tui.cli.queue_cmd import experiments as list_experiments
+
+        list_experiments(experiments_file=experiments, fmt="table")
+        return
     project = _project()
     path = experiments or project / "experiments.yaml"
     specs = ExperimentsFile.load(path).resolve(name, list(set_ or []))
@@ -53,11 +60,28 @@ def run(
             "new runs never reuse them.",
             soft_wrap=True,
         )
-    runs = [registry.create_run(s.experiment, s.config, runs_dir, variant=s.variant) for s in specs]
+    from dwc_core.runs.control import live_workers, nobody_will_take, set_hold
+
+    runs = []
+    for s in specs:
+        runs.append(registry.create_run(s.experiment, s.config, runs_dir, variant=s.variant))
+        if not queue_only:  # trained here, one after another: held so that no worker takes them meanwhile
+            set_hold(registry, [runs[-1]["id"]], True)
+
     if queue_only:
         for r in runs:
             err.print(f"queued run {r['id']} ({escape(r['experiment'] + _variant(r))})")
+        note = nobody_will_take(project)
+        if note:
+            err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
         return
+    alive = live_workers(project)
+    if alive:
+        err.print(
+            f"[yellow]note:[/] a worker is running ({escape(', '.join(w['name'] for w in alive))}); this trains "
+            f"here in the foreground anyway. `dwc run {escape(name)} --queue` hands the runs to the worker instead.",
+            soft_wrap=True,
+        )
     from dwc_tui.cli.supervise import print_summary, run_foreground
 
     worst = 0
