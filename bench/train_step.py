@@ -16,6 +16,14 @@ the median steps/s of each is reported with the trainer's overhead ``(hand / tra
 Timing covers the whole epoch, DataLoader (and worker start-up) included, for both.
 
 Run by hand: ``.venv/bin/python bench/train_step.py [--method dwc] [--steps 60] [--workers 0 2] [--device cpu]``.
+
+``--size full``: DWC at full size (CLIP RN50 + ResNet-50, random weights, 224 px, ``--batch-size`` 32 or 128)
+instead, timed against its *floor*: the same network passes alone on the same batches — the frozen CLIP forwards
+(reference, text, target), the CNN teacher's two backbone forwards without gradient, and the CNN backbone's
+forward + backward on reference and target — so ``DWC step / floor`` (target on a GPU: ≤ 1.3×) is what the
+method's heads, editors, LSTM, losses, optimizer steps and the trainer cost on top. ``--compile`` sets
+``trainer.compile`` (run once with and once without to compare; warm-up steps absorb the compilation). On a CPU use
+a small batch and few steps (``--batch-size 4 --steps 3 --warmup 1``): the figures then say little about a GPU.
 Not a test.
 """
 
@@ -109,15 +117,28 @@ class HandLoop:
         return steps
 
 
-def make_project(root: Path, method: str, steps: int, batch_size: int, device: str) -> tuple[Path, int]:
+FULL_DWC = {"clip": {"arch": "RN50", "pretrained": "none"}, "cnn": {"arch": "resnet50", "pretrained": "none"}}
+
+
+def make_project(
+    root: Path,
+    method: str,
+    steps: int,
+    batch_size: int,
+    device: str,
+    full: bool = False,
+    compile_: bool = False,
+) -> tuple[Path, int]:
     experiment = {
         "dataset": {"name": "synthetic", "num_train": max(1000, steps * batch_size), "num_test": 50},
-        "model": {"name": method, **TINY_MODELS[method]},
+        "model": {"name": method, **(FULL_DWC if full else TINY_MODELS[method])},
         "trainer": {
             "epochs": 100, "batch_size": batch_size, "max_steps_per_epoch": steps, "num_workers": 0,
-            "device": device, "eval_at_start": False,
+            "device": device, "eval_at_start": False, "compile": compile_,
         },
     }  # fmt: skip
+    if full:
+        experiment["dataset"].update(image_size=224, num_train=max(200, (steps + 2) * batch_size))
     text = yaml.safe_dump({"experiments": {"bench": experiment}}, sort_keys=False)
     (root / "experiments.yaml").write_text(text)
     (spec,) = ExperimentsFile(text, str(root / "experiments.yaml")).resolve("bench")
@@ -144,6 +165,96 @@ def timed(fn, device: torch.device) -> tuple[int, float]:
     return steps, time.perf_counter() - t0
 
 
+class FloorLoop:
+    """The network passes of one DWC step alone (see the module summary), on the trainer's batches."""
+
+    def __init__(self, trainer: Trainer):
+        self.t = trainer
+        self.m = trainer.method
+        self.opt = torch.optim.SGD(self.m.cnn_stream.backbone.parameters(), lr=0.0)
+
+    def epoch(self, epoch: int) -> int:
+        t, m = self.t, self.m
+        m.train()
+        steps = 0
+        for batch in t.epoch_batches(epoch):
+            triplets = [tr for tr, _ in batch]
+            ref_u8 = torch.from_numpy(t.cache.array[np.array([x.ref for x in triplets])]).permute(0, 3, 1, 2)
+            tgt_u8 = torch.from_numpy(t.cache.array[np.array([x.target for x in triplets])]).permute(
+                0, 3, 1, 2
+            )
+            ref = m.prepare_images(ref_u8.contiguous().to(t.device))
+            tgt = m.prepare_images(tgt_u8.contiguous().to(t.device))
+            texts = [x.text for x in triplets]
+            with t.autocast():
+                m._clip_image(ref), m._clip_text(texts, ref.device), m._clip_image(tgt)  # frozen CLIP
+                with torch.no_grad():  # the CNN teacher's backbone passes (query image and teacher side)
+                    m.cnn_stream.backbone(ref), m.cnn_stream.backbone(ref)
+                loss = m.cnn_stream.backbone(ref).float().mean() + m.cnn_stream.backbone(tgt).float().mean()
+            loss.backward()
+            self.opt.zero_grad(set_to_none=True)
+            steps += 1
+        return steps
+
+
+def main_full(args) -> None:
+    with tempfile.TemporaryDirectory(prefix="dwc-bench-") as tmp:
+        root = Path(tmp)
+        registry_path, run_id = make_project(
+            root, "dwc", args.steps, args.batch_size, args.device, full=True, compile_=args.compile
+        )
+        trainer = Trainer(run_id, registry_path)
+        t0 = time.perf_counter()
+        trainer.setup()
+        print(
+            f"setup {time.perf_counter() - t0:.1f}s: full-size DWC (CLIP RN50 + ResNet-50, 224 px, random weights), "
+            f"batch {args.batch_size}, {trainer.steps_per_epoch} steps/epoch, device {trainer.device}, precision "
+            f"{trainer.precision}, compile {args.compile}, {torch.get_num_threads()} torch threads"
+        )
+        floor = FloorLoop(trainer)
+        epoch = 0
+
+        def run_trainer() -> int:
+            nonlocal epoch
+            epoch += 1
+            trainer.batch_in_epoch = 0
+            before = trainer.step
+            trainer.train_epoch(epoch)
+            return trainer.step - before
+
+        def run_floor() -> int:
+            nonlocal epoch
+            epoch += 1
+            return floor.epoch(epoch)
+
+        full = trainer.steps_per_epoch
+        trainer.steps_per_epoch = min(args.warmup, full)
+        t0 = time.perf_counter()
+        run_trainer()
+        run_floor()
+        print(f"warm-up ({args.warmup} steps each{', compilation included' if args.compile else ''}): "
+              f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
+        trainer.steps_per_epoch = full
+        rates: dict[str, list[float]] = {"dwc": [], "floor": []}
+        for rep in range(args.repeat):
+            order = [("dwc", run_trainer), ("floor", run_floor)]
+            for name, fn in order if rep % 2 == 0 else order[::-1]:
+                steps, seconds = timed(fn, trainer.device)
+                rates[name].append(steps / seconds)
+                print(
+                    f"  round {rep + 1}: {name:5s} {steps} steps in {seconds:6.2f}s = {steps / seconds:.3f} steps/s"
+                )
+        trainer.reporter.close()
+    d, f = statistics.median(rates["dwc"]), statistics.median(rates["floor"])
+    print()
+    print(
+        f"full-size DWC on {args.device}, batch {args.batch_size}, compile {args.compile}, median of {args.repeat}"
+    )
+    print(f"  DWC step:   {d:.3f} steps/s = {d * args.batch_size:.1f} images/s")
+    print(f"  floor:      {f:.3f} steps/s = {f * args.batch_size:.1f} images/s")
+    print(f"  DWC / floor step time: {f / d:.2f}× (target on a GPU ≤ 1.3×); load average at end: {load()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="dwc", choices=sorted(TINY_MODELS))
@@ -156,16 +267,25 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10, help="warm-up steps of each loop")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument(
+        "--size", default="tiny", choices=("tiny", "full"), help="full: DWC RN50 + ResNet-50 vs floor"
+    )
+    ap.add_argument("--compile", action="store_true", help="trainer.compile: true")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"load average at start: {load()}")
+    if args.size == "full":
+        main_full(args)
+        return
 
     with tempfile.TemporaryDirectory(prefix="dwc-bench-") as tmp:
         root = Path(tmp)
-        registry_path, run_id = make_project(root, args.method, args.steps, args.batch_size, args.device)
+        registry_path, run_id = make_project(
+            root, args.method, args.steps, args.batch_size, args.device, compile_=args.compile
+        )
         trainer = Trainer(run_id, registry_path)
         t0 = time.perf_counter()
         trainer.setup()
