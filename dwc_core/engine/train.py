@@ -853,7 +853,10 @@ def _take_run_lock(registry, run_id: int):
     if int(os.environ.get("RANK", "0")) != 0:
         return _NoLock()
     row = registry.get(run_id)
-    lock = run_lock(row["run_dir"], run_id)
+    run_dir = row.get("run_dir") or os.environ.get(RUN_DIR_ENV)
+    if not run_dir:
+        return _NoLock()
+    lock = run_lock(run_dir, run_id)
     for attempt in range(5):  # a reader probing the lock (is_locked) holds it for an instant: try a few times
         try:
             lock.acquire()
@@ -866,7 +869,7 @@ def _take_run_lock(registry, run_id: int):
                 )
                 return None
             time.sleep(0.2)
-    removed = checkpoint.remove_orphan_temps(Path(row["run_dir"]))
+    removed = checkpoint.remove_orphan_temps(Path(run_dir))
     if removed:
         size = sum(n for _, n in removed) / 2**20
         msg = f"removed {len(removed)} temp files of interrupted checkpoint writes ({size:.1f} MB)"
