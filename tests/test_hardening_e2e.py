@@ -215,3 +215,30 @@ def test_gallery_smaller_than_k_exits_2_naming_both(proj):
     text = " ".join(res.stderr.split())
     assert "gallery holds only 20 images" in text and "Recall@50" in text
     assert "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------------------------------------------ item 12
+def test_queued_run_whose_dataset_vanished_fails_with_the_preflight_message(proj, tmp_path):
+    from dwc_core.config.checks import preflight
+    from dwc_core.config.experiments import ExperimentsFile
+    from dwc_core.errors import DataError
+
+    root = tmp_path / "shoes"
+    root.mkdir()
+    text = (
+        proj / "experiments.yaml"
+    ).read_text() + f"  shoes:\n    extends: tiny\n    dataset: {{name: shoes, root: {root}}}\n"
+    (proj / "experiments.yaml").write_text(text)
+    assert dwc(proj, "run", "shoes", "--queue").returncode == 0  # the root exists when it is queued …
+    root.rmdir()  # … and is gone when it starts
+    (spec,) = ExperimentsFile.load(proj / "experiments.yaml").resolve("shoes")
+    with pytest.raises(DataError) as info:
+        preflight(spec.config, proj)
+    res = subprocess.run(
+        [sys.executable, "-m", "dwc_core.engine.train", "1", "--registry", str(proj / "runs" / "registry.db")],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    row = Registry(proj / "runs" / "registry.db").get(1)
+    assert row["status"] == "failed" and row["error"] == info.value.message and row["exit_code"] == 2
+    assert "Traceback" not in res.stdout + res.stderr
