@@ -399,9 +399,8 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         dropped = self._main(self.registry.delete_metrics_after, self.run_id, self.step)
         self._main(self.registry.delete_evaluations_after, self.run_id, self.epoch)
-        if (
-            self.best_eval_id
-        ):  # a later best may have been dropped with its epoch: the checkpoint's best stands
+        # a later best may have been dropped with its epoch: the checkpoint's best stands
+        if self.best_eval_id:
             self._main(self.registry.mark_best, self.run_id, self.best_eval_id)
         trimmed = None  # a files sink keeps metrics.jsonl append-only: its truncate op marks the resume point
         if sink_kind() != "files":
