@@ -99,3 +99,6 @@ def test_torchrun_two_processes_matches_single_process_evaluation(tmp_path):
     steps_single = max(m["step"] for m in reg.metrics(2, split="train"))
     assert steps_ddp * 2 == steps_single == 320 // 16
     assert "world size 2" in " ".join(e["message"] for e in reg.events(1))
+    # where evaluation time goes, as metrics of every evaluation
+    phases = {m["name"] for m in reg.metrics(2, split="test")}
+    assert {"eval_encode_gallery_s", "eval_encode_queries_s", "eval_rank_s", "eval_write_s"} <= phases

@@ -121,6 +121,19 @@ def test_batches_are_gathered_in_order_and_match_per_image_permutes():
     assert got.is_contiguous() and torch.equal(got, want)
 
 
+def test_pinned_copies_when_asked(monkeypatch):
+    """The CUDA branch pins each gathered batch before its non-blocking copy; reached here with pin=True."""
+    pinned = []
+
+    def fake_pin(self):
+        pinned.append(tuple(self.shape))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    list(image_batches(_Cache(), list(range(10)), 4, "cpu", pin=True))
+    assert pinned == [(4, 8, 8, 3), (4, 8, 8, 3), (2, 8, 8, 3)]  # uint8 NHWC batches: permuted after the copy
+
+
 def test_encoding_checks_between_batches():
     seen = []
 
