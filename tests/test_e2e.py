@@ -111,7 +111,7 @@ def test_ctrl_c_cancels_then_resume_continues_without_duplicates(proj):
     row = reg.get(1)
     assert row["status"] == "cancelled"
     assert (Path(row["run_dir"]) / "last.pt").is_file()
-    res = dwc(proj, "resume", "1")
+    res = dwc(proj, "resume", "1", "--now")
     assert res.returncode == 0, res.stdout + res.stderr
     row = reg.get(1)
     assert row["status"] == "done" and row["resumes"] == 1

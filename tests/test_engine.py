@@ -168,7 +168,7 @@ def test_sigkill_then_resume_from_last_checkpoint(proj):
     proc.communicate(timeout=60)
     assert reg.get(1)["status"] == "failed"
     kept = [m["step"] for m in reg.metrics(1, split="train", name="loss") if m["step"] <= 100]
-    res = dwc(proj, "resume", "1")
+    res = dwc(proj, "resume", "1", "--now")
     assert res.returncode == 0, res.stdout + res.stderr
     row = reg.get(1)
     assert row["status"] == "done"
