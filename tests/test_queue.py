@@ -292,6 +292,29 @@ def test_log_tail(proj, reg):
     assert res.stdout.splitlines() == ["line 98", "line 99"]
 
 
+def test_follow_log_yields_new_lines_until_the_run_ends(proj, reg):
+    (a,) = control.queue_experiment(reg, proj, "tiny")
+    log = Path(a["run_dir"]) / "train.log"
+    log.write_text("first\n")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(proj), "logs", str(a["id"]), "-f"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2.0)
+        with open(log, "a") as fh:
+            fh.write("second\nthird\n")
+        time.sleep(1.0)
+        assert follower.poll() is None  # still following: the run has not ended
+        reg.set_status(a["id"], "done", "done")
+        out, _ = follower.communicate(timeout=20)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0
+    assert out.splitlines() == ["first", "second", "third"]
+
+
 # ------------------------------------------------------------------------------------------ workers and locks
 def test_second_worker_on_a_held_gpu_exits_2_naming_the_holder(proj):
     env = {"DWC_FAKE_GPUS": "3"}
