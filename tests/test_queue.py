@@ -416,3 +416,10 @@ def test_eight_concurrent_metric_writers_never_see_database_is_locked(proj, reg)
     assert all(not errors for _, _, errors in results), results
     for run_id, n, _ in results:
         assert n > 0 and len(reg.metrics(run_id)) == n
+
+
+def test_run_queue_says_no_worker_will_take_it_and_run_without_name_lists(proj):
+    res = dwc(proj, "run", "tiny", "--queue")
+    assert res.returncode == 0 and "no worker is running" in res.stderr and "dwc worker" in res.stderr
+    res = dwc(proj, "run")
+    assert res.returncode == 0 and "tiny" in res.stdout and "grid" in res.stdout and "queued 1" in res.stdout

@@ -261,20 +261,35 @@ class Worker:
         remove_worker_files(self.folder, self.name)
 
     def adopt(self) -> None:
-        """Take over active runs of this host whose worker is gone but whose process lives."""
+        """Take over active runs of this host whose worker is gone but whose process lives (at start, and at every
+        reap: a worker killed beside a live one leaves runs that this one then follows). Ownership moves in one
+        conditional write, so two workers never both adopt a run; a foreground `dwc run` that is alive keeps its
+        run."""
         assert self.registry is not None
         live = {w.get("name") for w in control.live_workers(self.project)}
         for row in self.registry.runs(statuses=list(ACTIVE), include_deleted=True):
-            if row["host"] != self.host or row["worker"] in live or row["worker"] == self.name:
+            old = row["worker"] or ""
+            if row["host"] != self.host or old in live or old == self.name or row["id"] in self.children:
+                continue
+            if old.startswith("cli:") and old[4:].isdigit() and launcher.pid_alive(int(old[4:])):
+                continue
+            if row.get(
+                "slurm_job"
+            ):  # followed by a Slurm worker through its report files, never adopted here
                 continue
             if not row["pid"] or not launcher.pid_alive(row["pid"]):
                 continue
+            with self.registry.write() as c:
+                cur = c.execute(
+                    "UPDATE runs SET worker = ? WHERE id = ? AND worker IS ? AND status IN ('starting', 'running')",
+                    (self.name, row["id"], row["worker"]),
+                )
+                if cur.rowcount != 1:
+                    continue
+                Registry._event(c, row["id"], "adopted", f"adopted by {self.name} (pid {row['pid']} alive)")
             units = self._units_of(row)
             self.pool.take(units)
             self.children[row["id"]] = Child(row["id"], int(row["pid"]), units)
-            with self.registry.write() as c:
-                c.execute("UPDATE runs SET worker = ? WHERE id = ?", (self.name, row["id"]))
-                Registry._event(c, row["id"], "adopted", f"adopted by {self.name} (pid {row['pid']} alive)")
             self.log(f"adopted run {row['id']} (pid {row['pid']})")
 
     def _units_of(self, row: dict) -> list[str]:
@@ -350,6 +365,7 @@ class Worker:
         assert self.registry is not None
         for rid in launcher.reap_lost(self.registry, self.host, exclude=set(self.children)):
             self.log(f"run {rid} marked lost (its process is gone)")
+        self.adopt()
         # claims whose worker died before it started a process
         live = {w.get("name") for w in control.live_workers(self.project)} | {self.name}
         for row in self.registry._rows(
