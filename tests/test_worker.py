@@ -148,6 +148,7 @@ def test_sigkill_trainer_fails_within_10s_and_cancel_running_run(proj):
         assert time.time() - t0 < 10
         row = reg.get(a)
         assert "SIGKILL" in row["error"] and row["exit_code"] == -signal.SIGKILL
+        assert "last lines of train.log" in row["error"] and "start run" in row["error"]  # the log's tail
         res = dwc(proj, "cancel", str(b), "--grace", "60")
         assert res.returncode == 0, res.stderr
         row = reg.get(b)
@@ -218,20 +219,23 @@ def test_missing_dataset_root_fails_fast_and_the_worker_goes_on(proj):
     assert reg.get(good)["status"] == "done"
 
 
-def test_queue_hold_release_with_a_live_worker(proj):
+def test_hold_release_and_sigterm_leaves_the_run_training(proj):
     w = worker(proj, "--cpu")
     try:
         wait_for(lambda: control.live_workers(proj), timeout=30, what="worker up")
-        res = dwc(proj, "queue", "tiny", "--hold")
+        res = dwc(proj, "queue", "long", "--hold")
         (rid,) = [int(x) for x in res.stdout.split()]
         assert "no worker" not in res.stderr
         time.sleep(2)
         reg = Registry(proj / "runs" / "registry.db")
         assert reg.get(rid)["status"] == "queued"  # held: the worker leaves it
         assert dwc(proj, "release", str(rid)).returncode == 0
-        wait_for(lambda: reg.get(rid)["status"] == "done", timeout=120, what="released run done")
-        res = dwc(proj, "logs", str(rid), "-n", "200")
-        assert f"start run {rid}" in res.stdout and "done" in res.stdout
+        wait_for(lambda: len(loss_steps(reg, rid)) >= 1, timeout=120, what="released run training")
     finally:
-        w.send_signal(signal.SIGTERM)
-        finish(w, timeout=60)
+        w.send_signal(signal.SIGTERM)  # stop claiming and exit; the run trains on in its own session
+        out = finish(w, timeout=60)
+    assert w.returncode == 0 and "go on" in out, out
+    assert reg.get(rid)["status"] == "running"
+    wait_for(lambda: reg.get(rid)["status"] == "done", timeout=180, what="run done without its worker")
+    res = dwc(proj, "logs", str(rid), "-n", "200")
+    assert f"start run {rid}" in res.stdout and "done" in res.stdout
