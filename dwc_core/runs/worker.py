@@ -324,10 +324,10 @@ class Worker:
         finally:
             if self.children:
                 self.log(f"exiting; runs {sorted(self.children)} go on and the next worker adopts them")
+            self.log("stopped")  # before the worker files go: whoever waits for them finds the log complete
             self.release()
             if self.registry is not None:
                 self.registry.close()
-        self.log("stopped")
         return 0
 
     def _finished(self) -> bool:
