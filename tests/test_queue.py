@@ -423,3 +423,17 @@ def test_run_queue_says_no_worker_will_take_it_and_run_without_name_lists(proj):
     assert res.returncode == 0 and "no worker is running" in res.stderr and "dwc worker" in res.stderr
     res = dwc(proj, "run")
     assert res.returncode == 0 and "tiny" in res.stdout and "grid" in res.stdout and "queued 1" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--cpu", "--gpus", "0"], "exclude each other"),
+        (["--slots", "2"], "needs --cpu"),
+        (["--cpu", "--slots-per-gpu", "2"], "with --cpu use --slots"),
+        (["--cpu", "--slots", "0"], "at least 1"),
+    ],
+)
+def test_worker_bad_options_are_usage_errors(proj, args, says):
+    res = dwc(proj, "worker", *args)
+    assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr

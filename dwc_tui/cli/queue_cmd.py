@@ -171,6 +171,10 @@ def worker(
         raise typer.Exit(slurm.run_worker(reg_path, opts, once=once))
     if gpus is not None and cpu:
         raise UsageError("--gpus and --cpu exclude each other: a worker uses either GPUs or CPU slots.")
+    if slots != 1 and not cpu:
+        raise UsageError("--slots counts CPU slots and needs --cpu; on GPUs use --slots-per-gpu.")
+    if slots_per_gpu != 1 and cpu:
+        raise UsageError("--slots-per-gpu applies to GPUs; with --cpu use --slots N.")
     kwargs = dict(
         gpus=_parse_ids(gpus, "--gpus"), cpu=cpu, cpu_slots=slots, slots_per_gpu=slots_per_gpu,
         max_runs=max_runs, once=once,
