@@ -95,6 +95,12 @@ class HandLoop:
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self.method = copy.deepcopy(trainer.method)
+        if trainer.tcfg[
+            "compile"
+        ]:  # the copy compiles its own modules (the copied wrappers call the original's)
+            from dwc_core.models.encoders import compile_tensor_modules
+
+            compile_tensor_modules(self.method)
         self.optimizers = self.method.make_optimizers(trainer.tcfg)
         self.scalers = {name: torch.amp.GradScaler("cuda") for name in trainer.scalers}  # fp16 on CUDA only
         self.step = 0

@@ -118,7 +118,8 @@ def test_batches_are_gathered_in_order_and_match_per_image_permutes():
     assert [b.shape[0] for b in batches] == [3, 3, 1]
     got = torch.cat(batches)
     want = torch.stack([torch.from_numpy(cache.array[i]).permute(2, 0, 1) for i in idx])
-    assert got.is_contiguous() and torch.equal(got, want)
+    assert torch.equal(got, want)
+    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in batches)  # permuted without a copy
 
 
 def test_pinned_copies_when_asked(monkeypatch):

@@ -206,7 +206,8 @@ def image_batches(cache: ImageCache, indices, batch_size: int, device, pin: bool
 
     One fancy index into the cache per batch (no per-image tensor work in Python); the uint8 NHWC batch is moved
     to the device first (pinned, non-blocking on CUDA, so the copy overlaps the previous batch's compute) and
-    permuted there: contiguous NCHW on the CPU, channels-last strides on CUDA (what the CNNs run in there).
+    permuted there without a copy: the batch has channels-last strides, the layout convolutions run fastest in
+    (on a 2-core CPU the tiny DWC gallery encoder took 0.10 s per 128 images this way vs 0.13 s from NCHW).
     """
     torch = _torch()
     device = torch.device(device)
@@ -218,8 +219,7 @@ def image_batches(cache: ImageCache, indices, batch_size: int, device, pin: bool
         host = torch.from_numpy(images[idx[start : start + batch_size]])
         if pin:
             host = host.pin_memory()
-        x = host.to(device, non_blocking=cuda).permute(0, 3, 1, 2)
-        yield x if cuda else x.contiguous()
+        yield host.to(device, non_blocking=cuda).permute(0, 3, 1, 2)
 
 
 def loader_kwargs(workers: int, pin: bool, persistent: bool = False) -> dict:
