@@ -379,6 +379,22 @@ def nobody_will_take(project: str | os.PathLike) -> str | None:
     )
 
 
+def gpu_warnings(specs: list) -> list[str]:
+    """For queued specs whose ``trainer.gpus`` this machine cannot meet: a sentence each (the run may be meant for
+    another host or Slurm, so queueing goes on; a local worker fails it rather than wait forever)."""
+    from dwc_core.runs.gpus import gpu_request_problem
+
+    out = []
+    for s in specs:
+        problem = gpu_request_problem(s.config.get("trainer", {}), s.experiment)
+        if problem:
+            out.append(
+                f"{problem} Queued anyway for a worker with enough GPUs (another host, or `dwc worker --slurm`); "
+                "a worker on this machine fails it rather than wait forever."
+            )
+    return out
+
+
 def gpu_holders(project: str | os.PathLike) -> dict[str, dict]:
     """GPU id → the worker holding its lock on this host (from ``runs/workers/gpu-<id>.lock``)."""
     folder = workers_dir(project)

@@ -49,33 +49,41 @@ def gpu_count() -> int:
     return len(visible_gpus())
 
 
-def check_gpu_request(trainer: dict, experiment: str = "") -> None:
-    """Refuse, before anything launches, a run that asks this host for more GPUs than it shows (torch-free).
+def gpu_request_problem(trainer: dict, experiment: str = "") -> str | None:
+    """Why a run cannot get the GPUs it asks for on this host (one paragraph naming both counts), or None.
 
     ``trainer.device: cuda`` needs ``trainer.gpus`` visible GPUs; ``auto`` with some GPUs but fewer than
     ``trainer.gpus`` is refused too (the processes would not all get one); ``cpu`` never needs a GPU.
     """
-    from dwc_core.errors import ConfigError
-
     device, wanted = trainer.get("device", "auto"), int(trainer.get("gpus", 1))
     if device == "cpu":
-        return
-    ids = visible_gpus()
-    have = len(ids)
+        return None
+    have = len(visible_gpus())
     if device == "auto" and (have == 0 or wanted <= have):
-        return
+        return None
     if wanted <= have:
-        return
+        return None
     what = f"{experiment}: " if experiment else ""
     shown = f" ({FAKE_ENV}={os.environ[FAKE_ENV]})" if os.environ.get(FAKE_ENV, "").strip() else ""
     if "CUDA_VISIBLE_DEVICES" in os.environ and not shown:
         shown = f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})"
-    raise ConfigError(
+    return (
         f"{what}trainer.gpus = {wanted} with trainer.device = {device}, but this machine shows {have} GPU(s)"
-        f"{shown}. Nothing was launched. Lower trainer.gpus to at most {have}"
+        f"{shown}. Lower trainer.gpus to at most {have}"
         + (", or " if have else ": there is no GPU here; ")
         + "use trainer.device: cpu to run the processes on the CPU."
     )
+
+
+def check_gpu_request(trainer: dict, experiment: str = "") -> None:
+    """Refuse (ConfigError, exit 2), before anything launches, a run that asks this host for more GPUs than it
+    shows (torch-free); see :func:`gpu_request_problem`."""
+    from dwc_core.errors import ConfigError
+
+    problem = gpu_request_problem(trainer, experiment)
+    if problem:
+        head, _, rest = problem.partition(". ")
+        raise ConfigError(f"{head}. Nothing was launched. {rest}")
 
 
 def gpu_stats() -> tuple[list[dict], str | None]:

@@ -274,6 +274,12 @@ def _free_bytes(path: Path) -> int:
         return 1 << 62
 
 
+# The one rule for which runs a worker may take (Registry.claim, the local worker's candidates, the Slurm worker):
+# queued, not held (`dwc hold`, or a foreground `dwc run` keeping its own runs), not soft-deleted.
+CLAIMABLE = "status = 'queued' AND hold = 0 AND deleted = 0"
+CLAIMABLE_ANY_HOLD = "status = 'queued' AND deleted = 0"
+
+
 class Registry:
     """Access to ``runs/registry.db``. Cheap to open; open one per process (connections are not shared)."""
 
@@ -428,17 +434,23 @@ class Registry:
             sql += f" LIMIT {int(limit)}"
         return self._rows(sql, params)
 
-    def claim(self, worker: str, run_id: int | None = None, host: str | None = None) -> dict | None:
-        """Atomically move one queued run (the given one, or the next by priority) to ``starting``. A run whose
-        run lock is held (a trainer of it is still alive on this host) is never claimed: the given one raises
+    def claim(
+        self, worker: str, run_id: int | None = None, host: str | None = None, held_ok: bool = False
+    ) -> dict | None:
+        """Atomically move one claimable run (the given one, or the next by priority) to ``starting``; None when
+        there is none (or the given one is no longer claimable). Claimable (:data:`CLAIMABLE`): queued, not held,
+        not deleted — the one rule every claim path (``dwc run``, local and Slurm workers) goes through. Only the
+        foreground ``dwc run``, which holds its own runs while they wait, passes ``held_ok``. A run whose run lock
+        is held (a trainer of it is still alive on this host) is never claimed: the given one raises
         :class:`RunLocked` naming the holder, the next-by-priority pick skips it."""
         host = host or socket.gethostname()
         if run_id is not None:
             self.check_not_training(run_id)
+        rule = CLAIMABLE_ANY_HOLD if held_ok else CLAIMABLE
         with self.write() as c:
             if run_id is None:
                 for row in c.execute(
-                    "SELECT id, run_dir FROM runs WHERE status = 'queued' AND deleted = 0 ORDER BY priority DESC, id"
+                    f"SELECT id, run_dir FROM runs WHERE {rule} ORDER BY priority DESC, id"
                 ).fetchall():
                     if not (row[1] and run_lock_holder(row[1]) is not None):
                         run_id = int(row[0])
@@ -447,7 +459,7 @@ class Registry:
                     return None
             cur = c.execute(
                 "UPDATE runs SET status = 'starting', worker = ?, host = ?, claimed = ?, cancel_requested = 0 "
-                "WHERE id = ? AND status = 'queued'",
+                f"WHERE id = ? AND {rule}",
                 (worker, host, time.time(), run_id),
             )
             if cur.rowcount != 1:

@@ -40,7 +40,7 @@ from dwc_core.errors import DwcError, UsageError
 from dwc_core.runs import control
 from dwc_core.runs.ingest import ingest, read_final
 from dwc_core.runs.locks import LockHeld
-from dwc_core.runs.registry import ACTIVE, Registry
+from dwc_core.runs.registry import ACTIVE, CLAIMABLE, Registry
 from dwc_core.runs.worker import INFO_EVERY_S, hold_worker_lock, remove_worker_files, write_worker_file
 
 ACTIVE_STATES = {
@@ -449,14 +449,8 @@ class SlurmWorker:
         return 130
 
     def _claimable(self) -> bool:
-        row = self.registry.conn.execute(
-            "SELECT COUNT(*) FROM runs WHERE status = 'queued' AND deleted = 0"
-            + (" AND hold = 0" if "hold" in self._run_columns() else "")
-        ).fetchone()
+        row = self.registry.conn.execute(f"SELECT COUNT(*) FROM runs WHERE {CLAIMABLE}").fetchone()
         return bool(row[0])
-
-    def _run_columns(self) -> set[str]:
-        return {r[1] for r in self.registry.conn.execute("PRAGMA table_info(runs)")}
 
 
 def log_tail(path: Path, n: int = LOG_TAIL_LINES) -> list[str]:

@@ -30,11 +30,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dwc_core.errors import UsageError
+from dwc_core.errors import RunLocked, RunNotFound, UsageError
 from dwc_core.runs import control, launcher
-from dwc_core.runs.gpus import visible_gpus
-from dwc_core.runs.locks import FileLock, LockHeld, describe_holder, run_lock_holder
-from dwc_core.runs.registry import ACTIVE, Registry
+from dwc_core.runs.gpus import gpu_request_problem, visible_gpus
+from dwc_core.runs.locks import FileLock, LockHeld, describe_holder
+from dwc_core.runs.registry import ACTIVE, CLAIMABLE, Registry
 
 CPU_UNIT = "cpu"
 REAP_EVERY_S = 5.0
@@ -209,6 +209,8 @@ class Worker:
         self._last_reap = 0.0
         self._last_info = 0.0
         self.registry: Registry | None = None
+        self.host_gpus = visible_gpus() if self.pool.gpu_mode else []
+        self._spared: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------------------- set-up
     def log(self, msg: str) -> None:
@@ -379,13 +381,46 @@ class Worker:
     def _candidates(self, fitting_only: bool = False) -> list[tuple[int, int]]:
         assert self.registry is not None
         rows = self.registry.conn.execute(
-            "SELECT id, COALESCE(json_extract(config, '$.trainer.gpus'), 1) FROM runs WHERE status = 'queued' "
-            "AND hold = 0 AND deleted = 0 ORDER BY priority DESC, id LIMIT 500"
+            "SELECT id, COALESCE(json_extract(config, '$.trainer.gpus'), 1), "
+            "COALESCE(json_extract(config, '$.trainer.device'), 'auto'), experiment FROM runs "
+            f"WHERE {CLAIMABLE} ORDER BY priority DESC, id LIMIT 500"
         ).fetchall()
-        cands = [(int(r[0]), int(r[1])) for r in rows]
+        cands = []
+        for rid, wanted, device, experiment in rows:
+            oversized = self.pool.gpu_mode and device != "cpu" and int(wanted) > len(self.host_gpus)
+            if oversized and self._fail_unfittable(int(rid), int(wanted), device, experiment):
+                continue
+            cands.append((int(rid), int(wanted)))
         if fitting_only and self.pool.gpu_mode:
             cands = [c for c in cands if c[1] <= len(self.pool.units)]
         return cands
+
+    def _fail_unfittable(self, run_id: int, wanted: int, device: str, experiment: str) -> bool:
+        """A run asking for more GPUs than this whole machine shows would wait forever: unless another live worker
+        could take it (a Slurm worker, or one on another host with enough GPUs), claim it and fail it with a
+        message naming both counts. Returns True when it was failed (or taken meanwhile)."""
+        assert self.registry is not None
+        now = time.time()
+        if now - self._spared.get(run_id, 0.0) < REAP_EVERY_S:
+            return False
+        others = [w for w in control.live_workers(self.project) if w.get("name") != self.name]
+        if any(w.get("kind") == "slurm" or len(w.get("gpus") or []) >= wanted for w in others):
+            self._spared[run_id] = now
+            return False
+        problem = gpu_request_problem({"gpus": wanted, "device": device}, "")
+        if problem is None:
+            return False
+        row = self.claim(run_id)
+        if row is None:
+            return True
+        head, _, rest = problem.partition(". ")
+        msg = (
+            f"run {run_id} ({experiment}) can never start on {self.host}: {head}, and no live worker has "
+            f"{wanted}. Nothing was started. {rest} Queue it again with that change (`dwc queue {experiment} --set trainer.gpus=...`)."
+        )
+        self.registry.set_status(run_id, "failed", msg, only_from=("starting",), error=msg, exit_code=2)
+        self.log(msg)
+        return True
 
     def claim_and_start(self) -> None:
         if all(v <= 0 for v in self.pool.free().values()):
@@ -401,22 +436,13 @@ class Worker:
             self.start_run(row, units)
 
     def claim(self, run_id: int) -> dict | None:
-        """Atomically move a queued, unheld run to ``starting`` for this worker (None if it is no longer
-        claimable). A run whose trainer still holds its run lock is skipped."""
+        """Atomically move a claimable run (queued, unheld, not deleted: :data:`CLAIMABLE`) to ``starting`` for
+        this worker (None if it is no longer claimable). A run whose trainer still holds its run lock is skipped."""
         assert self.registry is not None
-        run_dir = self.registry.conn.execute("SELECT run_dir FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if run_dir and run_dir[0] and run_lock_holder(run_dir[0]) is not None:
+        try:
+            return self.registry.claim(self.name, run_id=run_id, host=self.host)
+        except (RunLocked, RunNotFound):
             return None
-        with self.registry.write() as c:
-            cur = c.execute(
-                "UPDATE runs SET status = 'starting', worker = ?, host = ?, claimed = ?, cancel_requested = 0 "
-                "WHERE id = ? AND status = 'queued' AND hold = 0 AND deleted = 0",
-                (self.name, self.host, time.time(), run_id),
-            )
-            if cur.rowcount != 1:
-                return None
-            Registry._event(c, run_id, "starting", f"claimed by {self.name} on {self.host}")
-        return self.registry.get(run_id)
 
     def start_run(self, row: dict, units: list[str]) -> None:
         assert self.registry is not None

@@ -38,6 +38,14 @@ def _parse_seeds(value: str | None) -> list[int] | None:
         raise UsageError(f"--seeds {value!r}: seeds are integers, e.g. --seeds 1,2,3.") from None
 
 
+def warn_gpus(specs: list) -> None:
+    """Queue time: a note for each run this machine's GPUs can never take (it may be meant for another host)."""
+    from dwc_core.runs.control import gpu_warnings
+
+    for msg in gpu_warnings(specs):
+        err.print(f"[yellow]warning:[/] {escape(msg)}", soft_wrap=True)
+
+
 def _warn_no_worker(project: Path) -> None:
     from dwc_core.runs.control import nobody_will_take
 
@@ -112,6 +120,7 @@ def queue(
         held = escape(" [held]") if hold else ""
         err.print(f"queued run {r['id']} ({escape(r['experiment'] + extra)}){held}")
     print(" ".join(str(r["id"]) for r in rows))
+    warn_gpus(specs)
     if not hold:
         _warn_no_worker(project)
 

@@ -71,6 +71,9 @@ def run(
     if queue_only:
         for r in runs:
             err.print(f"queued run {r['id']} ({escape(r['experiment'] + _variant(r))})")
+        from dwc_tui.cli.queue_cmd import warn_gpus
+
+        warn_gpus(specs)
         note = nobody_will_take(project)
         if note:
             err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)

@@ -97,7 +97,7 @@ def run_foreground(registry: Registry, registry_path: Path, run: dict, interacti
     process exists, during its start-up (before it can checkpoint) or while it trains."""
     proc = None
     try:
-        claimed = registry.claim(worker=f"cli:{os.getpid()}", run_id=run["id"])
+        claimed = registry.claim(worker=f"cli:{os.getpid()}", run_id=run["id"], held_ok=True)
         if claimed is None:
             raise UsageError(
                 f"run {run['id']} could not be claimed: a worker took it first (`dwc runs` shows it)."
