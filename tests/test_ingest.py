@@ -145,3 +145,51 @@ def test_reporter_with_file_sink_never_opens_the_registry(tmp_path, run):
     assert rep.cancel_requested.is_set()
     ingest(reg, run_id)
     assert steps(reg, run_id) == [(1, 0.7)]
+
+
+def test_restart_from_scratch_with_the_file_sink_clears_history_once(run):
+    reg, run_id, run_dir = run
+    path = run_dir / "metrics.jsonl"
+    sink = FileSink(run_dir, run_id)
+    append_lines(path, [metric(s, s / 10) for s in range(1, 5)])  # attempt 1 reached step 4
+    e1 = sink.add_evaluation(run_id, epoch=1, step=4, kind="epoch", split="test", metrics={"mean": 5.0})
+    sink.mark_best(run_id, e1)
+    sink.update(run_id, best_value=5.0, best_epoch=1, epoch=1, step=4)
+    ingest(reg, run_id)
+    reg.update(run_id, from_scratch=1)  # `dwc resume --from-scratch` of a Slurm run
+    assert len(reg.evaluations(run_id)) == 1 and reg.get(run_id)["from_scratch"] == 1
+    # attempt 2 (from scratch): what the trainer sees of attempt 1, then the clear
+    assert len(sink.metrics(run_id)) == 4 and [e["epoch"] for e in sink.evaluations(run_id, "epoch")] == [1]
+    assert sink.clear_history(run_id) == {"metrics": 4, "evaluations": 1}
+    assert sink.metrics(run_id) == [] and sink.evaluations(run_id, "epoch") == []
+    append_lines(path, [metric(1, 0.9)])  # attempt 2's first step, written before the head node reads
+    ingest(reg, run_id)
+    row = reg.get(run_id)
+    assert steps(reg, run_id) == [(1, 0.9)]  # attempt 1's steps 2-4 are gone, step 1 is attempt 2's
+    assert reg.evaluations(run_id) == [] and row["from_scratch"] == 0
+    assert row["best_value"] is None and row["epoch"] == 0
+    append_lines(path, [metric(2, 0.8)])
+    e2 = sink.add_evaluation(run_id, epoch=1, step=2, kind="epoch", split="test", metrics={"mean": 3.0})
+    sink.mark_best(run_id, e2)
+    again = ingest(reg, run_id)  # the clear (an earlier seq) is not applied a second time
+    assert again.ops == 2
+    assert steps(reg, run_id) == [(1, 0.9), (2, 0.8)]
+    assert [(e["epoch"], e["is_best"]) for e in reg.evaluations(run_id)] == [(1, 1)]
+    assert ingest(reg, run_id).ops == 0 and steps(reg, run_id) == [(1, 0.9), (2, 0.8)]
+
+
+def test_clear_read_before_and_after_the_emptied_metrics_file(run):
+    """A head node that read the events just before the clear and the metrics just after the file was emptied
+    keeps what it had; the next pass applies the clear and reads the new attempt from the start."""
+    reg, run_id, run_dir = run
+    path = run_dir / "metrics.jsonl"
+    append_lines(path, [metric(s, s / 10) for s in range(1, 4)])
+    ingest(reg, run_id)
+    sink = FileSink(run_dir, run_id)
+    path.write_bytes(b"")  # the first half of clear_history, seen by a pass before the op is written
+    ingest(reg, run_id)
+    assert steps(reg, run_id) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    sink.clear_history(run_id)
+    append_lines(path, [metric(1, 0.7)])
+    ingest(reg, run_id)
+    assert steps(reg, run_id) == [(1, 0.7)]

@@ -12,7 +12,8 @@ it is complete, and a writer starting after a crash first ends a torn line so th
 
 - ``run.json``       the run row as the worker submitted it (config, run_dir, ...): what the trainer reads
 - ``events.jsonl``   numbered operations (``seq``): status changes, row updates, events, evaluations, per-query
-                     results, best-epoch marks, and the truncation done on resume
+                     results, best-epoch marks, the truncation done on resume and the clear of a restart from
+                     scratch
 - ``metrics.jsonl``  metric rows (step, epoch, split, name, value, time), one per line (written by both sinks)
 - ``heartbeat.json`` the latest heartbeat and progress, replaced atomically
 - ``status.json``    the final status (done / failed / cancelled), replaced atomically
@@ -110,6 +111,27 @@ def last_seq(path: Path) -> int:
     return best
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _ops(path: Path) -> list[dict]:
+    """The complete operations of an events file, in order (torn or unreadable lines skipped)."""
+    out = []
+    data = _read_bytes(path)
+    for line in data[: data.rfind(b"\n") + 1].split(b"\n"):
+        try:
+            op = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(op, dict) and "seq" in op:
+            out.append(op)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ the file sink
 _SEQ: dict[str, int] = {}
 _SEQ_LOCK = threading.Lock()
@@ -196,6 +218,53 @@ class FileSink:
 
     def log_metrics(self, run_id: int, rows: list[dict]) -> None:
         """Metric rows are recorded in metrics.jsonl by the Reporter itself."""
+
+    def metrics(self, run_id: int, split: str | None = None, name: str | None = None) -> list[dict]:
+        """The metric rows in metrics.jsonl (complete lines), as the registry would list them."""
+        out = []
+        data = _read_bytes(self.run_dir / METRICS_FILE)
+        for line in data[: data.rfind(b"\n") + 1].split(b"\n"):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if (
+                isinstance(r, dict)
+                and (split is None or r.get("split") == split)
+                and (name is None or r.get("name") == name)
+            ):
+                out.append(r)
+        return out
+
+    def evaluations(self, run_id: int, kind: str | None = None) -> list[dict]:
+        """The evaluations this run directory records since its last restart from scratch (local ids = seq)."""
+        evals: dict[int, dict] = {}
+        for op in _ops(self.path):
+            if op.get("op") == "clear":
+                evals = {k: v for k, v in evals.items() if v.get("kind") != "epoch"}
+            elif op.get("op") == "evaluation":
+                evals[int(op["seq"])] = {**(op.get("fields") or {}), "id": int(op["seq"])}
+            elif op.get("op") == "drop_evaluations":
+                evals = {
+                    k: v
+                    for k, v in evals.items()
+                    if not (v.get("kind") == "epoch" and v.get("epoch", 0) > int(op["epoch"]))
+                }
+        return [e for e in evals.values() if kind is None or e.get("kind") == kind]
+
+    def clear_history(self, run_id: int) -> dict[str, int]:
+        """A restart from scratch: empty metrics.jsonl first, then record a ``clear`` operation, which ingestion
+        applies once (the registry's metrics, epoch evaluations and best/progress columns go, ``from_scratch`` is
+        reset) before reading metrics.jsonl from its start. In that order a head node reading in between never
+        takes the earlier attempt's lines for the new one's."""
+        counts = {"metrics": len(self.metrics(run_id)), "evaluations": len(self.evaluations(run_id, "epoch"))}
+        path = self.run_dir / METRICS_FILE
+        if path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(b"")
+            os.replace(tmp, path)
+        self._op("clear", **counts)
+        return counts
 
     def heartbeat(self, run_id: int, **progress: Any) -> None:
         write_json_atomic(self.run_dir / HEARTBEAT_FILE, {"time": time.time(), **progress})

@@ -9,7 +9,9 @@ directory (see ``dwc_core.engine.reporting``). The head node calls :func:`ingest
   repeats anything, and operations at or below the recorded sequence number are never applied twice;
 - metric rows are keyed by (run, split, name, step): re-reading a line replaces the row, never duplicates it;
 - the truncation a resumed process records ("metrics after step N are superseded") drops those rows and re-reads the
-  metrics written since, so a resume never duplicates a step.
+  metrics written since, so a resume never duplicates a step;
+- the "clear" a process restarting from scratch records drops the run's metrics, epoch evaluations and best/progress
+  columns and resets its ``from_scratch`` flag, once (by its sequence number), then reads metrics.jsonl from the start.
 """
 
 from __future__ import annotations
@@ -216,6 +218,11 @@ class _Pass:
                 "DELETE FROM metrics WHERE run_id = ? AND step > ?", (self.run_id, int(op["step"]))
             )
             self.state["metrics_pos"] = offset  # ...then everything written since is read (again)
+        elif kind == "clear":
+            # a restart from scratch: the process emptied metrics.jsonl before recording this operation, so every
+            # metric line there now belongs to the new attempt and is read from the start
+            Registry.clear_history_in(self.c, self.run_id)
+            self.state["metrics_pos"] = 0
         else:
             self.event("warning", f"ingest: unknown report operation {kind!r} (seq {op.get('seq')}) skipped")
 

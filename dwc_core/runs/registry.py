@@ -577,21 +577,25 @@ class Registry:
         """Forget what a run recorded while training (metrics, epoch evaluations and their per-query results, best
         and progress columns), for a restart from scratch; re-evaluations (``dwc eval``) are kept."""
         with self.write() as c:
-            ids = [
-                r[0]
-                for r in c.execute(
-                    "SELECT id FROM evaluations WHERE run_id = ? AND kind = 'epoch'", (run_id,)
-                )
-            ]
-            for eid in ids:
-                c.execute("DELETE FROM query_results WHERE evaluation_id = ?", (eid,))
-                c.execute("DELETE FROM evaluations WHERE id = ?", (eid,))
-            metrics = c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,)).rowcount
-            c.execute(
-                "UPDATE runs SET epoch = 0, step = 0, best_value = NULL, best_epoch = NULL, best_metric = NULL, "
-                "best_metrics = NULL, last_metrics = NULL, from_scratch = 0 WHERE id = ?",
-                (run_id,),
-            )
+            return self.clear_history_in(c, run_id)
+
+    @staticmethod
+    def clear_history_in(c: sqlite3.Connection, run_id: int) -> dict[str, int]:
+        """:meth:`clear_history` inside an open write transaction (also how ingestion applies a files sink's
+        ``clear`` operation); clears the ``from_scratch`` flag. Applying it twice changes nothing more."""
+        ids = [
+            r[0]
+            for r in c.execute("SELECT id FROM evaluations WHERE run_id = ? AND kind = 'epoch'", (run_id,))
+        ]
+        for eid in ids:
+            c.execute("DELETE FROM query_results WHERE evaluation_id = ?", (eid,))
+            c.execute("DELETE FROM evaluations WHERE id = ?", (eid,))
+        metrics = c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,)).rowcount
+        c.execute(
+            "UPDATE runs SET epoch = 0, step = 0, best_value = NULL, best_epoch = NULL, best_metric = NULL, "
+            "best_metrics = NULL, last_metrics = NULL, from_scratch = 0 WHERE id = ?",
+            (run_id,),
+        )
         return {"metrics": metrics, "evaluations": len(ids)}
 
     def soft_delete(self, run_id: int, deleted: bool = True) -> None:
