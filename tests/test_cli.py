@@ -9,12 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from dwc_tui.cli import app
+from helpers import heavy_modules_after, invoke, write_project
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "torchvision", "open_clip", "textual")
 
 GOOD = """\
 experiments:
@@ -26,31 +23,13 @@ experiments:
 
 
 def project(tmp_path: Path, text: str = GOOD) -> Path:
-    (tmp_path / "experiments.yaml").write_text(text)
-    return tmp_path
-
-
-def invoke(tmp_path: Path, *args: str):
-    return CliRunner().invoke(app, ["--project", str(tmp_path), *args])
-
-
-def modules_after(args: list[str], cwd: Path) -> list[str]:
-    code = (
-        "import sys, atexit\n"
-        f"atexit.register(lambda: print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules)))\n"
-        f"sys.argv = ['dwc', *{args!r}]\n"
-        "from dwc_tui.cli import main\nmain()\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60)
-    line = [x for x in res.stdout.splitlines() if x.startswith("HEAVY=")]
-    assert line, res.stdout + res.stderr
-    return [m for m in line[-1][len("HEAVY=") :].split(",") if m]
+    return write_project(tmp_path, text)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["runs"], ["runs", "--format", "json"], ["compare", "--help"]])
 def test_listing_commands_do_not_import_heavy_modules(tmp_path, args):
     project(tmp_path)
-    assert modules_after(args, tmp_path) == []
+    assert heavy_modules_after(args, tmp_path) == []
 
 
 def test_dwc_core_never_imports_dwc_tui():

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import dwc, shipped_project, start, wait_for, write_project
 
 from dwc_core.runs.registry import Registry
 
@@ -29,34 +27,9 @@ experiments:
 """
 
 
-def dwc(project: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
-        capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw,
-    )  # fmt: skip
-
-
-def start(project: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    (tmp_path / "experiments.yaml").write_text(TINY)
-    return tmp_path
-
-
-def wait_for(pred, timeout=120.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return write_project(tmp_path, TINY)
 
 
 def test_run_compare_show(proj):
@@ -124,8 +97,7 @@ def test_ctrl_c_cancels_then_resume_continues_without_duplicates(proj):
 def test_shipped_demo_experiment_learns(tmp_path):
     """The shipped `demo` (DWC, tiny encoders), shrunk: the final test R@10 at least doubles the untrained one and
     gains 15 points. (The full-size timing is bench/demo.py.)"""
-    root = Path(__file__).resolve().parent.parent
-    (tmp_path / "experiments.yaml").write_text((root / "experiments.yaml").read_text())
+    shipped_project(tmp_path)
     res = dwc(tmp_path, "run", "demo", "--set", "dataset.num_train=800", "--set", "dataset.num_test=200",
               "--set", "trainer.epochs=1")  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr

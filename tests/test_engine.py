@@ -7,13 +7,11 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import dwc, start, wait_for, write_project
 
 from dwc_core.engine.train import EMA, _oom_message, lr_lambda
 from dwc_core.runs.registry import Registry
@@ -87,17 +85,9 @@ def test_oom_message_names_batch_size():
 
 
 # ------------------------------------------------------------------------------------------- subprocess runs
-def dwc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    (tmp_path / "experiments.yaml").write_text(TINY)
-    return tmp_path
+    return write_project(tmp_path, TINY)
 
 
 @pytest.mark.slow
@@ -152,17 +142,15 @@ def test_val_split_selection_records_both_splits(proj):
 def test_sigkill_then_resume_from_last_checkpoint(proj):
     text = TINY.replace("num_train: 320", "num_train: 1600").replace("epochs: 2", "epochs: 3")
     (proj / "experiments.yaml").write_text(text)
-    proc = subprocess.Popen([sys.executable, "-m", "dwc_tui.cli", "--project", str(proj), "run", "tiny"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = start(proj, "run", "tiny")
     db = proj / "runs" / "registry.db"
-    deadline = time.time() + 600
-    while True:  # wait until epoch 1 is checkpointed and epoch 2 has reported some losses
-        assert time.time() < deadline, "timed out waiting for the run to reach epoch 2"
-        if db.exists() and (proj / "runs" / "1-tiny" / "last.pt").exists():
-            reg = Registry(db)
-            if any(m["epoch"] > 1.2 for m in reg.metrics(1, split="train", name="loss")):
-                break
-        time.sleep(0.2)
+
+    def in_epoch_2() -> bool:  # epoch 1 is checkpointed and epoch 2 has reported some losses
+        if not (db.exists() and (proj / "runs" / "1-tiny" / "last.pt").exists()):
+            return False
+        return any(m["epoch"] > 1.2 for m in Registry(db).metrics(1, split="train", name="loss"))
+
+    wait_for(in_epoch_2, timeout=600, what="the run to reach epoch 2")
     reg = Registry(db)
     os.kill(reg.get(1)["pid"], signal.SIGKILL)
     proc.communicate(timeout=60)

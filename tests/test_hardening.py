@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from helpers import dwc, invoke, write_project
 
 from dwc_core.config.checks import check_eval_sizes
 from dwc_core.config.experiments import ExperimentsFile, default_config
@@ -23,7 +23,6 @@ from dwc_core.errors import ConfigError, DiskFull, RunLocked, RunNotFound, Usage
 from dwc_core.runs import launcher
 from dwc_core.runs.locks import run_lock
 from dwc_core.runs.registry import Registry
-from dwc_tui.cli import app
 
 GOOD = """\
 experiments:
@@ -39,19 +38,7 @@ experiments:
 
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    (tmp_path / "experiments.yaml").write_text(GOOD)
-    return tmp_path
-
-
-def invoke(project: Path, *args: str):
-    return CliRunner().invoke(app, ["--project", str(project), *args])
-
-
-def dwc_proc(project: Path, *args: str, env: dict | None = None, timeout: float = 120):
-    return subprocess.run(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    return write_project(tmp_path, GOOD)
 
 
 def registry_with_run(project: Path, status: str | None = None) -> tuple[Registry, dict]:
@@ -115,7 +102,7 @@ def test_locked_registry_is_one_line_exit_3(proj):
     holder = sqlite3.connect(proj / "runs" / "registry.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        res = dwc_proc(proj, "cancel", str(run["id"]), env={"DWC_BUSY_TIMEOUT_S": "0.5"})
+        res = dwc(proj, "cancel", str(run["id"]), env={"DWC_BUSY_TIMEOUT_S": "0.5"})
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -142,7 +129,7 @@ def test_malformed_registry_exits_3_with_recover_hint_and_no_table(proj):
     reg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     reg.close()
     _corrupt_pages(proj / "runs" / "registry.db")
-    res = dwc_proc(proj, "runs")
+    res = dwc(proj, "runs")
     assert res.returncode == 3, res.stdout + res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
     assert '.recover"' in res.stderr and "sqlite3" in res.stderr
@@ -165,17 +152,17 @@ def test_read_only_project_lists_and_shows_but_refuses_writes(tmp_path):
         pytest.skip("cannot bind-mount read-only here (needs root)")
     try:
         assert not os.access(ro / "runs" / "registry.db", os.W_OK)
-        listing = dwc_proc(ro, "runs", "--format", "json")
+        listing = dwc(ro, "runs", "--format", "json")
         assert listing.returncode == 0, listing.stderr
         assert [r["id"] for r in json.loads(listing.stdout)] == [run["id"]]
         assert listing.stderr.count("read-only") == 1
-        show = dwc_proc(ro, "show", str(run["id"]), "--format", "json")
+        show = dwc(ro, "show", str(run["id"]), "--format", "json")
         assert show.returncode == 0 and json.loads(show.stdout)["run"]["status"] == "queued"
-        write = dwc_proc(ro, "cancel", str(run["id"]))
+        write = dwc(ro, "cancel", str(run["id"]))
         assert write.returncode == 3 and "read-only" in write.stderr and "Traceback" not in write.stderr
-        write = dwc_proc(ro, "eval", str(run["id"]))  # refused before it evaluates anything
+        write = dwc(ro, "eval", str(run["id"]))  # refused before it evaluates anything
         assert write.returncode == 3 and "read-only" in write.stderr and "Traceback" not in write.stderr
-        write = dwc_proc(ro, "run", "demo", "--queue")
+        write = dwc(ro, "run", "demo", "--queue")
         assert (
             write.returncode in (2, 3)
             and "read-only" in write.stderr.lower()
@@ -433,11 +420,11 @@ def test_full_disk_under_the_registry_is_one_line_exit_3(tmp_path):
             while True:
                 fh.write(b"\0" * 65536)
                 fh.flush()
-        res = dwc_proc(disk, "cancel", str(run["id"]))
+        res = dwc(disk, "cancel", str(run["id"]))
         assert res.returncode == 3, res.stdout + res.stderr
         assert "disk is full" in res.stderr and "Traceback" not in res.stderr
         (disk / "filler").unlink()
-        res = dwc_proc(disk, "cancel", str(run["id"]))
+        res = dwc(disk, "cancel", str(run["id"]))
         assert res.returncode == 0, res.stderr
         after = Registry(disk / "runs" / "registry.db")
         assert after.get(run["id"])["status"] == "cancelled"
@@ -448,10 +435,10 @@ def test_full_disk_under_the_registry_is_one_line_exit_3(tmp_path):
 
 def test_run_reports_run_dirs_an_emptied_registry_does_not_know(proj):
     for _ in range(2):
-        res = dwc_proc(proj, "run", "demo", "--queue")
+        res = dwc(proj, "run", "demo", "--queue")
         assert res.returncode == 0 and "not in this registry" not in res.stderr
     (proj / "runs" / "registry.db").write_bytes(b"")  # `: > runs/registry.db` (no process has it open)
-    res = dwc_proc(proj, "run", "demo", "--queue")
+    res = dwc(proj, "run", "demo", "--queue")
     assert res.returncode == 0, res.stderr
     text = " ".join(res.stderr.split())
     assert "2 run directories" in text and "emptied or replaced" in text

@@ -8,11 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import dwc, start, train, wait_for, write_project
 
 from dwc_core.runs.registry import ACTIVE, Registry
 
@@ -31,30 +31,6 @@ experiments:
 """
 
 
-def dwc(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-
-
-def start(project: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def wait_for(pred, timeout=180.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory) -> Path:
     """One synthetic-data cache for every test here (generated and decoded once)."""
@@ -64,8 +40,7 @@ def shared_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def proj(tmp_path: Path, shared_cache: Path) -> Path:
     text = TINY.replace("image_size: 32}", f"image_size: 32, cache_dir: {shared_cache}}}", 1)
-    (tmp_path / "experiments.yaml").write_text(text)
-    return tmp_path
+    return write_project(tmp_path, text)
 
 
 def epochs(reg: Registry, run_id: int) -> list[int]:
@@ -90,10 +65,7 @@ def test_second_trainer_and_resume_are_refused_while_a_run_trains(proj):
     # SIGSTOP (as in the report): the stopped trainer still holds its run lock, however long the checks take
     os.kill(pid, signal.SIGSTOP)
     try:
-        second = subprocess.run(
-            [sys.executable, "-m", "dwc_core.engine.train", "1", "--registry", str(proj / "runs" / "registry.db")],
-            capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
+        second = train(proj, 1)
         assert second.returncode == 4, second.stdout + second.stderr
         assert f"pid {pid}" in second.stdout and "already being trained" in second.stdout
         assert reg.get(1)["status"] == "running" and reg.get(1)["pid"] == pid
@@ -234,10 +206,7 @@ def test_queued_run_whose_dataset_vanished_fails_with_the_preflight_message(proj
     (spec,) = ExperimentsFile.load(proj / "experiments.yaml").resolve("shoes")
     with pytest.raises(DataError) as info:
         preflight(spec.config, proj)
-    res = subprocess.run(
-        [sys.executable, "-m", "dwc_core.engine.train", "1", "--registry", str(proj / "runs" / "registry.db")],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    res = train(proj, 1)
     assert res.returncode == 2, res.stdout + res.stderr
     row = Registry(proj / "runs" / "registry.db").get(1)
     assert row["status"] == "failed" and row["error"] == info.value.message and row["exit_code"] == 2

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import dwc, write_project
 
 from dwc_core.errors import UsageError
 from dwc_core.runs import control
@@ -37,8 +38,7 @@ experiments:
 
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS)
-    return tmp_path
+    return write_project(tmp_path, EXPERIMENTS)
 
 
 @pytest.fixture
@@ -46,15 +46,6 @@ def reg(proj: Path) -> Registry:
     r = Registry(proj / "runs" / "registry.db")
     yield r
     r.close()
-
-
-def dwc(
-    project: Path, *args: str, env: dict | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- scheduling

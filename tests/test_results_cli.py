@@ -8,20 +8,12 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import HEAVY, dwc, heavy_modules_after, invoke, shipped_project
 from test_results_registry import add_eval, config, qrow, seed_run
-from typer.testing import CliRunner
 
 from dwc_core.runs.registry import Registry
-from dwc_tui.cli import app
-
-HEAVY = ("torch", "torchvision", "open_clip", "textual")
-
-
-def invoke(project: Path, *args: str):
-    return CliRunner().invoke(app, ["--project", str(project), *args])
 
 
 @pytest.fixture
@@ -94,22 +86,9 @@ def test_browse_text_jsonl_and_against_refusal(proj):
     assert res.exit_code == 2 and "no best-epoch evaluation with per-query results" in res.output
 
 
-def _heavy_after(args: list[str], cwd: Path) -> list[str]:
-    code = (
-        "import sys, atexit\n"
-        f"atexit.register(lambda: print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules)))\n"
-        f"sys.argv = ['dwc', *{args!r}]\n"
-        "from dwc_tui.cli import main\nmain()\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60)
-    line = [x for x in res.stdout.splitlines() if x.startswith("HEAVY=")]
-    assert line, res.stdout + res.stderr
-    return [m for m in line[-1][len("HEAVY=") :].split(",") if m]
-
-
 def test_compare_and_browse_stay_torch_free(proj):
-    assert _heavy_after(["compare", "--reference"], proj) == []
-    assert _heavy_after(["browse", "1", "--limit", "1"], proj) == []
+    assert heavy_modules_after(["compare", "--reference"], proj) == []
+    assert heavy_modules_after(["browse", "1", "--limit", "1"], proj) == []
     code = "import sys, dwc_core.results.compare, dwc_core.results.browse, dwc_core.results.formats; " + (
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
@@ -122,14 +101,12 @@ def test_compare_and_browse_stay_torch_free(proj):
 def test_browse_misses_on_the_demo_run(tmp_path):
     """The shipped demo, shrunk (~20 s on 2 cores): `dwc browse --misses --limit 5` prints five missed queries
     with their text, target description and top-K with scores, as plain text."""
-    root = Path(__file__).resolve().parent.parent
-    (tmp_path / "experiments.yaml").write_text((root / "experiments.yaml").read_text())
-    base = [sys.executable, "-m", "dwc_tui.cli", "--project", str(tmp_path)]
+    shipped_project(tmp_path)
     shrink = ["--set", "dataset.num_train=320", "--set", "dataset.num_test=60", "--set", "trainer.epochs=1",
               "--set", "dataset.image_size=32"]  # fmt: skip
-    res = subprocess.run([*base, "run", "demo", *shrink], capture_output=True, text=True, timeout=600)
+    res = dwc(tmp_path, "run", "demo", *shrink, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    res = subprocess.run([*base, "browse", "1", "--misses", "--limit", "5"], capture_output=True, text=True)
+    res = dwc(tmp_path, "browse", "1", "--misses", "--limit", "5")
     assert res.returncode == 0, res.stderr
     reg = Registry(tmp_path / "runs" / "registry.db")
     best = next(e for e in reg.evaluations(1) if e["is_best"])

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from helpers import loss_steps, wait_for, write_project
 
 from dwc_core.runs import slurm
 from dwc_core.runs.control import queue_experiment
@@ -46,8 +46,7 @@ def cluster():
 
 @pytest.fixture()
 def project(tmp_path):
-    (tmp_path / "experiments.yaml").write_text(TINY)
-    return tmp_path
+    return write_project(tmp_path, TINY)
 
 
 def queue(project: Path, *overrides: str, seed: int = 1) -> int:
@@ -65,20 +64,6 @@ def worker_thread(project: Path) -> threading.Thread:
     t = threading.Thread(target=body, daemon=True)
     t.start()
     return t
-
-
-def wait_for(pred, timeout: float = 120.0, what: str = ""):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def loss_steps(reg: Registry, run_id: int) -> list[int]:
-    return [m["step"] for m in reg.metrics(run_id, split="train", name="loss")]
 
 
 def test_two_runs_once_and_two_gloo_processes_match_one(project):
@@ -129,7 +114,9 @@ def test_requeue_resumes_from_last_pt_without_duplicated_steps(project):
     job = reg.get(run_id)["slurm_job"]
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
     # Slurm holds a requeued job back (BeginTime) for a while; once it is pending, let it start now
-    wait_for(lambda: slurm.job_states([job])[job].state == "PENDING", what="the job to be pending again")
+    wait_for(
+        lambda: slurm.job_states([job])[job].state == "PENDING", what="the job to be pending again", every=0.3
+    )
     wait_for(
         lambda: (
             subprocess.run(
@@ -165,7 +152,7 @@ def test_killed_worker_then_a_new_one_loses_nothing(project):
     job = reg.get(run_id)["slurm_job"]
     written_before = len(loss_steps(reg, run_id))
     # the job trains to the end with nobody ingesting its reports
-    wait_for(lambda: not slurm.job_states([job])[job].active, timeout=180, what="the job to end")
+    wait_for(lambda: not slurm.job_states([job])[job].active, timeout=180, what="the job to end", every=0.3)
     assert len(loss_steps(reg, run_id)) == written_before and reg.get(run_id)["status"] == "running"
     w = slurm.SlurmWorker(reg_path, slurm.SlurmOptions(poll_s=0.5), log=lambda m: None)
     assert w.run(once=True) == 0

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import dwc, finish, loss_steps, start, wait_for, write_project
 
 from dwc_core.runs import control
 from dwc_core.runs.registry import Registry
@@ -46,54 +46,17 @@ experiments:
 
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
-    (tmp_path / "experiments.yaml").write_text(TINY)
-    return tmp_path
-
-
-def dwc(
-    project: Path, *args: str, env: dict | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    return write_project(tmp_path, TINY)
 
 
 def worker(project: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), "worker", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-
-
-def wait_for(pred, timeout=120.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError("worker did not exit:\n" + out) from None
-    return out
+    return start(project, "worker", *args, env=env, merge_stderr=True)
 
 
 def queue(project: Path, *args: str) -> list[int]:
     res = dwc(project, "queue", *args)
     assert res.returncode == 0, res.stderr
     return [int(x) for x in res.stdout.split()]
-
-
-def loss_steps(reg: Registry, run_id: int) -> list[int]:
-    return [m["step"] for m in reg.metrics(run_id, split="train", name="loss")]
 
 
 def test_two_workers_twelve_runs_each_claimed_exactly_once(proj):
