@@ -92,7 +92,9 @@ def to_json(table: CompareTable) -> str:
     return json.dumps(table.records(), indent=2) + "\n"
 
 
-def _info_value(table: CompareTable, row, col: str) -> str:
+def info_value(table: CompareTable, row, col: str, value=None) -> str:
+    """The text of one info (non-metric) column of a row; ``value`` formats an --only-changed config value
+    (default: as the file formats print values)."""
     if col == table.key_column:
         return row.key
     if col == "variant":
@@ -100,7 +102,7 @@ def _info_value(table: CompareTable, row, col: str) -> str:
     if col == "n":
         return str(row.n) if row.kind == "ours" else ""
     if col in table.changed_keys and table.only_changed:
-        return "" if row.kind != "ours" else _plain(row.changed.get(col))
+        return "" if row.kind != "ours" else (value or _plain)(row.changed.get(col))
     return _plain(getattr(row, col, ""))
 
 
@@ -111,7 +113,7 @@ def to_markdown(table: CompareTable) -> str:
     lines = [f"**{table.title}**", "", "| " + " | ".join(cols) + " |"]
     lines.append("|" + "|".join(":--" if i < len(info) else "--:" for i in range(len(cols))) + "|")
     for r in table.rows:
-        cells = [_info_value(table, r, c) for c in info]
+        cells = [info_value(table, r, c) for c in info]
         cells += [cell_text(r.cells.get(m), "md") for m in table.metrics]
         if table.reference:
             cells += [r.source, r.protocol_text]
@@ -142,7 +144,7 @@ def to_latex(table: CompareTable) -> str:
         if prev_kind == "ours" and r.kind == "published":
             lines.append(r"\midrule")
         prev_kind = r.kind
-        cells = [latex_escape(_info_value(table, r, c)) for c in info]
+        cells = [latex_escape(info_value(table, r, c)) for c in info]
         if r.kind == "published" and r.protocol_diff:
             cells[0] += r"$^\dagger$"
         cells += [cell_text(r.cells.get(m), "latex") for m in table.metrics]

@@ -100,15 +100,9 @@ def _print_compare(table) -> None:
 
 
 def _info(table, row, col: str) -> str:
-    if col == table.key_column:
-        return row.key
-    if col == "variant":
-        return row.label
-    if col == "n":
-        return str(row.n) if row.kind == "ours" else ""
-    if table.only_changed and col in table.changed_keys:
-        return "" if row.kind != "ours" else fmt_value(row.changed.get(col))
-    return str(getattr(row, col, "") or "")
+    from dwc_core.results.formats import info_value
+
+    return info_value(table, row, col, value=fmt_value)
 
 
 def _protocol_flag(row) -> str:
