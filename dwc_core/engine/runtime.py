@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import random
@@ -89,11 +90,11 @@ def versions() -> dict:
         "platform": platform.platform(),
         "argv": sys.argv,
     }
-    for name in ("torchvision", "open_clip", "numpy"):
+    # from the installed distributions: importing torchvision/open_clip only to read a version costs seconds
+    for name, dist in (("torchvision", "torchvision"), ("open_clip", "open_clip_torch"), ("numpy", "numpy")):
         try:
-            module = __import__(name)
-            out[name] = getattr(module, "__version__", None)
-        except ImportError:
+            out[name] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
 
