@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
+from helpers import dwc, start
 
 from dwc_core.runs.registry import Registry
 
@@ -33,11 +33,7 @@ experiments:
 
 def _start(tmp_path, env_extra: dict, num_train: int = 160, trainer: str = "") -> subprocess.Popen:
     (tmp_path / "experiments.yaml").write_text(YAML.format(num_train=num_train, trainer=trainer))
-    env = {**os.environ, **env_extra}
-    return subprocess.Popen(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(tmp_path), "run", "tiny"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+    return start(tmp_path, "run", "tiny", env=env_extra, merge_stderr=True)
 
 
 def _phase(row: dict) -> str | None:
@@ -65,10 +61,7 @@ def _cancel_and_time(tmp_path, proc, run_id: int, by_signal: bool = True) -> flo
     reg = Registry(tmp_path / "runs" / "registry.db")
     t0 = time.time()
     if by_signal:
-        res = subprocess.run(
-            [sys.executable, "-m", "dwc_tui.cli", "--project", str(tmp_path), "cancel", str(run_id)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        res = dwc(tmp_path, "cancel", str(run_id), timeout=60)
         assert res.returncode == 0, res.stdout + res.stderr
     else:  # the registry flag alone (what a cancel from another host amounts to): read by the heartbeat thread
         reg.request_cancel(run_id)

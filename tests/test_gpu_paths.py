@@ -4,14 +4,13 @@ check (DWC_FAKE_GPUS), batch-level evaluation gathers, exact tie order and chunk
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import dwc, write_project
 
 from dwc_core.data.loading import image_batches
 from dwc_core.engine import distributed
@@ -78,15 +77,12 @@ def test_gpu_request_check_names_both_counts(monkeypatch):
 
 
 def test_dwc_run_refuses_more_gpus_than_visible_before_launching(tmp_path):
-    (tmp_path / "experiments.yaml").write_text(
+    write_project(
+        tmp_path,
         "experiments:\n  big:\n    dataset: {name: synthetic, num_train: 64, num_test: 16, image_size: 32}\n"
-        "    model: {name: tirg, cnn: {arch: tiny}}\n    trainer: {gpus: 4, device: cuda, epochs: 1}\n"
+        "    model: {name: tirg, cnn: {arch: tiny}}\n    trainer: {gpus: 4, device: cuda, epochs: 1}\n",
     )
-    env = {**os.environ, "DWC_FAKE_GPUS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(tmp_path), "run", "big"],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+    res = dwc(tmp_path, "run", "big", env={"DWC_FAKE_GPUS": "1"}, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
     text = " ".join((res.stdout + res.stderr).split())
     assert "trainer.gpus = 4" in text and "shows 1 GPU(s)" in text and "Traceback" not in text
