@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import dwc, write_project
 
 from dwc_core.engine.distributed import Dist
 
@@ -79,13 +78,9 @@ experiments:
 def test_torchrun_two_processes_matches_single_process_evaluation(tmp_path):
     from dwc_core.runs.registry import Registry
 
-    (tmp_path / "experiments.yaml").write_text(TINY)
+    write_project(tmp_path, TINY)
     for gpus in ("2", "1"):
-        res = subprocess.run(
-            [sys.executable, "-m", "dwc_tui.cli", "--project", str(tmp_path), "run", "tiny", "--set",
-             f"trainer.gpus={gpus}"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        res = dwc(tmp_path, "run", "tiny", "--set", f"trainer.gpus={gpus}")
         assert res.returncode == 0, res.stdout + res.stderr
     reg = Registry(tmp_path / "runs" / "registry.db")
     ddp, single = reg.get(1), reg.get(2)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import dwc, write_project
+from helpers import dwc, start, wait_for, write_project
 
 from dwc_core.errors import UsageError
 from dwc_core.runs import control
@@ -287,10 +287,7 @@ def test_follow_log_yields_new_lines_until_the_run_ends(proj, reg):
     (a,) = control.queue_experiment(reg, proj, "tiny")
     log = Path(a["run_dir"]) / "train.log"
     log.write_text("first\n")
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(proj), "logs", str(a["id"]), "-f"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    follower = start(proj, "logs", str(a["id"]), "-f")
     try:
         time.sleep(2.0)
         with open(log, "a") as fh:
@@ -309,15 +306,9 @@ def test_follow_log_yields_new_lines_until_the_run_ends(proj, reg):
 # ------------------------------------------------------------------------------------------ workers and locks
 def test_second_worker_on_a_held_gpu_exits_2_naming_the_holder(proj):
     env = {"DWC_FAKE_GPUS": "3"}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "dwc_tui.cli", "--project", str(proj), "worker", "--gpus", "0,1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env},
-    )  # fmt: skip
+    first = start(proj, "worker", "--gpus", "0,1", env=env, merge_stderr=True)
     try:
-        deadline = time.time() + 30
-        while not control.live_workers(proj) and time.time() < deadline:
-            time.sleep(0.1)
-        (w,) = control.live_workers(proj)
+        (w,) = wait_for(lambda: control.live_workers(proj), timeout=30, what="the worker to register")
         assert w["pid"] == first.pid and w["gpus"] == ["0", "1"]
         res = dwc(proj, "worker", "--gpus", "1,2", env=env)
         assert res.returncode == 2
