@@ -11,7 +11,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import dwc, write_project
+from helpers import dwc, tiny_experiments, write_project
 
 from dwc_core.engine.distributed import Dist
 
@@ -66,13 +66,9 @@ def test_collectives_with_two_gloo_processes():
         assert flag is True
 
 
-TINY = """\
-experiments:
-  tiny:
-    dataset: {name: synthetic, num_train: 320, num_test: 48, image_size: 32}
-    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
-    trainer: {epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5, device: cpu}
-"""
+TINY = tiny_experiments(
+    "epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5, device: cpu"
+)
 
 
 def test_torchrun_two_processes_matches_single_process_evaluation(tmp_path):

@@ -9,22 +9,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import dwc, shipped_project, start, wait_for, write_project
+from helpers import dwc, shipped_project, start, tiny_experiments, wait_for, write_project
 
 from dwc_core.runs.registry import Registry
 
 pytestmark = pytest.mark.slow
 
-TINY = """\
-experiments:
-  tiny:
-    dataset: {name: synthetic, num_train: 320, num_test: 48, image_size: 32}
-    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
-    trainer: {epochs: 2, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5}
-  long:
-    extends: tiny
-    dataset: {num_train: 1600}
-"""
+TINY = tiny_experiments(more="  long:\n    extends: tiny\n    dataset: {num_train: 960}\n")
 
 
 @pytest.fixture
@@ -90,7 +81,7 @@ def test_ctrl_c_cancels_then_resume_continues_without_duplicates(proj):
     assert row["status"] == "done" and row["resumes"] == 1
     steps = [m["step"] for m in reg.metrics(1, split="train", name="loss")]
     assert steps == sorted(set(steps))  # no duplicated steps
-    assert max(steps) == 2 * (1600 // 16)
+    assert max(steps) == 2 * (960 // 16)
     assert [e["epoch"] for e in reg.evaluations(1)] == [0, 1, 2]
 
 

@@ -11,18 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import dwc, start, wait_for, write_project
+from helpers import dwc, start, tiny_experiments, wait_for, write_project
 
 from dwc_core.engine.train import EMA, _oom_message, lr_lambda
 from dwc_core.runs.registry import Registry
 
-TINY = """\
-experiments:
-  tiny:
-    dataset: {name: synthetic, num_train: 320, num_test: 48, image_size: 32}
-    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
-    trainer: {epochs: 2, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5}
-"""
+TINY = tiny_experiments()
 
 
 def trainer_cfg(**kw) -> dict:
@@ -85,6 +79,9 @@ def test_oom_message_names_batch_size():
 
 
 # ------------------------------------------------------------------------------------------- subprocess runs
+SHORT = ("--set", "trainer.max_steps_per_epoch=8")  # still two epochs (3 evaluations), 16 steps instead of 40
+
+
 @pytest.fixture
 def proj(tmp_path: Path) -> Path:
     return write_project(tmp_path, TINY)
@@ -93,7 +90,7 @@ def proj(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_same_seed_same_numbers_and_seed_changes_them(proj):
     for seed in ("7", "7", "8"):
-        res = dwc(proj, "run", "tiny", "--set", f"trainer.seed={seed}")
+        res = dwc(proj, "run", "tiny", "--set", f"trainer.seed={seed}", *SHORT)
         assert res.returncode == 0, res.stderr
     reg = Registry(proj / "runs" / "registry.db")
     losses = [[m["value"] for m in reg.metrics(i, split="train", name="loss")] for i in (1, 2, 3)]
@@ -124,7 +121,14 @@ def test_non_finite_loss_fails_with_the_step(proj):
 def test_val_split_selection_records_both_splits(proj):
     # 32 held-out queries on this tiny set: below the default minimum of 50, allowed explicitly
     res = dwc(
-        proj, "run", "tiny", "--set", "trainer.select_on=val_split", "--set", "trainer.val_min_queries=30"
+        proj,
+        "run",
+        "tiny",
+        "--set",
+        "trainer.select_on=val_split",
+        "--set",
+        "trainer.val_min_queries=30",
+        *SHORT,
     )
     assert res.returncode == 0, res.stderr
     reg = Registry(proj / "runs" / "registry.db")
@@ -140,7 +144,9 @@ def test_val_split_selection_records_both_splits(proj):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_from_last_checkpoint(proj):
-    text = TINY.replace("num_train: 320", "num_train: 1600").replace("epochs: 2", "epochs: 3")
+    text = TINY.replace("num_train: 320", "num_train: 960").replace(
+        "epochs: 2", "epochs: 3"
+    )  # 60 steps/epoch
     (proj / "experiments.yaml").write_text(text)
     proc = start(proj, "run", "tiny")
     db = proj / "runs" / "registry.db"
@@ -155,21 +161,21 @@ def test_sigkill_then_resume_from_last_checkpoint(proj):
     os.kill(reg.get(1)["pid"], signal.SIGKILL)
     proc.communicate(timeout=60)
     assert reg.get(1)["status"] == "failed"
-    kept = [m["step"] for m in reg.metrics(1, split="train", name="loss") if m["step"] <= 100]
+    kept = [m["step"] for m in reg.metrics(1, split="train", name="loss") if m["step"] <= 60]
     res = dwc(proj, "resume", "1", "--now")
     assert res.returncode == 0, res.stdout + res.stderr
     row = reg.get(1)
     assert row["status"] == "done"
     steps = [m["step"] for m in reg.metrics(1, split="train", name="loss")]
-    assert steps == sorted(set(steps)) and max(steps) == 3 * 100  # complete, no duplicates
-    assert [s for s in steps if s <= 100] == kept  # rows up to the checkpoint were not lost
+    assert steps == sorted(set(steps)) and max(steps) == 3 * 60  # complete, no duplicates
+    assert [s for s in steps if s <= 60] == kept  # rows up to the checkpoint were not lost
     assert [e["epoch"] for e in reg.evaluations(1)] == [0, 1, 2, 3]
     assert any(e["kind"] == "resume" for e in reg.events(1))
 
 
 @pytest.mark.slow
 def test_eval_reproduces_best_and_records_other_protocols(proj):
-    assert dwc(proj, "run", "tiny").returncode == 0
+    assert dwc(proj, "run", "tiny", *SHORT).returncode == 0
     reg = Registry(proj / "runs" / "registry.db")
     row = reg.get(1)
     res = dwc(proj, "eval", "1", "--format", "json")
@@ -231,7 +237,7 @@ def test_time_budget_cuts_training_evaluates_and_finishes(proj):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["swap", "restart"])
 def test_ema_runs_evaluate_and_save_the_average(proj, mode):
-    res = dwc(proj, "run", "tiny", "--set", "trainer.ema=0.9", "--set", f"trainer.ema_mode={mode}")
+    res = dwc(proj, "run", "tiny", "--set", "trainer.ema=0.9", "--set", f"trainer.ema_mode={mode}", *SHORT)
     assert res.returncode == 0, res.stdout + res.stderr
     reg = Registry(proj / "runs" / "registry.db")
     row = reg.get(1)

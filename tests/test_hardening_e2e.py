@@ -12,23 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import dwc, start, train, wait_for, write_project
+from helpers import dwc, start, tiny_experiments, train, wait_for, write_project
 
 from dwc_core.runs.registry import ACTIVE, Registry
 
 pytestmark = pytest.mark.slow
 
-TINY = """\
-experiments:
-  tiny:
-    dataset: {name: synthetic, num_train: 320, num_test: 48, image_size: 32}
-    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
-    trainer: {epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 1, heartbeat_s: 0.5,
-              max_steps_per_epoch: 3}
-  long:
-    extends: tiny
-    trainer: {epochs: 2, max_steps_per_epoch: 12}
-"""
+TINY = tiny_experiments(
+    "epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 1, heartbeat_s: 0.5,\n              max_steps_per_epoch: 3",
+    more="  long:\n    extends: tiny\n    trainer: {epochs: 2, max_steps_per_epoch: 12}\n",
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import dwc, finish, loss_steps, start, wait_for, write_project
+from helpers import dwc, finish, loss_steps, start, tiny_experiments, wait_for, write_project
 
 from dwc_core.runs import control
 from dwc_core.runs.registry import Registry
 
 pytestmark = pytest.mark.slow
 
-TINY = """\
-experiments:
-  tiny:
-    dataset: {name: synthetic, num_train: 64, num_test: 16, image_size: 32}
-    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
-    trainer: {epochs: 1, batch_size: 16, max_steps_per_epoch: 2, num_workers: 0, heartbeat_s: 0.5, device: cpu}
+TINY = tiny_experiments(
+    "epochs: 1, batch_size: 16, max_steps_per_epoch: 2, num_workers: 0, heartbeat_s: 0.5, device: cpu",
+    data="num_train: 64, num_test: 16",
+    more="""\
     eval: {ks: [1, 5, 10], query_results: false}
   many:
     extends: tiny
@@ -41,7 +39,8 @@ experiments:
   missing-root:
     dataset: {name: shoes, root: /nonexistent/shoes-data}
     model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
-"""
+""",
+)
 
 
 @pytest.fixture
