@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rich.markup import escape
+from rich.segment import Segment
+from rich.style import Style
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.filter import Monochrome
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -21,6 +24,17 @@ from dwc_core.errors import DwcError
 from dwc_tui.app.poller import Poller, Snapshot
 
 POLL_INTERVAL_S = 1.0
+
+
+class _Monochrome(Monochrome):
+    """Textual's NO_COLOR filter, tolerating unstyled segments (textual-plot's axes have some; the stock filter
+    raised AttributeError on them, so `NO_COLOR=1 dwc tui` crashed as soon as a plot was drawn)."""
+
+    def apply(self, segments: list[Segment], background) -> list[Segment]:
+        null = Style.null()
+        return super().apply(
+            [s if s.style is not None else Segment(s.text, null) for s in segments], background
+        )
 
 
 class DwcApp(App):
@@ -40,6 +54,7 @@ class DwcApp(App):
         clock: Callable[[], float] | None = None,
     ):
         super().__init__()
+        self._filters = [_Monochrome() if type(f) is Monochrome else f for f in self._filters]
         self.project = Path(project)
         self.registry_path = registry_path or self.project / "runs" / "registry.db"
         self.experiments_file = experiments_file or self.project / "experiments.yaml"
@@ -82,6 +97,8 @@ class DwcApp(App):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
+        if self._exit or not self.is_running:  # shutting down: screens are being taken apart
+            return
         if worker.group == "poll":
             if event.state == WorkerState.SUCCESS:
                 self.poll_error = None

@@ -35,6 +35,7 @@ LOG_TAIL_BYTES = 16_384
 RUN_COLUMNS = (
     "id, experiment, status, variant, seed, created, started, ended, heartbeat, epoch, epochs, step, total_steps, "
     "progress, best_value, best_epoch, best_metrics, last_metrics, deleted, error, run_dir, worker, host, gpus, "
+    "slurm_job, slurm_state, slurm_reason, slurm_nodes, slurm_requeues, "
     "json_extract(config, '$.model.name') AS method, json_extract(config, '$.dataset.name') AS dataset"
 )
 

@@ -8,6 +8,7 @@ from contextlib import suppress
 
 from rich.text import Text
 
+from dwc_core.results.slurm_view import slurm_compact, slurm_summary
 from dwc_core.runs.registry import STATUSES
 
 COLUMNS = (
@@ -35,6 +36,8 @@ STATUS_STYLE = {
 }
 COUNTED = ("queued", "running", "done", "failed", "lost")
 SPARK = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 6  # loss points in the table's sparkline
+SLURM_WIDTH = 9  # Slurm's compact state beside ours in the status cell ("running R node01")
 JSON_FIELDS = ("variant", "progress", "best_metrics", "last_metrics", "gpus")
 
 
@@ -68,7 +71,7 @@ def sparkline(values: list[float], width: int = 8) -> str:
     return "".join(SPARK[min(7, int((v - lo) / span * 7.999))] for v in vals)
 
 
-def bar(fraction: float, width: int = 6) -> str:
+def bar(fraction: float, width: int = 4) -> str:
     fraction = min(max(fraction, 0.0), 1.0)
     full = int(fraction * width + 1e-9)
     return "█" * full + "░" * (width - full)
@@ -134,9 +137,9 @@ def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
         "experiment": Text(str(r["experiment"])),
         "method": Text(str(r.get("method") or "–")),
         "dataset": Text(str(r.get("dataset") or "–")),
-        "status": Text(status, style=STATUS_STYLE.get(status, "")),
+        "status": status_cell(r),
         "epoch": Text(f"{epoch}/{epochs} {bar(frac)}"),
-        "loss": Text(f"{number(loss, 3)} {sparkline(tail)}".rstrip()),
+        "loss": Text(f"{number(loss, 3)} {sparkline(tail, SPARK_WIDTH)}".rstrip()),
         "r10": Text(number(r10), justify="right"),
         "mean": Text(number(mean), justify="right"),
         "elapsed": Text(duration(elapsed), justify="right"),
@@ -164,6 +167,7 @@ def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
         "search": " ".join(
             [str(r["id"]), r["experiment"], str(r.get("method")), str(r.get("dataset")), status]
             + [f"{k}={v}" for k, v in variant.items()]
+            + [slurm_summary(r) or ""]
         ).lower(),
         "experiment": r["experiment"],
         "phase": p.get("phase") if active else status,
@@ -174,4 +178,16 @@ def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
         "error": r.get("error"),
         "variant": variant,
         "seed": r.get("seed"),
+        "slurm": slurm_summary(r),
+        "what": f"{r.get('method') or '–'} · {r.get('dataset') or '–'}",
     }
+
+
+def status_cell(r: dict) -> Text:
+    """Our status in its colour, then Slurm's compact view of the job when there is one ("running R node01")."""
+    status = r["status"]
+    cell = Text(status, style=STATUS_STYLE.get(status, ""))
+    slurm = slurm_compact(r, SLURM_WIDTH)
+    if slurm:
+        cell.append(f" {slurm}", style="dim")
+    return cell

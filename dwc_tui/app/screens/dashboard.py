@@ -9,13 +9,29 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
+from textual.worker import Worker, WorkerState
 
-from dwc_tui.app import actions
 from dwc_tui.app.poller import Focus, Snapshot
-from dwc_tui.app.rows import COLUMN_KEYS, COLUMNS, COUNTED, STATUS_STYLE
-from dwc_tui.app.widgets.plots import Curves
+from dwc_tui.app.rows import COLUMNS, COUNTED, STATUS_STYLE
 
 MARK = "●"
+NARROW = (
+    100  # below this many columns the runs table leaves out method and dataset (the detail pane names them)
+)
+NARROW_HIDES = ("method", "dataset")
+PLOTS = (("loss-plot", "loss"), ("recall-plot", "Recall@K (test)"))
+
+
+def _load_curves():
+    """The plot widget's class: textual-plot pulls in numpy (~0.3 s), so it is imported after the first paint."""
+    from dwc_tui.app.widgets.plots import Curves
+
+    return Curves
+
+
+def visible_columns(width: int) -> tuple[tuple[str, str], ...]:
+    """The runs table's columns for a terminal ``width`` columns wide (80 columns fit without scrolling sideways)."""
+    return COLUMNS if width >= NARROW else tuple(c for c in COLUMNS if c[0] not in NARROW_HIDES)
 
 
 def parse_filter(text: str) -> tuple[set[str], list[str]]:
@@ -69,6 +85,10 @@ class DashboardScreen(Screen):
         self.sort_reverse = False
         self.focus_version: tuple | None = None
         self._shown_cells: dict[int, tuple] = {}
+        self.column_keys: tuple[str, ...] = ()
+        self.plots: dict[
+            str, object
+        ] = {}  # id → Curves, once textual-plot is imported (after the first paint)
 
     def compose(self) -> ComposeResult:
         yield Static("dwc — reading the registry…", id="summary")
@@ -77,12 +97,12 @@ class DashboardScreen(Screen):
             placeholder="filter: words, status:running,failed — enter to apply, esc to clear", id="filter"
         )
         table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        self._set_columns(table, self.app.size.width)
         yield table
         with Horizontal(id="detail"):
-            yield Curves("loss", id="loss-plot")
-            yield Curves("Recall@K (test)", id="recall-plot")
+            for plot_id, title in PLOTS:
+                with Vertical(id=f"{plot_id}-box", classes="plot-box"):
+                    yield Static(Text(title, style="dim"), classes="plot-wait")
             with Vertical(id="side"):
                 yield Static("", id="phase")
                 yield Static("", id="log-tail")
@@ -92,9 +112,56 @@ class DashboardScreen(Screen):
         self.query_one("#filter", Input).display = False
         self.query_one("#error", Static).display = False
         self.query_one("#runs", DataTable).focus()
+        self.call_after_refresh(self._start_plots)
+
+    def _set_columns(self, table: DataTable, width: int) -> bool:
+        cols = visible_columns(width)
+        keys = tuple(k for k, _ in cols)
+        if keys == self.column_keys:
+            return False
+        table.clear(columns=True)
+        for key, label in cols:
+            table.add_column(label, key=key)
+        self.column_keys = keys
+        return True
+
+    def on_resize(self, event) -> None:
+        table = self.query_one("#runs", DataTable)
+        if self._set_columns(table, event.size.width):
+            self._rebuild(table, self.shown_ids)
+
+    def _start_plots(self) -> None:
+        self.run_worker(_load_curves, thread=True, group="plots", exit_on_error=False)
+
+    async def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "plots" or not self._live():
+            return
+        if event.state == WorkerState.SUCCESS:
+            curves = event.worker.result
+            plots = {}
+            for plot_id, title in PLOTS:
+                box = self.query_one(f"#{plot_id}-box", Vertical)
+                await box.remove_children()
+                plots[plot_id] = plot = curves(title, id=plot_id)
+                await box.mount(plot)
+            self.plots = plots  # only now: a plot fed before it is mounted draws nothing
+            self.focus_version = None
+            if self.app.last_snapshot is not None:
+                self.call_after_refresh(self._apply_focus, self.app.last_snapshot.focus)
+        elif event.state == WorkerState.ERROR:  # no plots: the rest of the dashboard still works
+            for plot_id, _title in PLOTS:
+                self.query_one(f"#{plot_id}-box", Vertical).query_one(Static).update(
+                    Text(f"plots unavailable: {event.worker.error}", style="red")
+                )
+
+    def _live(self) -> bool:
+        """Still on screen with its widgets (a poll result can arrive while the app is shutting down)."""
+        return self.is_attached and self.is_running and bool(self.query("#runs"))
 
     # ------------------------------------------------------------------------------------------ snapshots
     def apply(self, snap: Snapshot) -> None:
+        if not self._live():
+            return
         table = self.query_one("#runs", DataTable)
         self.show_error(None)
         for rid in snap.removed:
@@ -117,6 +184,8 @@ class DashboardScreen(Screen):
             self.query_one("#phase", Static).update("no runs yet — press q to queue an experiment")
 
     def show_error(self, message: str | None) -> None:
+        if not self._live():
+            return
         box = self.query_one("#error", Static)
         box.display = bool(message)
         box.update(Text(message or "", style="bold red"))
@@ -155,7 +224,7 @@ class DashboardScreen(Screen):
         cells = dict(self.rows[rid]["cells"])
         if rid in self.marked:
             cells["id"] = Text(f"{MARK}{rid}", style="bold reverse", justify="right")
-        return tuple(cells[k] for k in COLUMN_KEYS)
+        return tuple(cells[k] for k in self.column_keys)
 
     def _rebuild(self, table: DataTable, ids: list[int]) -> None:
         current = self.selected_id()
@@ -174,7 +243,7 @@ class DashboardScreen(Screen):
         cells = self._cells(rid)
         sig = tuple(c.plain + str(c.style) for c in cells)
         old = self._shown_cells.get(rid)
-        for i, key in enumerate(COLUMN_KEYS):
+        for i, key in enumerate(self.column_keys):
             if old is None or old[i] != sig[i]:
                 table.update_cell(str(rid), key, cells[i])
         self._shown_cells[rid] = sig
@@ -209,19 +278,21 @@ class DashboardScreen(Screen):
             self.app.poll_soon()
 
     def _apply_focus(self, focus: Focus | None) -> None:
+        if not self._live():
+            return
         rid = self.selected_id()
         self._show_phase(rid)
         if focus is None or focus.run_id != rid:
             if rid is None:
-                self.query_one("#loss-plot", Curves).clear()
-                self.query_one("#recall-plot", Curves).clear()
+                for plot in self.plots.values():
+                    plot.clear()
             return
         version = (focus.run_id, focus.version)
-        if version != self.focus_version:
+        if version != self.focus_version and self.plots:
             self.focus_version = version
-            self.query_one("#loss-plot", Curves).show({"loss": focus.loss})
+            self.plots["loss-plot"].show({"loss": focus.loss})
             recall = {k: v for k, v in focus.recall.items() if k.startswith(("R@", "avg/R@"))}
-            self.query_one("#recall-plot", Curves).show(recall)
+            self.plots["recall-plot"].show(recall)
         tail = Text("\n".join(focus.log_tail[-12:]), style="dim", no_wrap=True, overflow="ellipsis")
         self.query_one("#log-tail", Static).update(tail)
 
@@ -232,9 +303,13 @@ class DashboardScreen(Screen):
         p = row["progress"]
         lines = [
             Text.assemble(
-                (f"#{rid} {row['experiment']} ", "bold"), (row["status"], STATUS_STYLE.get(row["status"], ""))
+                (f"#{rid} {row['experiment']} ", "bold"),
+                (row["status"], STATUS_STYLE.get(row["status"], "")),
+                (f"  {row['what']}", "dim"),
             )
         ]
+        if row.get("slurm"):
+            lines[0].append(f"  slurm {row['slurm']}", style="dim")
         if row["variant"]:
             lines.append(Text(" ".join(f"{k}={v}" for k, v in row["variant"].items()), style="dim"))
         if row["status"] in ("running", "starting"):
@@ -260,11 +335,15 @@ class DashboardScreen(Screen):
     def action_cancel(self) -> None:
         ids = self.targets()
         if ids:
+            from dwc_tui.app import actions
+
             self.app.act(actions.cancel, self.app.registry_path, ids)
 
     def action_resume(self) -> None:
         ids = self.targets()
         if ids:
+            from dwc_tui.app import actions
+
             self.app.act(actions.resume, self.app.registry_path, ids)
 
     def action_delete(self) -> None:
@@ -275,6 +354,8 @@ class DashboardScreen(Screen):
 
         def done(ok: bool | None) -> None:
             if ok:
+                from dwc_tui.app import actions
+
                 self.marked.difference_update(ids)
                 self.app.act(actions.delete, self.app.registry_path, ids)
 
@@ -358,8 +439,9 @@ class DashboardScreen(Screen):
         )
 
     def action_sort_next(self) -> None:
-        i = COLUMN_KEYS.index(self.sort_key)
-        self.sort_by(COLUMN_KEYS[(i + 1) % len(COLUMN_KEYS)])
+        keys = self.column_keys
+        i = keys.index(self.sort_key) if self.sort_key in keys else -1
+        self.sort_by(keys[(i + 1) % len(keys)])
 
     def action_sort_reverse(self) -> None:
         self.sort_by(self.sort_key, not self.sort_reverse)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from rich.markup import escape
 from rich.syntax import Syntax
 from rich.text import Text
@@ -12,13 +11,34 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
+from textual.widgets import Collapsible, DataTable, Footer, Log, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
+from dwc_core.results.slurm_view import slurm_line, slurm_summary
 from dwc_tui.app import data
 from dwc_tui.app.rows import STATUS_STYLE, number
 
 LOG_FOLLOW_S = 1.0
+MAIN_VERSIONS = ("python", "torch", "cuda", "precision", "dwc")  # one line; the rest is folded
+
+
+def git_text(r: dict) -> str:
+    """The commit the run trained from; when none was recorded, why: outside git, or not started yet."""
+    if r.get("git_commit"):
+        return str(r["git_commit"])
+    if r.get("versions"):  # the trainer recorded its environment and found no git work tree
+        return "not a git repository"
+    return "not recorded yet (the run has not started)"
+
+
+def version_lines(versions: dict) -> tuple[str, list[str]]:
+    """("python 3.11.9  torch 2.4.0  cuda 12.1  precision bf16  dwc 0.1.0", ["cudnn 90100", "numpy 2.0", …]);
+    the trainer's argv is not a version and is left out."""
+    main = "  ".join(f"{k} {versions[k]}" for k in MAIN_VERSIONS if versions.get(k) is not None)
+    rest = [
+        f"{k} {v}" for k, v in versions.items() if k not in MAIN_VERSIONS and k != "argv" and v is not None
+    ]
+    return main or "not recorded yet", rest
 
 
 class RunScreen(Screen):
@@ -46,6 +66,8 @@ class RunScreen(Screen):
         with TabbedContent(initial=self.initial_tab, id="run-tabs"):
             with TabPane("overview", id="overview"), VerticalScroll():
                 yield Static("", id="run-env")
+                with Collapsible(title="more versions", id="run-more", collapsed=True):
+                    yield Static("", id="run-more-versions")
                 yield Static("", id="run-config")
             with TabPane("evaluations", id="evaluations"):
                 yield DataTable(id="run-evals", cursor_type="row", zebra_stripes=True)
@@ -102,27 +124,37 @@ class RunScreen(Screen):
         title = Text.assemble(
             (f"#{r['id']} {r['experiment']}  ", "bold"),
             (r["status"], STATUS_STYLE.get(r["status"], "")),
+            (f" (slurm {slurm_summary(r)})" if r.get("slurm_job") else "", "dim"),
             f"  seed {r['seed']}  epoch {r['epoch']}/{r['epochs']}",
         )
         self.query_one("#run-title", Static).update(title)
         versions = r.get("versions") or {}
+        main_versions, more_versions = version_lines(versions)
+        dirty = " [yellow](dirty)[/]" if r.get("git_commit") and r.get("git_dirty") else ""
         env = [
             f"[b]run dir[/b] {escape(str(r.get('run_dir')))}",
-            f"[b]git[/b] {escape(str(r.get('git_commit') or '–'))}{' [yellow](dirty)[/]' if r.get('git_dirty') else ''}",
+            f"[b]git[/b] {escape(git_text(r))}{dirty}",
             f"[b]host[/b] {escape(str(r.get('host') or '–'))}  [b]device[/b] {escape(str(r.get('device') or '–'))}  "
             f"[b]gpus[/b] {escape(str(r.get('gpus') or '–'))}  [b]pid[/b] {r.get('pid') or '–'}",
-            f"[b]versions[/b] {escape(', '.join(f'{k} {v}' for k, v in versions.items()) or '–')}",
+            f"[b]versions[/b] {escape(main_versions)}",
             f"[b]created[/b] {data.when(r.get('created'))}  [b]started[/b] {data.when(r.get('started'))}  "
             f"[b]ended[/b] {data.when(r.get('ended'))}",
         ]
         if r.get("variant"):
             env.append(f"[b]variant[/b] {escape(' '.join(f'{k}={v}' for k, v in r['variant'].items()))}")
+        slurm = slurm_line(r)
+        if slurm:
+            env.append(escape(slurm))
         if r.get("error"):
             env.append(f"[red][b]error[/b] {escape(str(r['error']))}[/]")
         self.query_one("#run-env", Static).update("\n".join(env))
+        self.query_one("#run-more", Collapsible).display = bool(more_versions)
+        self.query_one("#run-more-versions", Static).update(Text("\n".join(more_versions)))
         cfg = {
             k: r["config"][k] for k in ("dataset", "model", "trainer", "eval") if k in (r.get("config") or {})
         }
+        import yaml
+
         self.query_one("#run-config", Static).update(
             Syntax(
                 yaml.safe_dump(cfg, sort_keys=False), "yaml", theme="ansi_dark", background_color="default"
