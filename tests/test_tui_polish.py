@@ -143,6 +143,9 @@ async def test_plots_arrive_after_the_first_paint_and_show_the_selected_run(proj
         plots = app.dashboard.plots
         assert plots["loss-plot"].series_names == ["loss"]
         assert plots["recall-plot"].series_names == ["R@1", "R@5", "R@10", "R@50"]
+        # no legend drawn over the curves: the names head the plot, each in its line's colour
+        await until(pilot, lambda: "R@1 R@5 R@10 R@50 · test" in text_of(app), what="recall plot title")
+        assert " loss " in text_of(app)
 
 
 def _row_backgrounds(app, standard: bool) -> dict[int, set]:

@@ -19,7 +19,7 @@ NARROW = (
     100  # below this many columns the runs table leaves out method and dataset (the detail pane names them)
 )
 NARROW_HIDES = ("method", "dataset")
-PLOTS = (("loss-plot", "loss"), ("recall-plot", "Recall@K (test)"))
+PLOTS = (("loss-plot", "loss", "train"), ("recall-plot", "Recall@K (test)", "test"))  # id, title, short title
 
 
 def _load_curves():
@@ -100,9 +100,9 @@ class DashboardScreen(Screen):
         self._set_columns(table, self.app.size.width)
         yield table
         with Horizontal(id="detail"):
-            for plot_id, title in PLOTS:
+            for plot_id, title, _short in PLOTS:
                 with Vertical(id=f"{plot_id}-box", classes="plot-box"):
-                    yield Static(Text(title, style="dim"), classes="plot-wait")
+                    yield Static(Text(f"{title} …", style="dim"), classes="plot-title")
             with Vertical(id="side"):
                 yield Static("", id="phase")
                 yield Static("", id="log-tail")
@@ -139,17 +139,17 @@ class DashboardScreen(Screen):
         if event.state == WorkerState.SUCCESS:
             curves = event.worker.result
             plots = {}
-            for plot_id, title in PLOTS:
+            for plot_id, title, short in PLOTS:
                 box = self.query_one(f"#{plot_id}-box", Vertical)
-                await box.remove_children()
-                plots[plot_id] = plot = curves(title, id=plot_id)
+                box.query_one(".plot-title", Static).update(Text(title, style="bold"))
+                plots[plot_id] = plot = curves(title, short, id=plot_id)
                 await box.mount(plot)
             self.plots = plots  # only now: a plot fed before it is mounted draws nothing
             self.focus_version = None
             if self.app.last_snapshot is not None:
                 self.call_after_refresh(self._apply_focus, self.app.last_snapshot.focus)
         elif event.state == WorkerState.ERROR:  # no plots: the rest of the dashboard still works
-            for plot_id, _title in PLOTS:
+            for plot_id, _title, _short in PLOTS:
                 self.query_one(f"#{plot_id}-box", Vertical).query_one(Static).update(
                     Text(f"plots unavailable: {event.worker.error}", style="red")
                 )
@@ -293,6 +293,8 @@ class DashboardScreen(Screen):
             self.plots["loss-plot"].show({"loss": focus.loss})
             recall = {k: v for k, v in focus.recall.items() if k.startswith(("R@", "avg/R@"))}
             self.plots["recall-plot"].show(recall)
+            for plot_id, plot in self.plots.items():
+                self.query_one(f"#{plot_id}-box .plot-title", Static).update(plot.title_text())
         tail = Text("\n".join(focus.log_tail[-12:]), style="dim", no_wrap=True, overflow="ellipsis")
         self.query_one("#log-tail", Static).update(tail)
 

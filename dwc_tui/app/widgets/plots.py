@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual_plot import HiResMode, PlotWidget
 
 MAX_POINTS = 240  # a terminal plot is at most a few hundred braille columns wide
@@ -38,9 +39,10 @@ class Curves(PlotWidget):
 
     DEFAULT_CSS = "Curves { height: 1fr; }"
 
-    def __init__(self, title: str, **kwargs):
+    def __init__(self, title: str, short: str | None = None, **kwargs):
         super().__init__(allow_pan_and_zoom=False, **kwargs)
         self.title = title
+        self.short = short or title  # after the series' names, when there are several
         self.series_names: list[str] = []
 
     def on_mount(self) -> None:
@@ -71,6 +73,16 @@ class Curves(PlotWidget):
         if xs_all:
             lo, hi = min(xs_all), max(xs_all)
             self.set_xticks(sorted({round(lo, 1), round((lo + hi) / 2, 1), round(hi, 1)}))
-        # the legend covers the curves of a small plot: then the names go in the pane's title instead
-        self.show_legend(is_visible=len(self.series_names) > 1 and self.size.width >= 36)
-        self.border_subtitle = " ".join(self.series_names) if len(self.series_names) > 1 else ""
+        # an overlaid legend covers the curves of a terminal-sized plot: the names go in the title line instead
+        self.show_legend(is_visible=False)
+
+    def title_text(self) -> Text:
+        """The title; with several series, each name in its line's colour instead ("R@1 R@5 R@10 R@50 · test")."""
+        if len(self.series_names) < 2:
+            return Text(self.title, style="bold")
+        text = Text()
+        for i, name in enumerate(self.series_names):
+            text.append(name, style=f"bold {COLOURS[i % len(COLOURS)]}")
+            text.append(" ")
+        text.append(f"· {self.short}", style="dim")
+        return text
