@@ -4,7 +4,9 @@ hits marked."""
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -153,11 +155,14 @@ class BrowseScreen(Screen):
         parts = [describe(a, f"#{self.run_id}")]
         if b is not None:
             parts.append(describe(b, f"#{self.against}"))
-        self.query_one("#browse-query", Static).update("\n\n".join(parts))
+        if len(parts) > 1:
+            parts.insert(1, Text(""))
+        self.query_one("#browse-query", Static).update(Group(*parts))
 
 
-def describe(q, who: str) -> str:
-    """One query as text: reference, modification, target(s), top-K with scores, hits marked."""
+def describe(q, who: str) -> Group:
+    """One query as text: reference, modification, target(s), top-K with scores, hits marked (a long caption
+    wraps under itself, not under the rank and score)."""
     ref = escape(q.ref_display or q.ref_id)
     targets = ", ".join(escape(d or t) for t, d in zip(q.target_ids, q.target_displays, strict=False))
     rank = q.target_rank if q.target_rank is not None else "not in the stored top-K"
@@ -168,8 +173,12 @@ def describe(q, who: str) -> str:
         f"[b]target[/b] {targets}",
         "[b]top-K[/b]",
     ]
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(ratio=1)
     for item in q.topk:
-        mark = "[reverse] HIT [/reverse]" if item.get("hit") else "     "
-        label = escape(str(item.get("display") or item.get("id")))
-        lines.append(f" {mark} {item['rank']:>3}. {float(item['score']):.3f}  {label}")
-    return "\n".join(lines)
+        mark = Text(" HIT ", style="reverse") if item.get("hit") else Text("     ")
+        label = Text(str(item.get("display") or item.get("id")))
+        grid.add_row(mark, f"{item['rank']:>3}. {float(item['score']):.3f}", label)
+    return Group(Text.from_markup("\n".join(lines)), grid)
