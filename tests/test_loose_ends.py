@@ -3,10 +3,12 @@ never claimed by any path, and what a new user meets at the command line (unknow
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import dwc, write_project
+from helpers import dwc, dwc_argv, write_project
 
 from dwc_core.runs import control
 from dwc_core.runs.registry import Registry
@@ -112,3 +114,112 @@ def test_slurm_worker_skips_held_runs(proj, reg):
     assert sw._claimable() is False
     control.set_hold(reg, [row["id"]], False)
     assert sw._claimable() is True
+
+
+# ------------------------------------------------------------------------------------------------- dwc show
+def test_show_reads_everything_before_printing(proj, reg, monkeypatch):
+    import sqlite3
+
+    from helpers import invoke
+
+    (row,) = control.queue_experiment(reg, proj, "tiny")
+
+    def broken(self, *a, **k):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(Registry, "metrics", broken)
+    res = invoke(proj, "show", str(row["id"]))
+    assert res.exit_code == 3, res.output
+    assert res.output.startswith("error:") and "is damaged" in res.output
+    assert "╭" not in res.output and "tiny #" not in res.output  # no panel printed before the failure
+
+
+def test_show_says_why_no_commit_was_recorded(proj, reg):
+    from helpers import invoke
+
+    queued, ran = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    reg.update(ran["id"], versions={"python": "3.11", "torch": "2"}, git_commit=None)
+    text = " ".join(invoke(proj, "show", str(ran["id"])).output.split())
+    assert "git not a git repository" in text and "git –" not in text
+    text = " ".join(invoke(proj, "show", str(queued["id"])).output.split())
+    assert "not recorded yet" in text
+    reg.update(ran["id"], git_commit="abc123", git_dirty=1)
+    assert "git abc123 (dirty)" in " ".join(invoke(proj, "show", str(ran["id"])).output.split())
+
+
+# ------------------------------------------------------------------------------------ a new user's first steps
+def test_empty_project_names_no_run_and_creates_nothing(proj):
+    for args in (
+        ["show", "1"],
+        ["browse", "1"],
+        ["logs", "1"],
+        ["cancel", "1"],
+        ["hold", "1"],
+        ["eval", "1"],
+    ):
+        res = dwc(proj, *args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "no run has been queued in this project yet" in res.stderr and "Traceback" not in res.stderr
+    for args in (["compare"], ["purge"], ["queue", "--failed", "tiny"]):
+        res = dwc(proj, *args)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stderr)
+    res = dwc(proj, "queue", "nope")
+    assert res.returncode == 2 and "no experiment named 'nope'" in res.stderr
+    assert not (proj / "runs").exists()  # an unknown name, a lookup: nothing was created
+
+
+def test_commands_outside_a_project_refuse_and_create_nothing(tmp_path):
+    for args in (["worker", "--cpu", "--once"], ["workers"], ["tui"], ["show", "1"], ["queue", "tiny"]):
+        res = dwc(tmp_path, *args, timeout=60)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert "not a dwc project" in res.stderr and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["runs"], ["runs", "--format", "json"], ["show", "1"], ["--help"]])
+def test_a_reader_that_stops_early_is_no_error(proj, reg, args):
+    control.queue_experiment(reg, proj, "tiny", seeds=list(range(1, 201)), hold=True)
+    p = subprocess.Popen(dwc_argv(proj, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)  # `| head -c 10`
+    p.stdout.close()
+    stderr = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def _answer_prompt(project: Path, args: list[str], keys: bytes) -> tuple[int, str]:
+    import os
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the dwc command on a terminal
+        os.execv(sys.executable, dwc_argv(project, *args))
+    out, deadline = b"", time.time() + 60
+    while b"[y/N]" not in out and time.time() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            out += os.read(fd, 4096)
+    os.write(fd, keys)
+    while time.time() < deadline:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_ctrl_c_at_a_prompt_is_an_interruption_and_ctrl_d_a_no(proj, reg):
+    (row,) = control.queue_experiment(reg, proj, "tiny")
+    control.remove(reg, [row["id"]])
+    code, text = _answer_prompt(proj, ["purge"], b"\x03")
+    assert code == 130 and "interrupted" in text and "Traceback" not in text and "Aborted" not in text
+    code, text = _answer_prompt(proj, ["purge"], b"\x04")
+    assert code == 0 and "nothing was deleted" in text
+    assert reg.get(row["id"])["deleted"] == 1  # still there, soft-deleted

@@ -53,7 +53,13 @@ def _require_project() -> Path:
 def _registry(create: bool = True):
     from dwc_core.runs.registry import Registry
 
-    registry = Registry(_require_project() / "runs" / "registry.db", create=create)
+    path = _require_project() / "runs" / "registry.db"
+    if not create and not path.exists():  # a project where nothing was queued yet: the ids named do not exist
+        raise UsageError(
+            f"no run has been queued in this project yet ({path} does not exist), so there is no run to name. "
+            "`dwc experiments` lists what can run; `dwc run NAME` trains one here, `dwc queue NAME` queues it."
+        )
+    registry = Registry(path, create=create)
     if registry.readonly and not State.readonly_noted:
         State.readonly_noted = True
         err.print(f"note: {escape(str(registry.path))} is read-only; showing it as it is.", highlight=False)
@@ -80,6 +86,18 @@ def handle_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def ask(question: str) -> bool:
+    """A yes/no question on the terminal (default no). Ctrl-D or an empty answer is no; Ctrl-C is an interruption
+    (KeyboardInterrupt: `handle_errors` prints "interrupted" and exits 130)."""
+    err.print(escape(f"{question} [y/N]: "), end="", highlight=False)
+    try:
+        answer = input()
+    except EOFError:
+        err.print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _fail(message: str, code: int):

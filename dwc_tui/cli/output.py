@@ -8,8 +8,10 @@ The terminal table shows "–" for nulls and short local times.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 import time
 from collections.abc import Sequence
 
@@ -24,8 +26,19 @@ from dwc_core.results.formats import iso
 FORMATS = ("table", "json", "csv", "md")
 COMPARE_FORMATS = ("table", "json", "csv", "md", "latex")
 
-out = Console(soft_wrap=False)
-err = Console(stderr=True)
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (`dwc runs | head`): stop writing and let `dwc_tui.cli.main` end with exit 0
+        (Rich's own answer is exit 1, which reads as a failed run)."""
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        raise BrokenPipeError(errno.EPIPE, "stdout was closed by its reader")
+
+
+out = _Console(soft_wrap=False)
+err = _Console(stderr=True)
 
 
 def emit(

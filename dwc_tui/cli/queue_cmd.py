@@ -13,7 +13,16 @@ import typer
 from rich.markup import escape
 
 from dwc_core.errors import UsageError
-from dwc_tui.cli.app import FormatOpt, _check_format, _project, _registry, app, handle_errors
+from dwc_tui.cli.app import (
+    FormatOpt,
+    _check_format,
+    _project,
+    _registry,
+    _require_project,
+    app,
+    ask,
+    handle_errors,
+)
 from dwc_tui.cli.output import emit, err, when
 
 PANEL = "Queue"
@@ -80,9 +89,12 @@ def queue(
     """Queue experiments (grid × seeds) for workers; prints the new run ids."""
     from dwc_core.runs import control
 
-    project = _project()
-    registry = _registry()
+    project = _require_project()
     if failed:
+        if not (project / "runs" / "registry.db").exists():
+            err.print("no run has been queued in this project yet: nothing to re-queue")
+            return
+        registry = _registry()
         ids = []
         for name in names:
             got = control.queue_failed(registry, name)
@@ -98,15 +110,15 @@ def queue(
     specs = []
     for name in names:
         specs += control.resolve_specs(project, name, list(set_ or []), seed_list, experiments)
+    registry = _registry()  # created only now: an unknown experiment name leaves the project untouched
     if not force:
         dups = control.finished_duplicates(registry, specs)
         if dups:
             listed = ", ".join(map(str, dups))
             if sys.stdin.isatty() and sys.stderr.isatty():
-                if not typer.confirm(
-                    f"identical runs already finished ({listed}); queue them again?", err=True
-                ):
-                    raise typer.Exit(1)
+                if not ask(f"identical runs already finished ({listed}); queue them again?"):
+                    err.print("nothing was queued")
+                    return
                 force = True
             else:
                 raise UsageError(
@@ -171,7 +183,7 @@ def worker(
             partition=partition, account=account, qos=qos, time=time_limit, sbatch_args=list(sbatch_arg or []),
             max_jobs=max_jobs, max_requeues=max_requeues,
         )  # fmt: skip
-        reg_path = _project() / "runs" / "registry.db"
+        reg_path = _require_project() / "runs" / "registry.db"
         if detach:
             pid, log = slurm.spawn_detached(reg_path, opts, once=once)
             err.print(f"slurm worker started in the background: pid {pid}\n  log  {log}")
@@ -188,7 +200,7 @@ def worker(
         gpus=_parse_ids(gpus, "--gpus"), cpu=cpu, cpu_slots=slots, slots_per_gpu=slots_per_gpu,
         max_runs=max_runs, once=once,
     )  # fmt: skip
-    project = _project()
+    project = _require_project()  # never a worker (and its runs/workers/) in a folder that is no project
     code = run_worker(kwargs, project, detach=detach)
     if detach:
         import socket
@@ -210,7 +222,7 @@ def workers(fmt: FormatOpt = "table") -> None:
 
     _check_format(fmt)
     rows = []
-    for w in list_workers(_project(), clean=True):
+    for w in list_workers(_require_project(), clean=True):
         rows.append(
             {
                 "host": w.get("host"),
@@ -330,6 +342,9 @@ def purge(yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] =
     from dwc_core.runs.control import human_bytes, purge_plan
     from dwc_core.runs.control import purge as purge_runs
 
+    if not (_require_project() / "runs" / "registry.db").exists():
+        err.print("nothing to purge (no run has been queued in this project yet)")
+        return
     registry = _registry(create=False)
     items = purge_plan(registry)
     if not items:
@@ -346,10 +361,9 @@ def purge(yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] =
             raise UsageError(
                 f"purge would delete {len(items)} run(s) ({human_bytes(total)}); pass --yes to confirm."
             )
-        if not typer.confirm(
-            f"delete these {len(items)} run(s) and {human_bytes(total)} for good?", err=True
-        ):
-            raise typer.Exit(1)
+        if not ask(f"delete these {len(items)} run(s) and {human_bytes(total)} for good?"):
+            err.print("nothing was deleted")
+            return
     n, freed = purge_runs(registry, items)
     err.print(f"purged {n} run(s), freed {human_bytes(freed)}")
 

@@ -11,7 +11,15 @@ from rich.table import Table
 from rich.text import Text
 
 from dwc_core.results.grouping import fmt_value
-from dwc_tui.cli.app import FormatOpt, _check_format, _project, _registry, app, handle_errors
+from dwc_tui.cli.app import (
+    FormatOpt,
+    _check_format,
+    _project,
+    _registry,
+    _require_project,
+    app,
+    handle_errors,
+)
 from dwc_tui.cli.output import COMPARE_FORMATS, emit, err, is_headline, metric_order, print_wide
 
 
@@ -55,6 +63,9 @@ def compare(
     registry_file = _project() / "runs" / "registry.db"
     if reference and dataset and not registry_file.exists():
         table = cmp.compare_rows(None, dataset=dataset, reference=True, which=which, runs=[])
+    elif not registry_file.exists() and (_require_project() / "experiments.yaml").is_file():
+        err.print("no results yet — train one with `dwc run demo`, then `dwc compare`.")
+        return
     else:
         registry = _registry(create=False)
         filters = bool(names or dataset or method or tag)

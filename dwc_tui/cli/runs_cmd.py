@@ -332,6 +332,7 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
     """One run: its frozen config, environment, evaluations, metrics and events."""
     _check_format(fmt, ("table", "json"))
     registry = _registry(create=False)
+    # everything is read before anything is printed: a registry that fails half-way prints one error, no half page
     row = registry.get(run_id)
     evals = registry.evaluations(run_id)
     events = registry.events(run_id)
@@ -344,25 +345,27 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
     from rich.panel import Panel
     from rich.syntax import Syntax
 
+    from dwc_core.results.slurm_view import slurm_line
     from dwc_tui.cli.supervise import results_table
 
+    variant = _variant_lines(registry, row)
+    table = results_table(registry, run_id) if evals else None
+    train = _train_metric_summary(registry.metrics(run_id, split="train"))
     info = [
         f"[bold]{escape(row['experiment'])}[/] #{row['id']}  status [bold]{row['status']}[/]  seed {row['seed']}",
         f"run dir {escape(str(row['run_dir']))}",
-        f"host {row['host']}  device {row['device']}  pid {row['pid']}",
-        f"git {row['git_commit'] or '–'}{' (dirty)' if row['git_dirty'] else ''}",
-        f"versions {', '.join(f'{k} {v}' for k, v in (row['versions'] or {}).items() if k in ('python', 'torch', 'cuda', 'precision'))}",
+        f"host {escape(str(row['host'] or '–'))}  device {escape(str(row['device'] or '–'))}  pid {row['pid'] or '–'}",
+        f"git {escape(_git_text(row))}",
+        f"versions {escape(', '.join(f'{k} {v}' for k, v in (row['versions'] or {}).items() if k in ('python', 'torch', 'cuda', 'precision')))}",
     ]
-    info += _variant_lines(registry, row)
-    from dwc_core.results.slurm_view import slurm_line
-
+    info += variant
     slurm = slurm_line(row)
     if slurm:
         info.append(escape(slurm))
     if row.get("error"):
         info.append(f"[red]error {escape(str(row['error']))}[/]")
-    out.print(Panel("\n".join(info), title="run", expand=False))
     cfg = {k: row["config"][k] for k in ("dataset", "model", "trainer", "eval") if k in row["config"]}
+    out.print(Panel("\n".join(info), title="run", expand=False))
     out.print(
         Panel(
             Syntax(yaml.safe_dump(cfg, sort_keys=False), "yaml", theme="ansi_dark"),
@@ -370,14 +373,22 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
             expand=False,
         )
     )
-    if evals:
-        out.print(results_table(registry, run_id))
+    if table is not None:
+        out.print(table)
     _print_reevaluations(evals)
-    train = _train_metric_summary(registry.metrics(run_id, split="train"))
     if train:
         emit(train, ["metric", "first", "last", "min", "max", "points"], "table", title="training metrics")
     emit([{"time": when(e["time"]), "kind": e["kind"], "message": e["message"]} for e in events[-15:]],
          ["time", "kind", "message"], "table", title="events")  # fmt: skip
+
+
+def _git_text(row: dict) -> str:
+    """The commit the run trained from; when none was recorded, why: outside git, or not started yet."""
+    if row.get("git_commit"):
+        return f"{row['git_commit']}{' (dirty)' if row.get('git_dirty') else ''}"
+    if row.get("versions"):  # the trainer recorded its environment, and found no git work tree
+        return "not a git repository"
+    return "not recorded yet (the run has not started)"
 
 
 def _variant_lines(registry, row: dict) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dwc_core.errors import ConfigError
-from dwc_tui.cli.app import _project, app, handle_errors
+from dwc_tui.cli.app import _require_project, app, handle_errors
 
 
 @app.command(rich_help_panel="Runs")
@@ -20,7 +20,7 @@ def tui(
     Runs train in their own sessions: quitting (ctrl+q) or losing the connection never stops them."""
     if not 0.1 <= interval <= 60:
         raise ConfigError(f"--interval {interval}: must be between 0.1 and 60 seconds.")
-    project = _project()
+    project = _require_project()
     registry_path = project / "runs" / "registry.db"
     if registry_path.exists():
         from dwc_tui.app.poller import open_read
