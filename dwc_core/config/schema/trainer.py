@@ -66,7 +66,14 @@ TRAINER: Section = {
         help="swap: evaluate/save the EMA, keep training the live weights; restart: after each evaluation the "
         "live weights become the EMA and the EMA restarts from them (AMC's code)",
     ),
-    "compile": Opt("bool", False, help="torch.compile the model"),
+    "compile": Opt(
+        "bool",
+        False,
+        help="torch.compile the model's pure-tensor modules (image towers, CLIP's text transformer, the heads), never "
+        "tokenizers, vocabularies or LSTM text encoders; compiled at the first step (slow: the progress line says "
+        "'compile'). The GPU speed-up is unmeasured (no GPU was available yet; bench/train_step.py --compile "
+        "measures it); on CPU it rarely pays for the compile time",
+    ),
     "channels_last": Opt("bool", True, help="channels_last memory format for CNNs on GPU"),
     "time_budget_min": Opt(
         "float",
