@@ -194,3 +194,37 @@ async def test_selection_and_status_stay_legible_without_colour_and_in_16_colour
             assert backgrounds[y] != backgrounds[cursor_y], (
                 f"{mode}: screen line {y} has the cursor line's background {backgrounds[cursor_y]}"
             )
+
+
+START_PATH = """
+import asyncio, sys
+from pathlib import Path
+from dwc_tui.app.app import DwcApp
+HEAVY = ("numpy", "textual_plot", "yaml", "sqlite_utils", "torch")
+async def main():
+    app = DwcApp(Path(sys.argv[1]), poll_interval=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        while not (app.polls_applied and app.dashboard.shown_ids):
+            await pilot.pause(0.01)
+        print("first table:", sorted(m for m in HEAVY if m in sys.modules))
+        while not app.dashboard.plots:
+            await pilot.pause(0.05)
+        print("plots:", sorted(m for m in HEAVY if m in sys.modules))
+asyncio.run(main())
+"""
+
+
+def test_start_path_leaves_numpy_yaml_and_sqlite_utils_for_later(tmp_path, monkeypatch):
+    """Start-up < 1 s (bench/tui_start.py measures it): the runs table is up before textual-plot (numpy), yaml or
+    sqlite-utils are imported; the plots then arrive by themselves."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("DWC_FAKE_GPUS", "1")
+    p = make_project(tmp_path)
+    seed_registry(p)
+    out = subprocess.run(
+        [sys.executable, "-c", START_PATH, str(p)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert "first table: []" in out
+    assert "plots: ['numpy', 'textual_plot']" in out
