@@ -47,6 +47,9 @@ def parse_filter(text: str) -> tuple[set[str], list[str]]:
 
 class DashboardScreen(Screen):
     BINDINGS = [
+        Binding(
+            "question_mark", "help", "Help"
+        ),  # first: the footer cuts the rest at 80 columns, ? lists them all
         Binding("q", "queue", "Queue"),
         Binding("c", "cancel", "Cancel"),
         Binding("r", "resume", "Resume"),
