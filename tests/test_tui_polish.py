@@ -96,6 +96,9 @@ async def test_run_screen_versions_in_one_line_the_rest_folded_and_no_git(projec
         assert "dwc_core.engine.train" not in screen  # the trainer's argv is not a version
         assert "cudnn 90100" not in screen  # folded
         assert "more versions" in screen
+        evals = app.screen.query_one("#run-evals")
+        labels = [str(c.label) for c in evals.columns.values()]
+        assert labels == ["epoch", "kind", "split", "R@1", "R@5", "R@10", "R@50", "mean", "queries"]  # by K
         app.screen.query_one("#run-more").collapsed = False
         await until(pilot, lambda: "cudnn 90100" in text_of(app), what="the folded versions")
         screen = text_of(app)
@@ -228,3 +231,10 @@ def test_start_path_leaves_numpy_yaml_and_sqlite_utils_for_later(tmp_path, monke
     ).stdout
     assert "first table: []" in out
     assert "plots: ['numpy', 'textual_plot']" in out
+
+
+def test_metric_columns_order_by_k_then_averages_then_mean():
+    from dwc_tui.app.screens.run import metric_order
+
+    names = ["R@10", "mean", "avg/R@10", "R@1", "avg/R@5", "R@50", "R@5"]
+    assert sorted(names, key=metric_order) == ["R@1", "R@5", "R@10", "R@50", "avg/R@5", "avg/R@10", "mean"]

@@ -22,6 +22,14 @@ LOG_FOLLOW_S = 1.0
 MAIN_VERSIONS = ("python", "torch", "cuda", "precision", "dwc")  # one line; the rest is folded
 
 
+def metric_order(name: str) -> tuple:
+    """R@1, R@5, R@10, R@50 by K (not as strings), each average after the plain ones, mean last."""
+    if name == "mean":
+        return (2, 0, name)
+    avg, _, k = name.removeprefix("avg/").partition("@")
+    return (int(name.startswith("avg/")), int(k) if k.isdigit() else 10**9, name)
+
+
 def git_text(r: dict) -> str:
     """The commit the run trained from; when none was recorded, why: outside git, or not started yet."""
     if r.get("git_commit"):
@@ -183,6 +191,7 @@ class RunScreen(Screen):
             for k in e.get("metrics") or {}:
                 if (k.startswith(("R@", "avg/R@")) or k == "mean") and k not in names:
                     names.append(k)
+        names.sort(key=metric_order)
         table.add_columns("epoch", "kind", "split", *names, "queries")
         for e in evals:
             m = e.get("metrics") or {}
