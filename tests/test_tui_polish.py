@@ -203,13 +203,21 @@ START_PATH = """
 import asyncio, sys
 from pathlib import Path
 from dwc_tui.app.app import DwcApp
+from dwc_tui.app.screens.dashboard import DashboardScreen
 HEAVY = ("numpy", "textual_plot", "yaml", "sqlite_utils", "torch")
+first = []
+apply = DashboardScreen.apply
+def recording_apply(self, snap):  # what was imported when the first table was drawn
+    apply(self, snap)
+    if self.shown_ids and not first:
+        first.append(sorted(m for m in HEAVY if m in sys.modules))
+DashboardScreen.apply = recording_apply
 async def main():
     app = DwcApp(Path(sys.argv[1]), poll_interval=0.2)
     async with app.run_test(size=(80, 24)) as pilot:
         while not (app.polls_applied and app.dashboard.shown_ids):
             await pilot.pause(0.01)
-        print("first table:", sorted(m for m in HEAVY if m in sys.modules))
+        print("first table:", first[0])
         while not app.dashboard.plots:
             await pilot.pause(0.05)
         print("plots:", sorted(m for m in HEAVY if m in sys.modules))

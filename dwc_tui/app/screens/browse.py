@@ -104,6 +104,8 @@ class BrowseScreen(Screen):
         self.query_one("#browse-list", OptionList).focus()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if not self.is_attached:  # the app is shutting down: this screen's widgets may be gone
+            return
         if event.worker.group != "browse":
             return
         if event.state == WorkerState.ERROR:

@@ -38,6 +38,8 @@ class CompareScreen(Screen):
         )
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if not self.is_attached:  # the app is shutting down: this screen's widgets may be gone
+            return
         if event.worker.group != "compare":
             return
         title = self.query_one("#compare-title", Static)

@@ -89,9 +89,9 @@ class DashboardScreen(Screen):
         self.focus_version: tuple | None = None
         self._shown_cells: dict[int, tuple] = {}
         self.column_keys: tuple[str, ...] = ()
-        self.plots: dict[
-            str, object
-        ] = {}  # id → Curves, once textual-plot is imported (after the first paint)
+        # id → Curves, once textual-plot is imported (after the first table is painted)
+        self.plots: dict[str, object] = {}
+        self._plots_started = False
 
     def compose(self) -> ComposeResult:
         yield Static("dwc — reading the registry…", id="summary")
@@ -115,7 +115,6 @@ class DashboardScreen(Screen):
         self.query_one("#filter", Input).display = False
         self.query_one("#error", Static).display = False
         self.query_one("#runs", DataTable).focus()
-        self.call_after_refresh(self._start_plots)
 
     def _set_columns(self, table: DataTable, width: int) -> bool:
         cols = visible_columns(width)
@@ -134,7 +133,12 @@ class DashboardScreen(Screen):
             self._rebuild(table, self.shown_ids)
 
     def _start_plots(self) -> None:
-        self.run_worker(_load_curves, thread=True, group="plots", exit_on_error=False)
+        """Import the plot widget once the first table is painted (not competing with the first poll)."""
+        if not self._plots_started:
+            self._plots_started = True
+            self.call_after_refresh(
+                lambda: self.run_worker(_load_curves, thread=True, group="plots", exit_on_error=False)
+            )
 
     async def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "plots" or not self._live():
@@ -183,6 +187,7 @@ class DashboardScreen(Screen):
                     self._update_row(table, rid)
         self._summary(snap)
         self._apply_focus(snap.focus)
+        self._start_plots()
         if not self.rows and snap.error is None:
             self.query_one("#phase", Static).update("no runs yet — press q to queue an experiment")
 
@@ -192,6 +197,8 @@ class DashboardScreen(Screen):
         box = self.query_one("#error", Static)
         box.display = bool(message)
         box.update(Text(message or "", style="bold red"))
+        if message:
+            self._start_plots()
 
     def _summary(self, snap: Snapshot) -> None:
         parts = [Text("dwc ", style="bold")]

@@ -124,6 +124,8 @@ class QueueScreen(Screen):
         self.app.act(actions.start_worker, self.app.project, gpus)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if not self.is_attached:  # the app is shutting down: this screen's widgets may be gone
+            return
         group, state, worker = event.worker.group, event.state, event.worker
         if state == WorkerState.ERROR:
             msg = getattr(worker.error, "message", str(worker.error))

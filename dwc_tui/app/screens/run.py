@@ -102,6 +102,8 @@ class RunScreen(Screen):
         self.app.notify(f"log follow {'on' if self.follow else 'off'}", timeout=2)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if not self.is_attached:  # the app is shutting down: this screen's widgets may be gone
+            return
         group = event.worker.group
         if group == "run-load":
             if event.state == WorkerState.SUCCESS:
