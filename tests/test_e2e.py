@@ -89,8 +89,8 @@ def test_shipped_demo_experiment_learns(tmp_path):
     """The shipped `demo` (DWC, tiny encoders), shrunk: the final test R@10 at least doubles the untrained one and
     gains 15 points. (The full-size timing is bench/demo.py.)"""
     shipped_project(tmp_path)
-    res = dwc(tmp_path, "run", "demo", "--set", "dataset.num_train=800", "--set", "dataset.num_test=200",
-              "--set", "trainer.epochs=1")  # fmt: skip
+    res = dwc(tmp_path, "run", "demo", "--set", "dataset.num_train=480", "--set", "dataset.num_test=200",
+              "--set", "dataset.image_size=32", "--set", "trainer.epochs=1")  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     evals = Registry(tmp_path / "runs" / "registry.db").evaluations(1, kind="epoch")
     untrained, final = evals[0]["metrics"]["R@10"], evals[-1]["metrics"]["R@10"]
