@@ -223,3 +223,25 @@ def test_ctrl_c_at_a_prompt_is_an_interruption_and_ctrl_d_a_no(proj, reg):
     code, text = _answer_prompt(proj, ["purge"], b"\x04")
     assert code == 0 and "nothing was deleted" in text
     assert reg.get(row["id"])["deleted"] == 1  # still there, soft-deleted
+
+
+def test_small_verbs_say_what_they_did(proj, reg):
+    a, b = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    res = dwc(proj, "cancel", str(a["id"]), "--grace", "-1")
+    assert res.returncode == 2 and "--grace -1" in res.stderr and reg.get(a["id"])["status"] == "queued"
+    dwc(proj, "cancel", str(a["id"]))
+    res = dwc(proj, "resume", str(a["id"]))
+    assert (
+        res.returncode == 0 and "no last.pt yet" in res.stderr and "continues from last.pt" not in res.stderr
+    )
+    control.remove(reg, [b["id"]])
+    res = dwc(proj, "restore", str(a["id"]), str(b["id"]))
+    assert res.returncode == 0
+    assert f"restored {b['id']}" in res.stderr and f"nothing to restore: {a['id']}" in res.stderr
+    assert [e["kind"] for e in reg.events(a["id"])].count("restored") == 0
+    res = dwc(proj, "experiments", "--format", "csv")
+    lines = res.stdout.splitlines()
+    assert lines[0] == "experiment,description,tags,grid,seeds,runs"
+    assert lines[1].startswith("tiny,") and lines[1].endswith(
+        ",1,1,queued 1 cancelled 1"
+    )  # rm cancels a queued run

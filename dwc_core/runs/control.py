@@ -250,13 +250,19 @@ def remove(registry: Registry, run_ids: list[int]) -> list[int]:
 
 
 def restore(registry: Registry, run_ids: list[int]) -> list[int]:
+    """Bring soft-deleted runs back; returns the ids that were removed and are now restored (others are left)."""
     for rid in run_ids:
         registry.get(rid)
+    done = []
     with registry.write() as c:
-        for rid in run_ids:
-            c.execute("UPDATE runs SET deleted = 0, deleted_at = NULL WHERE id = ?", (rid,))
-            Registry._event(c, rid, "restored", "restored")
-    return list(run_ids)
+        for rid in dict.fromkeys(run_ids):
+            cur = c.execute(
+                "UPDATE runs SET deleted = 0, deleted_at = NULL WHERE id = ? AND deleted = 1", (rid,)
+            )
+            if cur.rowcount:
+                Registry._event(c, rid, "restored", "restored")
+                done.append(rid)
+    return done
 
 
 def run_disk_usage(run_dir: str | os.PathLike | None) -> int:

@@ -332,7 +332,11 @@ def restore(run_ids: IdsArg) -> None:
     from dwc_core.runs.control import restore as restore_runs
 
     done = restore_runs(_registry(create=False), run_ids)
-    err.print(f"restored {', '.join(map(str, done))}")
+    if done:
+        err.print(f"restored {', '.join(map(str, done))}")
+    others = [r for r in dict.fromkeys(run_ids) if r not in done]
+    if others:
+        err.print(f"not removed, nothing to restore: {', '.join(map(str, others))}")
 
 
 @app.command(rich_help_panel=PANEL)
@@ -412,4 +416,9 @@ def experiments(
             r["tags"] = ", ".join(r["tags"])
             r["size"] = f"{r['grid']}×{r['seeds']}"
             r["runs"] = " ".join(f"{k} {v}" for k, v in r["runs"].items()) or "–"
-    emit(rows, ["experiment", "description", "tags", "size", "runs"], fmt)
+        emit(rows, ["experiment", "description", "tags", "size", "runs"], fmt)
+        return
+    if fmt in ("csv", "md"):  # one cell per value: runs by status as "done 3 failed 1"
+        for r in rows:
+            r["runs"] = " ".join(f"{k} {v}" for k, v in r["runs"].items())
+    emit(rows, ["experiment", "description", "tags", "grid", "seeds", "runs"], fmt)

@@ -458,6 +458,8 @@ def cancel(
     --grace seconds)."""
     from dwc_core.runs import control
 
+    if grace < 0:
+        raise UsageError(f"--grace {grace:g}: seconds before SIGKILL, 0 or more (0 kills at once).")
     registry = _registry(create=False)
     asked = []
     for rid in run_ids:
@@ -498,9 +500,13 @@ def resume(
     registry = _registry(create=False)
     row = control.resume(registry, run_id, from_scratch=from_scratch)
     if not now:
-        err.print(
-            f"run {run_id} re-queued; it {'starts again from scratch' if from_scratch else 'continues from last.pt'}"
-        )
+        if from_scratch:
+            how = "starts again from scratch"
+        elif row.get("run_dir") and (Path(row["run_dir"]) / "last.pt").is_file():
+            how = "continues from last.pt"
+        else:
+            how = "starts at epoch 0 (it has no last.pt yet)"
+        err.print(f"run {run_id} re-queued; it {how}")
         msg = control.nobody_will_take(_project())
         if msg:
             err.print(
