@@ -245,3 +245,9 @@ def test_small_verbs_say_what_they_did(proj, reg):
     assert lines[1].startswith("tiny,") and lines[1].endswith(
         ",1,1,queued 1 cancelled 1"
     )  # rm cancels a queued run
+
+
+def test_data_check_of_the_synthetic_set_refuses_a_root(proj):
+    res = dwc(proj, "data", "check", "synthetic", "--root", "/nonexistent")
+    assert res.returncode == 2 and "--root /nonexistent" in res.stderr and "generated" in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""

@@ -38,6 +38,11 @@ def dataset_config(name: str, root: str | None, overrides: list[str]) -> dict:
 
     if name not in DATASET_NAMES:
         raise UsageError(f"unknown dataset '{name}'. Allowed: {' | '.join(DATASET_NAMES)}.")
+    if name == "synthetic" and root is not None:
+        raise UsageError(
+            f"--root {root}: the synthetic set has no folder to check; it is generated (under runs/.cache/). "
+            "Leave out --root, or name a real dataset (fashioniq | shoes | fashion200k | css3d | mitstates)."
+        )
     defaults = default_config(dataset=name)
     tree = Tree()
     tree.data = {"dataset": {"name": name}, "model": {"name": defaults["model"]["name"]}}
