@@ -48,6 +48,10 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/data_loading.py
 	$(PY) bench/demo.py
+	$(PY) bench/eval.py
+	$(PY) bench/registry.py
+	$(PY) bench/tui_poll.py
+	$(PY) bench/tui_start.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
