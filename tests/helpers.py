@@ -62,7 +62,9 @@ TINY_TIRG = "{name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16,
 E2E_TRAINER = "epochs: 2, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 2, heartbeat_s: 0.5"
 
 
-def tiny_experiments(trainer: str = E2E_TRAINER, data: str = "num_train: 320, num_test: 48", more: str = "") -> str:
+def tiny_experiments(
+    trainer: str = E2E_TRAINER, data: str = "num_train: 320, num_test: 48", more: str = ""
+) -> str:
     """experiments.yaml text: experiment `tiny` (synthetic data at 32 px, TIRG with tiny encoders) with these
     dataset sizes and trainer options, followed by `more` (further keys of `tiny`, other experiments)."""
     return (
