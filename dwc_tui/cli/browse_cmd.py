@@ -200,11 +200,13 @@ def _rank_text(rank: int | None) -> str:
 
 def _query_lines(q, top: int) -> list[Text]:
     lines = [Text(f"#{q.qidx} [{q.eval_set}]  {_rank_text(q.target_rank)}", style="bold")]
-    lines.append(Text(f"  ref     {_name(q.ref_id, q.ref_display)}"))
-    lines.append(Text(f"  text    {q.text}", style="cyan"))
-    for t, d in zip(q.target_ids, q.target_displays, strict=False):
-        lines.append(Text(f"  target  {_name(t, d)}"))
-    lines += _topk_lines(q, top)
+    return lines + _query_head(q) + _topk_lines(q, top)
+
+
+def _query_head(q) -> list[Text]:
+    """The query's reference, text and target lines."""
+    lines = [Text(f"  ref     {_name(q.ref_id, q.ref_display)}"), Text(f"  text    {q.text}", style="cyan")]
+    lines += [Text(f"  target  {_name(t, d)}") for t, d in zip(q.target_ids, q.target_displays, strict=False)]
     return lines
 
 
@@ -249,10 +251,8 @@ def _print_against(view, fmt: str, top: int, limit: int | None) -> None:
             out.print()
             out.print(Text(f"#{qa.qidx} [{qa.eval_set}]  A {_rank_text(qa.target_rank)} · B {_rank_text(qb.target_rank)}",
                            style="bold"))  # fmt: skip
-            out.print(Text(f"  ref     {_name(qa.ref_id, qa.ref_display)}"))
-            out.print(Text(f"  text    {qa.text}", style="cyan"))
-            for t, d in zip(qa.target_ids, qa.target_displays, strict=False):
-                out.print(Text(f"  target  {_name(t, d)}"))
+            for line in _query_head(qa):
+                out.print(line)
             la, lb = _topk_lines(qa, top), _topk_lines(qb, top)
             width = max([len("  A"), *(len(x.plain) for x in la)]) + 2
             out.print(Text(f"{'  A':<{width}}  B", style="dim"))
