@@ -18,3 +18,9 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def anyio_backend():
+    """The Textual tests run under asyncio only (anyio would otherwise repeat them on every installed backend)."""
+    return "asyncio"

@@ -16,11 +16,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.setenv("DWC_FAKE_GPUS", "2")
     p = make_project(tmp_path)

@@ -27,11 +27,6 @@ HEAVY = ("torch", "torchvision", "open_clip")
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.setenv("DWC_FAKE_GPUS", "1")
     p = make_project(tmp_path)
