@@ -185,7 +185,8 @@ def _group_value(row: dict, group_by: str) -> str:
     return grouping.fmt_value(grouping.flatten(config).get(group_by))
 
 
-def _tags(row: dict) -> list[str]:
+def run_tags(row: dict) -> list[str]:
+    """The run's tags (its registry column, else its config's), as strings."""
     tags = row.get("tags")
     if not isinstance(tags, list):
         tags = (row.get("config") or {}).get("tags") or []
@@ -216,7 +217,7 @@ def select_runs(
             continue
         if method and cfg["model"]["name"] != method:
             continue
-        if tag and tag not in _tags(r):
+        if tag and tag not in run_tags(r):
             continue
         rows.append(r)
     return rows

@@ -119,12 +119,11 @@ WATCH_S = 2.0
 def _run_record(r: dict, variant: str, disk: int | None = None, slurm: bool = False) -> dict:
     """A run's listing row as values: metrics one column each, ISO-8601 times, seconds as numbers; with
     ``slurm``, the raw Slurm columns (job, bare state, reason, nodes, requeues)."""
-    from dwc_core.results.compare import run_metrics
+    from dwc_core.results.compare import run_metrics, run_tags
     from dwc_core.results.formats import iso
 
     best = run_metrics(r, "best")
     end = r["ended"] or (time.time() if r["status"] in ("running", "starting") else None)
-    tags = r.get("tags") if isinstance(r.get("tags"), list) else (r.get("config") or {}).get("tags") or []
     rec = {
         "id": r["id"],
         "experiment": r["experiment"],
@@ -134,7 +133,7 @@ def _run_record(r: dict, variant: str, disk: int | None = None, slurm: bool = Fa
         "epochs": r["epochs"],
         "best_epoch": r.get("best_epoch"),
         "seed": r["seed"],
-        "tags": list(tags),
+        "tags": run_tags(r),
         **{k: round(best[k], 2) for k in sorted(best, key=metric_order) if is_headline(k)},
         "started": iso(r["started"]),
         "ended": iso(r["ended"]),
@@ -186,7 +185,9 @@ def _listing(
     rows = registry.runs(experiment or None, status or None, include_deleted=all_)
     anything = bool(rows) or bool(registry.runs(include_deleted=all_, limit=1))
     if tag:
-        rows = [r for r in rows if tag in (r.get("tags") or (r.get("config") or {}).get("tags") or [])]
+        from dwc_core.results.compare import run_tags
+
+        rows = [r for r in rows if tag in run_tags(r)]
     labels = variant_labels(rows)
     usage = None
     if disk:
