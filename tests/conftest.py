@@ -24,3 +24,13 @@ def _one_torch_thread():
 def anyio_backend():
     """The Textual tests run under asyncio only (anyio would otherwise repeat them on every installed backend)."""
     return "asyncio"
+
+
+@pytest.fixture
+def reg(proj):
+    """The registry of the module's `proj` fixture, opened for the test and closed after it."""
+    from dwc_core.runs.registry import Registry
+
+    r = Registry(proj / "runs" / "registry.db")
+    yield r
+    r.close()

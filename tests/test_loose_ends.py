@@ -33,13 +33,6 @@ def proj(tmp_path: Path) -> Path:
     return write_project(tmp_path, EXPERIMENTS)
 
 
-@pytest.fixture
-def reg(proj: Path) -> Registry:
-    r = Registry(proj / "runs" / "registry.db")
-    yield r
-    r.close()
-
-
 # ------------------------------------------------------------------------------------------- GPU requests
 def test_queue_warns_when_this_machine_cannot_meet_trainer_gpus(proj):
     res = dwc(proj, "queue", "wide", env={"DWC_FAKE_GPUS": "2"})

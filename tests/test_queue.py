@@ -41,13 +41,6 @@ def proj(tmp_path: Path) -> Path:
     return write_project(tmp_path, EXPERIMENTS)
 
 
-@pytest.fixture
-def reg(proj: Path) -> Registry:
-    r = Registry(proj / "runs" / "registry.db")
-    yield r
-    r.close()
-
-
 # ------------------------------------------------------------------------------------------------- scheduling
 def test_two_gpu_run_gets_two_distinct_gpus_and_one_gpu_run_the_third():
     pool = Pool(["0", "1", "2"], capacity=1, gpu_mode=True)
