@@ -29,15 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from dwc_core.config.experiments import ExperimentsFile
 from dwc_core.engine.evaluate import evaluate
 from dwc_core.engine.train import Trainer
-from dwc_core.runs.registry import Registry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_step import TINY_MODELS, load  # noqa: E402
+from train_step import TINY_MODELS, load, queue_experiment  # noqa: E402
 
 
 def make_project(root: Path, args) -> tuple[Path, int]:
@@ -52,12 +49,7 @@ def make_project(root: Path, args) -> tuple[Path, int]:
         "trainer": {"epochs": 1, "batch_size": 32, "num_workers": 0, "device": args.device},
         "eval": {"batch_size": args.batch_size, "query_results": False},
     }
-    text = yaml.safe_dump({"experiments": {"bench": experiment}}, sort_keys=False)
-    (root / "experiments.yaml").write_text(text)
-    (spec,) = ExperimentsFile(text, str(root / "experiments.yaml")).resolve("bench")
-    registry_path = root / "runs" / "registry.db"
-    row = Registry(registry_path).create_run(spec.experiment, spec.config, root / "runs")
-    return registry_path, int(row["id"])
+    return queue_experiment(root, experiment)
 
 
 @torch.inference_mode()

@@ -145,6 +145,11 @@ def make_project(
     }  # fmt: skip
     if full:
         experiment["dataset"].update(image_size=224, num_train=max(200, (steps + 2) * batch_size))
+    return queue_experiment(root, experiment)
+
+
+def queue_experiment(root: Path, experiment: dict) -> tuple[Path, int]:
+    """Write ``experiment`` as "bench" in ``root``'s experiments.yaml and queue its one run: (registry, run id)."""
     text = yaml.safe_dump({"experiments": {"bench": experiment}}, sort_keys=False)
     (root / "experiments.yaml").write_text(text)
     (spec,) = ExperimentsFile(text, str(root / "experiments.yaml")).resolve("bench")
