@@ -206,6 +206,16 @@ async def select(pilot, rid: int) -> None:
     assert pilot.app.dashboard.selected_id() == rid
 
 
+async def open_run(pilot, rid: int) -> None:
+    """Select run `rid` on the dashboard, press enter, and wait until its Run screen has loaded."""
+    await select(pilot, rid)
+    await pilot.press("enter")
+    await until(
+        pilot, lambda: type(pilot.app.screen).__name__ == "RunScreen" and pilot.app.screen.info is not None,
+        what="run screen",
+    )  # fmt: skip
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.setenv("DWC_FAKE_GPUS", "2")
@@ -308,9 +318,7 @@ async def test_open_run_screen_and_log(project):
     app = make_app(p)
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
-        await select(pilot, ids["demo"])
-        await pilot.press("enter")
-        await until(pilot, lambda: type(app.screen).__name__ == "RunScreen" and app.screen.info is not None)
+        await open_run(pilot, ids["demo"])
         evals = app.screen.query_one("#run-evals")
         assert evals.row_count == 3
         assert "num_train: 64" in text_of(app)

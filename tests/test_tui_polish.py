@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.color import ColorSystem
 from rich.console import Console
-from test_tui import make_app, make_project, ready, seed_registry, select, text_of, until
+from test_tui import make_app, make_project, open_run, ready, seed_registry, select, text_of, until
 
 from dwc_core.runs.registry import Registry
 
@@ -69,9 +69,7 @@ async def test_slurm_state_beside_our_status_in_table_detail_and_run_screen(proj
         await pilot.press(*"pending", "enter")  # Slurm's state is searchable too
         assert app.dashboard.shown_ids == [ids["queued"]]
         await pilot.press("escape")
-        await select(pilot, ids["grid1"])
-        await pilot.press("enter")
-        await until(pilot, lambda: getattr(app.screen, "info", None) is not None, what="run screen")
+        await open_run(pilot, ids["grid1"])
         screen = text_of(app)
         assert "slurm TIMEOUT · requeued 1×" in screen
         assert "slurm job 4242  state TIMEOUT  reason –  nodes –  requeues 1" in screen
@@ -82,9 +80,7 @@ async def test_run_screen_versions_in_one_line_the_rest_folded_and_no_git(projec
     app = make_app(p)
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
-        await select(pilot, ids["demo"])
-        await pilot.press("enter")
-        await until(pilot, lambda: getattr(app.screen, "info", None) is not None, what="run screen")
+        await open_run(pilot, ids["demo"])
         screen = text_of(app)
         assert "versions python 3.11.9  torch 2.4.0  precision fp32  dwc 0.1.0" in screen
         assert "git not a git repository" in screen
@@ -101,9 +97,7 @@ async def test_run_screen_versions_in_one_line_the_rest_folded_and_no_git(projec
         assert "dwc_core.engine.train" not in screen
         await pilot.press("escape")
         # a run that has not started: nothing recorded yet, rather than a bare dash
-        await select(pilot, ids["failed"])
-        await pilot.press("enter")
-        await until(pilot, lambda: getattr(app.screen, "info", None) is not None, what="run screen")
+        await open_run(pilot, ids["failed"])
         assert "git not recorded yet (the run has not started)" in text_of(app)
         assert "versions not recorded yet" in text_of(app)
 
