@@ -68,13 +68,16 @@ def compare(
         return
     else:
         registry = _registry(create=False)
-        filters = bool(names or dataset or method or tag)
-        if not filters and not cmp.select_runs(registry, which=which):
-            err.print("no results yet — train one with `dwc run demo`, then `dwc compare`.")
-            return
+        runs = None  # with filters, compare_rows selects (and says what matched nothing)
+        if not (names or dataset or method or tag):
+            runs = cmp.select_runs(registry, which=which)  # read once, handed on to compare_rows
+            if not runs:
+                err.print("no results yet — train one with `dwc run demo`, then `dwc compare`.")
+                return
         table = cmp.compare_rows(
             registry, names=names or None, dataset=dataset, method=method, tag=tag, metrics=metric or None,
             group_by=group_by, which=which, only_changed=only_changed, reference=reference, per_run=per_run,
+            runs=runs,
         )  # fmt: skip
     if fmt != "table":
         print(formats.render(table, fmt), end="")
