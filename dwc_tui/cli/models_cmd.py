@@ -79,8 +79,6 @@ def models(
 ) -> None:
     """Methods and their switches (model.* options); --counts adds trainable / frozen parameter counts."""
     _check_format(fmt)
-    from dwc_core.config.schema.methods import METHODS
-
     if method is not None and method not in METHODS:
         raise UsageError(f"no method named {method!r}. Allowed: {' | '.join(METHODS)}.")
     numbers = parameter_counts(_project() / "runs" / ".cache") if counts else {}
