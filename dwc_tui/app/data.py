@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dwc_tui.app.poller import open_read
+from dwc_tui.app.poller import check_schema
 
 
 def _registry(registry_path: Path):
     from dwc_core.runs.registry import Registry
 
-    open_read(registry_path).close()  # schema check: a newer registry gets a clear message
-    return Registry(registry_path, create=False)
+    reg = Registry(registry_path, create=False)
+    check_schema(reg.conn, registry_path)  # a newer registry gets a clear message
+    return reg
 
 
 def load_run(registry_path: Path, run_id: int) -> dict:

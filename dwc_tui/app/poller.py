@@ -279,9 +279,16 @@ def read_tail_lines(path: Path, n: int) -> list[str]:
 
 def open_read(path: Path) -> sqlite3.Connection:
     """The registry's connection for the current thread, after checking that this dwc knows its schema."""
-    from dwc_core.runs.registry import MIGRATIONS, Registry
+    from dwc_core.runs.registry import Registry
 
-    conn = Registry(path, create=False).conn
+    return check_schema(Registry(path, create=False).conn, path)
+
+
+def check_schema(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
+    """`conn`, once this dwc knows every schema change its registry has; otherwise it is closed and a clear
+    RegistryError raised."""
+    from dwc_core.runs.registry import MIGRATIONS
+
     try:
         names = {n for (n,) in conn.execute("SELECT name FROM _dwc_migrations")}
     except sqlite3.Error as exc:
