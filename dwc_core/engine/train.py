@@ -31,7 +31,15 @@ from dwc_core.data.types import EvalSet, Query, Triplet
 from dwc_core.engine import checkpoint, runtime
 from dwc_core.engine.distributed import Dist
 from dwc_core.engine.evaluate import EvalResult, evaluate, query_rows
-from dwc_core.engine.reporting import RUN_DIR_ENV, SINK_ENV, SINKS, Reporter, open_sink, sink_kind
+from dwc_core.engine.reporting import (
+    METRICS_FILE,
+    RUN_DIR_ENV,
+    SINK_ENV,
+    SINKS,
+    Reporter,
+    open_sink,
+    sink_kind,
+)
 from dwc_core.errors import ConfigError, DataError, DwcError, TrainingError
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.base import Batch, NonFiniteLoss, StepContext
@@ -404,7 +412,7 @@ class Trainer:
             self._main(self.registry.mark_best, self.run_id, self.best_eval_id)
         trimmed = None  # a files sink keeps metrics.jsonl append-only: its truncate op marks the resume point
         if sink_kind() != "files":
-            trimmed = self._main(trim_metrics_file, self.run_dir / "metrics.jsonl", self.step)
+            trimmed = self._main(trim_metrics_file, self.run_dir / METRICS_FILE, self.step)
         msg = (
             f"resumed from last.pt at epoch {self.epoch} step {self.step} (dropped {dropped} later metric rows"
             f"{f' and {trimmed} lines of metrics.jsonl' if trimmed else ''})"
@@ -424,7 +432,7 @@ class Trainer:
         removed = [n for n in ("last.pt", "best.pt") if (self.run_dir / n).exists()]
         for name in removed:
             (self.run_dir / name).unlink()
-        trimmed = trim_metrics_file(self.run_dir / "metrics.jsonl", -1)
+        trimmed = trim_metrics_file(self.run_dir / METRICS_FILE, -1)
         files = f" and removed {' and '.join(removed)}" if removed else ""
         msg = (
             f"{why}: training restarts from scratch at epoch 0; cleared the earlier attempt's "

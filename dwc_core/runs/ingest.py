@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dwc_core.engine.reporting import EVENTS_FILE, HEARTBEAT_FILE, METRICS_FILE, STATUS_FILE
 from dwc_core.runs.registry import ACTIVE, FINISHED, JSON_COLUMNS, Registry
 
-EVENTS_FILE = "events.jsonl"
-METRICS_FILE = "metrics.jsonl"
-HEARTBEAT_FILE = "heartbeat.json"
-STATUS_FILE = "status.json"
 NOT_COPIED = ("pid", "pgid")  # a process id on a compute node means nothing on the head node
 
 

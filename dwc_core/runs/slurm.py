@@ -38,7 +38,7 @@ from pathlib import Path
 
 from dwc_core.errors import DwcError, UsageError
 from dwc_core.runs import control
-from dwc_core.runs.ingest import ingest, read_final
+from dwc_core.runs.ingest import STATUS_FILE, ingest, read_final
 from dwc_core.runs.locks import LockHeld
 from dwc_core.runs.registry import ACTIVE, CLAIMABLE, Registry
 from dwc_core.runs.worker import INFO_EVERY_S, hold_worker_lock, remove_worker_files, write_worker_file
@@ -221,8 +221,8 @@ def submit(registry: Registry, registry_path: Path, run: dict, opts: SlurmOption
     """Submit a claimed run as a batch job; records the job id on the run and in its events."""
     run_dir = Path(run["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "status.json").unlink(missing_ok=True)  # a new attempt: the last one's final word is stale
-    row = {k: v for k, v in registry.get(run["id"]).items()}
+    (run_dir / STATUS_FILE).unlink(missing_ok=True)  # a new attempt: the last one's final word is stale
+    row = registry.get(run["id"])
     tmp = run_dir / ".run.json.tmp"
     tmp.write_text(json.dumps(row, sort_keys=True, default=str))
     os.replace(tmp, run_dir / "run.json")
@@ -537,7 +537,7 @@ def job_main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
-    (run_dir / "status.json").unlink(missing_ok=True)
+    (run_dir / STATUS_FILE).unlink(missing_ok=True)
     sink = FileSink(run_dir, args.run_id)
     run = sink.get(args.run_id)
     job = os.environ.get("SLURM_JOB_ID", "?")
