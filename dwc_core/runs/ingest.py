@@ -59,9 +59,12 @@ def _complete_lines(data: bytes, start: int) -> list[tuple[bytes, int]]:
         pos = nl + 1
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, start: int = 0) -> bytes:
+    """The file's bytes from offset ``start`` on (what earlier passes read is not read again)."""
     try:
-        return path.read_bytes()
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return fh.read()
     except FileNotFoundError:
         return b""
 
@@ -85,12 +88,20 @@ class _Pass:
     """One ingestion pass inside one write transaction."""
 
     def __init__(
-        self, c: sqlite3.Connection, run_id: int, apply_final: bool, metrics_data: bytes, state: dict
+        self,
+        c: sqlite3.Connection,
+        run_id: int,
+        apply_final: bool,
+        metrics_data: bytes,
+        state: dict,
+        metrics_base: int = 0,
     ):
         self.c = c
         self.run_id = run_id
         self.apply_final = apply_final
-        self.metrics_data = metrics_data
+        self.metrics_data = metrics_data  # metrics.jsonl from byte ``metrics_base`` on; offsets stay absolute
+        self.metrics_base = metrics_base
+        self.metrics_end = metrics_base + len(metrics_data)
         self.state = state
         self.result = IngestResult()
         self.run_cols = _columns(c, "runs")
@@ -99,7 +110,9 @@ class _Pass:
     # ---------------------------------------------------------------------------------------------- metrics
     def metrics_upto(self, end: int) -> None:
         rows = []
-        for line, _ in _complete_lines(self.metrics_data[:end], self.state["metrics_pos"]):
+        base = self.metrics_base
+        start = max(0, self.state["metrics_pos"] - base)
+        for line, _ in _complete_lines(self.metrics_data[: end - base], start):
             try:
                 r = json.loads(line)
                 rows.append(
@@ -116,8 +129,9 @@ class _Pass:
                 rows,
             )
         self.result.metrics += len(rows)
-        last = self.metrics_data.rfind(b"\n", 0, end)
-        self.state["metrics_pos"] = max(self.state["metrics_pos"], last + 1)
+        last = self.metrics_data.rfind(b"\n", 0, end - base)
+        if last >= 0:
+            self.state["metrics_pos"] = max(self.state["metrics_pos"], base + last + 1)
 
     # ---------------------------------------------------------------------------------------------- helpers
     def event(self, kind: str, message: str, when: float | None = None) -> None:
@@ -208,7 +222,7 @@ class _Pass:
                 self.c.execute("DELETE FROM query_results WHERE evaluation_id = ?", (eid,))
                 self.c.execute("DELETE FROM evaluations WHERE id = ?", (eid,))
         elif kind == "truncate":
-            offset = min(int(op.get("metrics_offset", 0)), len(self.metrics_data))
+            offset = min(int(op.get("metrics_offset", 0)), self.metrics_end)
             if self.state["metrics_pos"] < offset:
                 self.metrics_upto(offset)  # the superseded attempt's lines first...
             self.c.execute(
@@ -276,24 +290,37 @@ def ingest(
             if row
             else {"events_pos": 0, "metrics_pos": 0, "last_seq": 0, "heartbeat": None}
         )
-        events = _read(run_dir / EVENTS_FILE)
-        metrics = _read(run_dir / METRICS_FILE)  # read after the events: it covers every truncation offset
-        p = _Pass(c, run_id, apply_final, metrics, state)
-        for line, end in _complete_lines(events, state["events_pos"]):
-            state["events_pos"] = end
+        events_base = state["events_pos"]
+        events = _read(run_dir / EVENTS_FILE, events_base)
+        ops: list[tuple[dict | None, int, bool]] = []  # (operation or None, offset after it, blank line)
+        metrics_base = state["metrics_pos"]  # the metrics file is read from here, or from an earlier offset
+        for line, end in _complete_lines(events, 0):  # that a new truncate/clear operation moves back to
             try:
                 op = json.loads(line)
-                seq = int(op["seq"])
+                int(op["seq"])
             except (ValueError, KeyError, TypeError):
-                if line.strip():
+                op = None
+            if op is not None and op.get("op") == "clear":
+                metrics_base = 0
+            elif op is not None and op.get("op") == "truncate":
+                metrics_base = min(metrics_base, max(0, int(op.get("metrics_offset", 0))))
+            ops.append((op, events_base + end, not line.strip()))
+        # read after the events: it covers every truncation offset they name
+        metrics = _read(run_dir / METRICS_FILE, metrics_base)
+        p = _Pass(c, run_id, apply_final, metrics, state, metrics_base)
+        for op, end, blank in ops:
+            state["events_pos"] = end
+            if op is None:
+                if not blank:
                     p.result.bad_lines += 1
                 continue
+            seq = int(op["seq"])
             if seq <= state["last_seq"]:
                 continue
             p.apply(op)
             state["last_seq"] = seq
             p.result.ops += 1
-        p.metrics_upto(len(metrics))
+        p.metrics_upto(p.metrics_end)
         try:
             hb = json.loads((run_dir / HEARTBEAT_FILE).read_text())
         except (OSError, ValueError):
