@@ -12,7 +12,8 @@ Images/s counts gallery images + query references. Reported: the medians and ``b
 Then the same while a second process keeps every core busy (``--load`` processes of a numpy spin loop, default
 one per core): ``loaded / idle`` time of ours (target: slows ≤ 2×), beside the bare loop's.
 
-Run by hand: ``.venv/bin/python bench/eval.py [--num-test 1000] [--image-size 64] [--device cpu] [--repeat 3]``.
+Run by hand: ``.venv/bin/python bench/eval.py [--num-test 1000] [--image-size 64] [--device cpu] [--repeat 3]``;
+``--size full`` evaluates full-size DWC (CLIP RN50 + ResNet-50, random weights) at 224 px instead.
 Not a test.
 """
 
@@ -34,7 +35,7 @@ from dwc_core.engine.evaluate import evaluate
 from dwc_core.engine.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_step import TINY_MODELS, load, queue_experiment  # noqa: E402
+from train_step import FULL_DWC, TINY_MODELS, load, queue_experiment  # noqa: E402
 
 
 def make_project(root: Path, args) -> tuple[Path, int]:
@@ -43,9 +44,11 @@ def make_project(root: Path, args) -> tuple[Path, int]:
             "name": "synthetic",
             "num_train": 200,
             "num_test": args.num_test,
-            "image_size": args.image_size,
+            "image_size": 224 if args.size == "full" else args.image_size,
         },
-        "model": {"name": args.method, **TINY_MODELS[args.method]},
+        "model": {"name": "dwc", **FULL_DWC}
+        if args.size == "full"
+        else {"name": args.method, **TINY_MODELS[args.method]},
         "trainer": {"epochs": 1, "batch_size": 32, "num_workers": 0, "device": args.device},
         "eval": {"batch_size": args.batch_size, "query_results": False},
     }
@@ -98,6 +101,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument(
+        "--size",
+        default="tiny",
+        choices=("tiny", "full"),
+        help="full: DWC with CLIP RN50 + ResNet-50 at 224 px",
+    )
+    ap.add_argument(
         "--load", type=int, default=os.cpu_count() or 2, help="busy processes for the loaded rounds"
     )
     args = ap.parse_args()
@@ -111,7 +120,8 @@ def main() -> None:
         dev, m = trainer.device, trainer.method
         images = sum(len(es.gallery) + len(es.queries) for es in trainer.ds.eval_sets.values())
         print(
-            f"{args.method}, {images} images per evaluation ({args.num_test} test queries, {args.image_size}px), "
+            f"{'full-size dwc' if args.size == 'full' else args.method}, {images} images per evaluation "
+            f"({args.num_test} test queries, {224 if args.size == 'full' else args.image_size}px), "
             f"batch {args.batch_size}, device {dev}, {torch.get_num_threads()} torch threads"
         )
 

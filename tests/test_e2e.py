@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import dwc, shipped_project, start, tiny_experiments, wait_for, write_project
 
 from dwc_core.runs.registry import Registry
@@ -30,7 +31,9 @@ def test_run_compare_show(proj):
     reg = Registry(proj / "runs" / "registry.db")
     (row,) = reg.runs()
     assert row["status"] == "done" and row["exit_code"] == 0
-    assert row["versions"]["torch"] and row["device"].startswith("cpu")
+    # the default device is the first GPU where there is one (the suite also runs on GPU machines)
+    expected = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu ("
+    assert row["versions"]["torch"] and row["device"].startswith(expected)
     run_dir = Path(row["run_dir"])
     for name in ("config.json", "train.log", "last.pt", "best.pt", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name

@@ -247,3 +247,21 @@ def test_compile_takes_tensor_modules_only_without_graph_breaks_and_bounded_grap
             assert torch.allclose(got, eager.encode_queries(images(list(range(n))), texts), atol=1e-2)
     # bounded: per compiled module, train + no-grad teacher + inference, and one more batch size
     assert len(graphs) <= 4 * len(names)
+
+
+# ------------------------------------------------------------------------------------------ checkpoint RNG state
+@pytest.mark.parametrize("where", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU: the trainer loads checkpoints onto its device"))])  # fmt: skip
+def test_rng_state_restores_after_a_checkpoint_loaded_onto_the_training_device(tmp_path, where):
+    """Resume loads last.pt with map_location = the trainer's device; on a GPU that moved the CPU RNG state onto
+    the GPU and resume failed with "RNG state must be a torch.ByteTensor" (seen on an H100)."""
+    from dwc_core.engine import checkpoint
+
+    torch.manual_seed(3)
+    torch.save({"rng": checkpoint.rng_state()}, tmp_path / "s.pt")
+    expected = torch.rand(4)
+    torch.manual_seed(99)
+    state = torch.load(tmp_path / "s.pt", map_location=where, weights_only=False)
+    assert state["rng"]["torch"].device.type == where
+    checkpoint.set_rng_state(state["rng"])
+    assert torch.equal(torch.rand(4), expected)

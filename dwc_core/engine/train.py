@@ -80,13 +80,12 @@ def make_val_split(train: list[Triplet], fraction: float, seed: int) -> tuple[li
     return kept, EvalSet(name="val", queries=queries, gallery=gallery, ks=[], mask_reference=True)
 
 
-def dwc_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+def dwc_version() -> str:
+    """The version of the code that runs: the source's own (recorded also when dwc runs from a checkout on
+    PYTHONPATH, not installed — installed metadata could be stale under an editable install anyway)."""
+    from dwc_core import __version__
 
-    try:
-        return version("dwc")
-    except PackageNotFoundError:
-        return None
+    return __version__
 
 
 def trim_metrics_file(path: Path, step: int) -> int:
