@@ -21,8 +21,8 @@ Run by hand: ``.venv/bin/python bench/train_step.py [--method dwc] [--steps 60] 
 instead, timed against its *floor*: the same network passes alone on the same batches — the frozen CLIP forwards
 (reference, text, target), the CNN teacher's two backbone forwards without gradient, and the CNN backbone's
 forward + backward on reference and target — so ``DWC step / floor`` (target on a GPU: ≤ 1.3×) is what the
-method's heads, editors, LSTM, losses, optimizer steps and the trainer cost on top. ``--compile`` sets
-``trainer.compile`` (run once with and once without to compare; warm-up steps absorb the compilation). On a CPU use
+method's heads, editors, LSTM, losses, optimizer steps and the trainer cost on top. (``--compile`` measured
+``trainer.compile`` on an H100: 1.07x at batch 32, so the option was removed.) On a CPU use
 a small batch and few steps (``--batch-size 4 --steps 3 --warmup 1``): the figures then say little about a GPU.
 Not a test.
 """
@@ -95,12 +95,6 @@ class HandLoop:
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
         self.method = copy.deepcopy(trainer.method)
-        if trainer.tcfg[
-            "compile"
-        ]:  # the copy compiles its own modules (the copied wrappers call the original's)
-            from dwc_core.models.encoders import compile_tensor_modules
-
-            compile_tensor_modules(self.method)
         self.optimizers = self.method.make_optimizers(trainer.tcfg)
         self.scalers = {name: torch.amp.GradScaler("cuda") for name in trainer.scalers}  # fp16 on CUDA only
         self.step = 0
@@ -133,14 +127,13 @@ def make_project(
     batch_size: int,
     device: str,
     full: bool = False,
-    compile_: bool = False,
 ) -> tuple[Path, int]:
     experiment = {
         "dataset": {"name": "synthetic", "num_train": max(1000, steps * batch_size), "num_test": 50},
         "model": {"name": method, **(FULL_DWC if full else TINY_MODELS[method])},
         "trainer": {
             "epochs": 100, "batch_size": batch_size, "max_steps_per_epoch": steps, "num_workers": 0,
-            "device": device, "eval_at_start": False, "compile": compile_,
+            "device": device, "eval_at_start": False,
         },
     }  # fmt: skip
     if full:
@@ -211,16 +204,14 @@ class FloorLoop:
 def main_full(args) -> None:
     with tempfile.TemporaryDirectory(prefix="dwc-bench-") as tmp:
         root = Path(tmp)
-        registry_path, run_id = make_project(
-            root, "dwc", args.steps, args.batch_size, args.device, full=True, compile_=args.compile
-        )
+        registry_path, run_id = make_project(root, "dwc", args.steps, args.batch_size, args.device, full=True)
         trainer = Trainer(run_id, registry_path)
         t0 = time.perf_counter()
         trainer.setup()
         print(
             f"setup {time.perf_counter() - t0:.1f}s: full-size DWC (CLIP RN50 + ResNet-50, 224 px, random weights), "
             f"batch {args.batch_size}, {trainer.steps_per_epoch} steps/epoch, device {trainer.device}, precision "
-            f"{trainer.precision}, compile {args.compile}, {torch.get_num_threads()} torch threads"
+            f"{trainer.precision}, {torch.get_num_threads()} torch threads"
         )
         floor = FloorLoop(trainer)
         epoch = 0
@@ -243,7 +234,7 @@ def main_full(args) -> None:
         t0 = time.perf_counter()
         run_trainer()
         run_floor()
-        print(f"warm-up ({args.warmup} steps each{', compilation included' if args.compile else ''}): "
+        print(f"warm-up ({args.warmup} steps each): "
               f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
         trainer.steps_per_epoch = full
         rates: dict[str, list[float]] = {"dwc": [], "floor": []}
@@ -258,9 +249,7 @@ def main_full(args) -> None:
         trainer.reporter.close()
     d, f = statistics.median(rates["dwc"]), statistics.median(rates["floor"])
     print()
-    print(
-        f"full-size DWC on {args.device}, batch {args.batch_size}, compile {args.compile}, median of {args.repeat}"
-    )
+    print(f"full-size DWC on {args.device}, batch {args.batch_size}, median of {args.repeat}")
     print(f"  DWC step:   {d:.3f} steps/s = {d * args.batch_size:.1f} images/s")
     print(f"  floor:      {f:.3f} steps/s = {f * args.batch_size:.1f} images/s")
     print(f"  DWC / floor step time: {f / d:.2f}× (target on a GPU ≤ 1.3×); load average at end: {load()}")
@@ -281,7 +270,6 @@ def main() -> None:
     ap.add_argument(
         "--size", default="tiny", choices=("tiny", "full"), help="full: DWC RN50 + ResNet-50 vs floor"
     )
-    ap.add_argument("--compile", action="store_true", help="trainer.compile: true")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
@@ -294,9 +282,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="dwc-bench-") as tmp:
         root = Path(tmp)
-        registry_path, run_id = make_project(
-            root, args.method, args.steps, args.batch_size, args.device, compile_=args.compile
-        )
+        registry_path, run_id = make_project(root, args.method, args.steps, args.batch_size, args.device)
         trainer = Trainer(run_id, registry_path)
         t0 = time.perf_counter()
         trainer.setup()

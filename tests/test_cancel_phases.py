@@ -1,8 +1,8 @@
 """`dwc cancel` is honoured within 10 s in every long phase, not only between training steps: the decoded-image
-cache build, an evaluation (by signal, and by the registry flag alone) and torch.compile's first compilation.
+cache build and an evaluation (by signal, and by the registry flag alone). (The compile phase went with
+``trainer.compile``, removed after the H100 measurement.)
 
-Phases are made to last with the test-only ``DWC_TEST_PHASE_DELAY`` (a sleep at each of the phase's checks); the
-compile phase is real inductor work on the CPU.
+Phases are made to last with the test-only ``DWC_TEST_PHASE_DELAY`` (a sleep at each of the phase's checks).
 """
 
 from __future__ import annotations
@@ -102,15 +102,3 @@ def test_cancel_during_an_evaluation(tmp_path, by_signal):
     assert _cancel_and_time(tmp_path, proc, row["id"], by_signal=by_signal) < LIMIT_S
     reg = Registry(tmp_path / "runs" / "registry.db")
     assert reg.evaluations(row["id"]) == []  # the interrupted evaluation recorded nothing
-
-
-def test_cancel_during_compilation_ends_the_process_and_its_workers(tmp_path):
-    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "TORCHINDUCTOR_COMPILE_THREADS": "2"}
-    proc = _start(tmp_path, env, trainer=", compile: true, eval_at_start: false")
-    row = _wait_for_phase(tmp_path, proc, "compile")
-    time.sleep(1.0)  # inside dynamo / inductor by now
-    elapsed = _cancel_and_time(tmp_path, proc, row["id"])
-    assert elapsed < LIMIT_S
-    reg = Registry(tmp_path / "runs" / "registry.db")
-    assert "last.pt not updated" in " ".join(e["message"] for e in reg.events(row["id"]))
-    assert _group_gone(row["pgid"]), "a process of the run (trainer or compile worker) outlived the cancel"

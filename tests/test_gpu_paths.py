@@ -1,11 +1,8 @@
 """GPU-path logic reached on CPU: the data-parallel backend/device choice (faked CUDA), the pre-launch GPU-count
-check (DWC_FAKE_GPUS), batch-level evaluation gathers, exact tie order and chunk-size-independent scores, and what
-``trainer.compile`` compiles (pure-tensor modules only, bounded graphs across text lengths)."""
+check (DWC_FAKE_GPUS), batch-level evaluation gathers, exact tie order and chunk-size-independent scores, the
+checkpoint RNG state loaded onto the training device, and the removed ``trainer.compile`` refused with its reason."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +14,7 @@ from dwc_core.engine import distributed
 from dwc_core.engine.distributed import BackendPlan, Dist, choose_backend
 from dwc_core.engine.evaluate import SCORE_BLOCK, _scores, encode_images, rank
 from dwc_core.errors import ConfigError
-from dwc_core.models.encoders import compile_tensor_modules
 from dwc_core.runs.gpus import check_gpu_request
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dwc import images, make_batch, make_model, step_ctx  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ backend / device
@@ -182,73 +175,6 @@ def test_ranking_is_exact_and_independent_of_chunk_size():
     assert np.array_equal(results[0].indices.numpy(), _reference_order(full.numpy(), 50))
 
 
-# --------------------------------------------------------------------------------------------- compile
-def _counting_backend():
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    return backend, graphs
-
-
-def test_compile_takes_tensor_modules_only_without_graph_breaks_and_bounded_graphs():
-    torch.manual_seed(0)
-    model = make_model()
-    eager = make_model()
-    backend, graphs = _counting_backend()
-    names = compile_tensor_modules(model, backend=backend, fullgraph=True)  # fullgraph: a graph break fails
-    assert (
-        "clip.model.visual" in names and "clip.model.transformer" in names and "cnn_stream.backbone" in names
-    )
-    assert not any(
-        n == "clip" or "text" in n or "vocab" in n for n in names
-    )  # tokenizer / vocabulary stay eager
-    ctx, ctx_eager = step_ctx(model), step_ctx(eager)
-    batch = make_batch()
-
-    def both_step(seed: int) -> tuple[dict, dict]:  # same dropout draws for both
-        torch.manual_seed(seed)
-        got = model.train_step(batch, ctx)
-        torch.manual_seed(seed)
-        return got, eager.train_step(batch, ctx_eager)
-
-    got, want = both_step(0)
-    assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want)  # the compiled step is the same step
-    after_first = len(graphs)
-    words = [
-        "make",
-        "it",
-        "red",
-        "and",
-        "blue",
-        "with",
-        "wide",
-        "stripes",
-        "and",
-        "a",
-        "much",
-        "longer",
-        "collar",
-        "please",
-    ]
-    for length in (1, 4, 7, 13):  # every caption length: no new graph (the H100 run recompiled for each)
-        batch.texts = [" ".join(words[:length])] * 4
-        both_step(length)
-    assert len(graphs) == after_first
-    model.eval()
-    eager.eval()
-    with torch.inference_mode():
-        for n, length in ((3, 2), (4, 9), (2, 5)):
-            texts = [" ".join(words[:length])] * n
-            got = model.encode_queries(images(list(range(n))), texts)
-            # same model up to float rounding (amplified a little by five Adam steps)
-            assert torch.allclose(got, eager.encode_queries(images(list(range(n))), texts), atol=1e-2)
-    # bounded: per compiled module, train + no-grad teacher + inference, and one more batch size
-    assert len(graphs) <= 4 * len(names)
-
-
 # ------------------------------------------------------------------------------------------ checkpoint RNG state
 @pytest.mark.parametrize("where", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a GPU: the trainer loads checkpoints onto its device"))])  # fmt: skip
@@ -265,3 +191,15 @@ def test_rng_state_restores_after_a_checkpoint_loaded_onto_the_training_device(t
     assert state["rng"]["torch"].device.type == where
     checkpoint.set_rng_state(state["rng"])
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_removed_compile_option_is_refused_with_the_measurement_behind_it(tmp_path):
+    root = write_project(tmp_path, "experiments:\n  e:\n    dataset: {name: synthetic}\n    model: {name: tirg}\n"
+                         "    trainer:\n      epochs: 1\n      compile: true\n")  # fmt: skip
+    res = dwc(root, "queue", "e")
+    assert res.returncode == 2, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert (
+        "experiments.yaml:7" in out and "trainer.compile" in out and "was removed" in out and "1.07x" in out
+    )
+    assert "Traceback" not in out and not (root / "runs" / "registry.db").exists()  # nothing queued

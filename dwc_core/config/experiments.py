@@ -26,7 +26,7 @@ import yaml
 from dwc_core.config.schema import Opt, Section, defaults_of, flatten_section
 from dwc_core.config.schema.datasets import DATASET_NAMES, dataset_section
 from dwc_core.config.schema.methods import METHOD_NAMES, model_section
-from dwc_core.config.schema.trainer import EVAL, TRAINER
+from dwc_core.config.schema.trainer import EVAL, REMOVED, TRAINER
 from dwc_core.errors import ConfigError
 
 SECTIONS = ("dataset", "model", "trainer", "eval")
@@ -467,6 +467,10 @@ def _validate_section(schema: Section, values: Any, tree: Tree, path: Path_, fil
         raise ConfigError(f"{where}: '{_dotted(path)}' must be a mapping of options ({', '.join(schema)}).")
     out = {}
     for key, _value in values.items():
+        if (*path, key) in REMOVED:
+            raise ConfigError(
+                f"{tree.where((*path, key), file)}: '{_dotted((*path, key))}' {REMOVED[(*path, key)]}"
+            )
         if key not in schema:
             raise ConfigError(
                 f"{tree.where((*path, key), file)}: unknown key '{_dotted((*path, key))}'.{_suggest(key, schema)} "

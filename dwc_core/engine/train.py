@@ -186,11 +186,10 @@ class Trainer:
         self.nan_skipped = 0
         self.train_seconds = 0.0  # cumulative time in training loops (evaluation excluded), for time budgets
         self.budget_reached = False
-        # cancellation: ``interruptible`` = a SIGTERM may raise Stop at once (cache build, evaluation, compiling
-        # step); ``consistent`` = the weights/optimizers/counters agree, so a checkpoint may be written
+        # cancellation: ``interruptible`` = a SIGTERM may raise Stop at once (cache build, evaluation);
+        # ``consistent`` = the weights/optimizers/counters agree, so a checkpoint may be written
         self.interruptible = False
         self.consistent = False
-        self.compiling = False
 
     def stop_check(self, phase: str, collective: bool = True):
         """A callable for long phases, called between chunks/batches: raises :class:`Stop` once a stop was
@@ -307,12 +306,6 @@ class Trainer:
         fn = lr_lambda(t, self.steps_per_epoch)
         self.schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, fn) for n, o in self.optimizers.items()}
         self.ema = EMA(self.method, float(t["ema"])) if t["ema"] > 0 else None
-        if t["compile"]:  # pure-tensor modules only; compiled lazily at first use, which SIGTERM interrupts
-            from dwc_core.models.encoders import compile_tensor_modules
-
-            compiled = compile_tensor_modules(self.method)
-            self.compiling = True
-            log(f"torch.compile (lazy, first use): {', '.join(compiled) or 'no tensor modules'}")
         counts = self.method.parameter_counts()
         log(f"method {self.config['model']['name']}: {counts}")
         self._main(
@@ -590,9 +583,6 @@ class Trainer:
             )  # fmt: skip
             ctx.step = self.step
             self.consistent = False  # a stop inside a step leaves no checkpoint of half-stepped weights
-            if self.compiling:
-                self.reporter.progress(phase="compile", epoch=epoch)
-                self.interruptible = True  # SIGTERM ends compilation (and its workers) at once
             try:
                 terms = self.method.train_step(batch, ctx)
             except NonFiniteLoss as exc:
@@ -612,7 +602,6 @@ class Trainer:
                 for o in self.optimizers.values():
                     o.zero_grad(set_to_none=True)
                 continue
-            self.interruptible = False
             for s in self.schedulers.values():
                 s.step()
             if self.ema:
@@ -620,9 +609,6 @@ class Trainer:
             self.step += 1
             self.batch_in_epoch += 1
             self.consistent = True
-            if self.compiling:
-                self.compiling = False
-                self.reporter.progress(phase="train")
             steps_since += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
@@ -711,47 +697,6 @@ def _cancelled(trainer: Trainer, registry, run_id: int) -> int:
     return EXIT_CANCELLED
 
 
-COMPILE_STOP_GRACE_S = 3.0
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc), children first."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
-def _end_compilation_soon(registry_path: Path, run_id: int, finished: threading.Event) -> None:
-    """A stop during torch.compile: the Stop raised into dynamo/inductor may be caught there and compilation go on,
-    so unless the process has finished its row within a few seconds, record the cancellation from a watchdog
-    thread and end the process and its compile workers (nothing to checkpoint: no step completed)."""
-
-    def watchdog() -> None:
-        if finished.wait(COMPILE_STOP_GRACE_S):
-            return
-        msg = "cancelled during compilation; stopped inside a step or before training began; last.pt not updated"
-        with contextlib.suppress(Exception):
-            open_sink(registry_path, run_id).set_status(run_id, "cancelled", msg, exit_code=EXIT_CANCELLED)
-        log(msg)
-        with contextlib.suppress(Exception):
-            for pid in _descendants(os.getpid()):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-        os._exit(EXIT_CANCELLED)
-
-    threading.Thread(target=watchdog, name="dwc-compile-stop", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dwc_core.engine.train", description=__doc__.splitlines()[0]
@@ -766,16 +711,13 @@ def main(argv: list[str] | None = None) -> int:
     registry_path = Path(args.registry).resolve()
     trainer: Trainer | None = None
     stop = threading.Event()
-    finished = threading.Event()  # the outcome is recorded (the compile-stop watchdog stands down)
 
     def on_signal(signum, _frame):
         stop.set()
         if trainer is not None:
             trainer.stop_requested.set()
-            if trainer.interruptible:  # cache build, evaluation, compilation: stop now, not at the next check
+            if trainer.interruptible:  # cache build, evaluation: stop now, not at the next check
                 trainer.interruptible = False
-                if trainer.compiling:
-                    _end_compilation_soon(registry_path, args.run_id, finished)
                 raise Stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -811,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         log("done")
         return code
     except BaseException as exc:  # noqa: BLE001 — everything ends as a recorded outcome
-        # a stop ends as cancelled, also when it surfaced as another error (a compile/loader worker it killed)
+        # a stop ends as cancelled, also when it surfaced as another error (a loader worker it killed)
         if trainer is not None and (
             isinstance(exc, Stop) or (stop.is_set() and not isinstance(exc, DwcError))
         ):
@@ -840,7 +782,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"`dwc runs` reconciles it from this log")  # fmt: skip
         return code
     finally:
-        finished.set()
         dist.close()
         lock.release()
 

@@ -101,16 +101,6 @@ class ClipEncoder(nn.Module):
     def forward(self, images: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images), self.encode_text(texts)
 
-    def compile_targets(self) -> list[tuple[str, nn.Module]]:
-        """What ``torch.compile`` may take (see ``compile_tensor_modules``): the image tower and the text
-        transformer. Tokenisation stays on the host, and token ids are always padded to the context length, so
-        the text graph has one shape whatever the captions' lengths."""
-        out: list[tuple[str, nn.Module]] = [("model.visual", self.model.visual)]
-        transformer = getattr(self.model, "transformer", None)
-        if isinstance(transformer, nn.Module):
-            out.append(("model.transformer", transformer))
-        return out
-
 
 def _torchscript_state(path: str) -> dict[str, torch.Tensor] | None:
     """The state_dict of an OpenAI TorchScript checkpoint, or None when ``path`` is not one."""
