@@ -516,3 +516,16 @@ def experiment_summary(
 
 
 STATUS_ORDER = ("queued", "starting", "running", "done", "failed", "cancelled", "lost")
+
+
+# ------------------------------------------------------------------------------- interrupted foreground runs
+def cancel_unstarted(registry: Registry, run_ids: list[int], why: str) -> list[int]:
+    """Cancel the runs of ``run_ids`` that are still queued (a foreground `dwc run` created and held them, then
+    was interrupted before starting them): they end ``cancelled``, not held, with an event saying ``why``, so
+    that nothing waits forever for a command that is gone; `dwc resume ID` or `dwc queue --failed NAME` starts
+    them again. Runs already claimed or finished are left alone. Returns the ids cancelled."""
+    return [
+        rid
+        for rid in run_ids
+        if registry.set_status(rid, "cancelled", f"cancelled: {why}", only_from=("queued",), hold=0)
+    ]

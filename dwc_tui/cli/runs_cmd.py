@@ -85,25 +85,69 @@ def run(
             f"here in the foreground anyway. `dwc run {escape(name)} --queue` hands the runs to the worker instead.",
             soft_wrap=True,
         )
-    from dwc_tui.cli.supervise import print_summary, run_foreground
+    from dwc_tui.cli.supervise import Interrupted, foreground_signals, print_summary, run_foreground
 
     worst = 0
     interactive = sys.stderr.isatty()
     registry_path = runs_dir / "registry.db"
-    for i, r in enumerate(runs):
-        if len(runs) > 1:
-            err.print(f"[bold]run {i + 1}/{len(runs)}[/]: #{r['id']}{escape(_variant(r))}")
-        row = run_foreground(registry, registry_path, r, interactive)
-        print_summary(registry, r["id"])
-        if row["status"] == "cancelled":
-            for rest in runs[i + 1 :]:
-                registry.set_status(
-                    rest["id"], "cancelled", "cancelled with the run before it", only_from=("queued",)
-                )
-            raise typer.Exit(130)
-        if row["status"] != "done":  # 2: the trainer found a config/data error before training
-            worst = max(worst, 2 if row.get("exit_code") == 2 else 1)
+    settled: list[str] = []  # set once the runs not started yet were settled (the command is ending)
+
+    def settle(why: str, current: dict | None = None) -> None:
+        if not settled:
+            settled.append(why)
+            _cancel_unstarted(registry, runs, name, why, current)
+
+    try:
+        with foreground_signals():
+            for i, r in enumerate(runs):
+                if len(runs) > 1:
+                    err.print(f"[bold]run {i + 1}/{len(runs)}[/]: #{r['id']}{escape(_variant(r))}")
+                row = run_foreground(
+                    registry, registry_path, r, interactive,
+                    on_interrupt=lambda: settle("the foreground `dwc run` was interrupted (Ctrl-C)"),
+                )  # fmt: skip
+                print_summary(registry, r["id"])
+                if settled or row["status"] == "cancelled":
+                    settle(f"cancelled with run {r['id']} before it")
+                    raise typer.Exit(130)
+                if row["status"] != "done":  # 2: the trainer found a config/data error before training
+                    worst = max(worst, 2 if row.get("exit_code") == 2 else 1)
+    except KeyboardInterrupt:  # between runs (a Ctrl-C during one is handled by run_foreground)
+        settle("the foreground `dwc run` was interrupted (Ctrl-C)")
+        raise typer.Exit(130) from None
+    except Interrupted as exc:  # SIGHUP / SIGTERM: a run being trained goes on in its own session
+        settle(f"the foreground `dwc run` was interrupted ({exc.signame})", current=_training(registry, runs))
+        raise typer.Exit(130) from None
     raise typer.Exit(worst)
+
+
+def _training(registry, runs: list[dict]) -> dict | None:
+    """The run of ``runs`` whose trainer is alive now (left training when `dwc run` goes away)."""
+    for r in runs:
+        row = registry.get(r["id"])
+        if row["status"] in ("starting", "running") and row.get("pid"):
+            return row
+    return None
+
+
+def _cancel_unstarted(registry, runs: list[dict], name: str, why: str, current: dict | None) -> None:
+    """Cancel the runs this command created and never started, and say so (stderr may be gone after SIGHUP)."""
+    from dwc_core.runs.control import cancel_unstarted
+    from dwc_tui.cli.supervise import say
+
+    ids = cancel_unstarted(registry, [r["id"] for r in runs], why)
+    if current is not None:
+        say(
+            f"run {current['id']} goes on training in its own process (pid {current['pid']}); "
+            f"`dwc logs -f {current['id']}` follows it, `dwc cancel {current['id']}` stops it."
+        )
+    if ids:
+        listed = ", ".join(str(i) for i in ids)
+        say(
+            f"{'run' if len(ids) == 1 else 'runs'} {listed}: not started, cancelled ({escape(why)}). "
+            f"`dwc queue --failed {escape(name)}` queues them again for a worker; `dwc resume ID --now` trains one "
+            "here."
+        )
 
 
 def _variant(row: dict) -> str:

@@ -6,6 +6,7 @@ process itself is killed or the terminal goes away, the training process carries
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,9 +93,14 @@ def follow(registry: Registry, run_id: int, proc: subprocess.Popen, interactive:
             live.stop()
 
 
-def run_foreground(registry: Registry, registry_path: Path, run: dict, interactive: bool) -> dict:
+def run_foreground(
+    registry: Registry, registry_path: Path, run: dict, interactive: bool, on_interrupt=None
+) -> dict:
     """Claim, start and follow one queued run. Ctrl-C cancels it cleanly, at any moment: before the training
-    process exists, during its start-up (before it can checkpoint) or while it trains."""
+    process exists, during its start-up (before it can checkpoint) or while it trains. ``on_interrupt`` (if given)
+    is called first on Ctrl-C, before the run is stopped (a second Ctrl-C kills this process). On
+    :class:`Interrupted` (SIGHUP/SIGTERM) a started run goes on training on its own; one not started yet is
+    cancelled."""
     proc = None
     try:
         claimed = registry.claim(worker=f"cli:{os.getpid()}", run_id=run["id"], held_ok=True)
@@ -105,7 +111,16 @@ def run_foreground(registry: Registry, registry_path: Path, run: dict, interacti
         proc = launcher.spawn(registry, claimed, registry_path)
         err.print(f"[dim]run {run['id']} → {escape(str(run['run_dir']))} (log: train.log, pid {proc.pid})[/]")
         return follow(registry, run["id"], proc, interactive)
+    except Interrupted as exc:
+        if proc is None:
+            registry.set_status(
+                run["id"], "cancelled", f"cancelled: `dwc run` got {exc.signame} before training began",
+                only_from=("queued", *ACTIVE),
+            )  # fmt: skip
+        raise
     except KeyboardInterrupt:
+        if on_interrupt is not None:
+            on_interrupt()
         if proc is None:
             registry.set_status(
                 run["id"], "cancelled", "cancelled from the terminal before training started",
@@ -169,3 +184,34 @@ def print_summary(registry: Registry, run_id: int) -> None:
     if row.get("error"):
         err.print(f"[red]error:[/] {escape(row['error'])}")
     sys.stdout.flush()
+
+
+class Interrupted(BaseException):
+    """SIGHUP (terminal gone, SSH dropped) or SIGTERM reached the foreground `dwc run` (see
+    :func:`foreground_signals`); ``signame`` says which."""
+
+    def __init__(self, signame: str):
+        super().__init__(signame)
+        self.signame = signame
+
+
+@contextlib.contextmanager
+def foreground_signals():
+    """While a foreground `dwc run` supervises its runs, SIGHUP and SIGTERM raise :class:`Interrupted` (instead of
+    ending this process on the spot) so that it can settle the runs it holds before it exits."""
+
+    def handler(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def say(message: str) -> None:
+    """Print to stderr, unless it is gone (a terminal closed by SIGHUP): then the message is dropped."""
+    with contextlib.suppress(OSError, ValueError):
+        err.print(message, soft_wrap=True)
