@@ -73,12 +73,7 @@ def pick_evaluation(registry, run_id: int, eval_id: int | None = None, last: boo
     have stored per-query results."""
     run = registry.get(run_id)
     evals = registry.evaluations(run_id)
-    stored = {
-        int(r[0])
-        for r in registry.conn.execute(
-            "SELECT DISTINCT evaluation_id FROM query_results WHERE run_id = ?", (run_id,)
-        )
-    }
+    stored = registry.evaluations_with_query_results(run_id)
     avail = ", ".join(
         f"{e['id']} ({e['kind']} epoch {e['epoch']}{' best' if e['is_best'] else ''})"
         for e in evals

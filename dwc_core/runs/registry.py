@@ -745,3 +745,10 @@ class Registry:
             for key in ("target_ids", "topk_ids", "topk_scores"):
                 r[key] = json.loads(r[key])
         return rows
+
+    def evaluations_with_query_results(self, run_id: int) -> set[int]:
+        """Ids of the run's evaluations that kept per-query results (best and last epoch, re-evaluations)."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT evaluation_id FROM query_results WHERE run_id = ?", (run_id,)
+        )
+        return {int(r[0]) for r in rows}
