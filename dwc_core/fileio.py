@@ -1,0 +1,105 @@
+"""Atomic file writes: a reader sees the old file or the new one, never a torn or empty one.
+
+A write goes to a temp file in the target's own directory (so the rename never crosses file systems), named
+``.<name>.tmp<pid>-<token>``: hidden, naming the writing process, unique per write so that two writers (threads,
+processes, hosts on a shared file system) never share one. The temp file is flushed and fsync'ed, then renamed
+over the target with ``os.replace``; on any error, or an interruption, it is removed and the error goes on. With
+``fsync_dir`` the directory is fsync'ed after the rename, so the rename itself survives a power loss.
+
+:func:`atomic_path` serves writers that want a file name (``torch.save``, ``np.memmap``);
+:func:`atomic_write_bytes` / :func:`atomic_write_text` write data they are given. Torch-free, stdlib only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_MARK = ".tmp"  # temp files are ".<name>.tmp<pid>-<token>": glob ".<name>.tmp*" finds a killed write's
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A fresh temp file name beside ``path`` (not created)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(folder: str | os.PathLike) -> None:
+    """Make a rename or creation in ``folder`` durable. A file system that cannot fsync a directory is skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(
+    path: str | os.PathLike, *, fsync: bool = True, fsync_dir: bool = False, mode: int | None = None
+) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` to write; when the block ends normally the temp file is fsync'ed
+    (``fsync``), given permission bits ``mode`` (if not None) and renamed onto ``path``. When the block (or any
+    of that) raises, the temp file is removed and the exception propagates; ``path`` is left as it was."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        if fsync:
+            fsync_file(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    if fsync_dir:
+        fsync_directory(path.parent)
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike,
+    data: bytes,
+    *,
+    fsync: bool = True,
+    fsync_dir: bool = False,
+    mode: int | None = None,
+) -> None:
+    """Replace ``path`` with ``data`` atomically (see the module summary). The file gets the usual permissions
+    (0666 less the umask) unless ``mode`` is given."""
+    with atomic_path(path, fsync=False, fsync_dir=fsync_dir, mode=mode) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+
+
+def atomic_write_text(
+    path: str | os.PathLike,
+    text: str,
+    *,
+    encoding: str = "utf-8",
+    fsync: bool = True,
+    fsync_dir: bool = False,
+    mode: int | None = None,
+) -> None:
+    """Replace ``path`` with ``text`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode(encoding), fsync=fsync, fsync_dir=fsync_dir, mode=mode)
