@@ -20,6 +20,7 @@ import numpy as np
 
 from dwc_core.data.types import CIRDataset, Triplet
 from dwc_core.errors import DataError
+from dwc_core.fileio import atomic_path, atomic_write_text
 
 
 def decode_image(path: str, size: int) -> np.ndarray:
@@ -83,9 +84,7 @@ class ImageCache:
         if self.is_built():
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
         shape = (self.count, self.size, self.size, 3)
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
         ds, size = self._ds, self.size
         lock = threading.Lock()
         done = [0]
@@ -110,7 +109,8 @@ class ImageCache:
                         progress(done[0], self.count)
 
         workers = threads or min(8, (os.cpu_count() or 2) * 2)
-        try:
+        with atomic_path(self.path) as tmp:  # a stopped or failed build leaves neither file nor temp file
+            out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for start in range(
                     0, self.count, chunk
@@ -119,11 +119,7 @@ class ImageCache:
                         check()
                     list(pool.map(one, range(start, min(self.count, start + chunk))))
             out.flush()
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self.meta_path.write_text(json.dumps({"count": self.count, "size": self.size}))
+        atomic_write_text(self.meta_path, json.dumps({"count": self.count, "size": self.size}))
 
     @property
     def array(self) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dwc_core.config.schema.datasets import DEFAULT_KS
 from dwc_core.data.types import CIRDataset, EvalSet, ImageRecord, Query, Triplet
+from dwc_core.fileio import atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {
@@ -252,9 +253,7 @@ def metadata(params: Params, cache_dir: Path) -> dict:
         return json.loads(path.read_text())
     meta = generate(params)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{random.getrandbits(32)}")
-    tmp.write_text(json.dumps(meta))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(meta))
     return meta
 
 

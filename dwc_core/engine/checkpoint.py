@@ -8,7 +8,6 @@ temp files of writes that were killed are removed by :func:`remove_orphan_temps`
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from dwc_core.errors import DiskFull, TrainingError
+from dwc_core.fileio import atomic_path
 
 #: space kept free beyond the checkpoint itself, so the registry and logs can still record what happened
 RESERVE_BYTES = 4 * 2**20
@@ -86,24 +86,15 @@ def check_free_space(path: Path, needed: int) -> None:
         )
 
 
-def temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` via a temp file and a rename: ``path`` is either the old or the new checkpoint,
     never a torn one. Out of space (before or during the write) → :class:`DiskFull`, temp file removed."""
     path = Path(path)
     check_free_space(path, tensor_bytes(obj))
-    tmp = temp_path(path)
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # removed again if the write fails
+            torch.save(obj, tmp)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         if _is_enospc(exc, path):
             free = shutil.disk_usage(path.parent).free
             raise DiskFull(

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dwc_core.errors import ConfigError
+from dwc_core.fileio import atomic_write_bytes, atomic_write_text
 from dwc_core.runs.registry import FINISHED, Registry
 
 SINK_ENV = "DWC_REPORT_SINK"
@@ -84,9 +85,7 @@ def append_lines(path: Path, lines: list[str]) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, sort_keys=True))
 
 
 def read_json(path: Path) -> Any:
@@ -260,9 +259,7 @@ class FileSink:
         counts = {"metrics": len(self.metrics(run_id)), "evaluations": len(self.evaluations(run_id, "epoch"))}
         path = self.run_dir / METRICS_FILE
         if path.exists():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(b"")
-            os.replace(tmp, path)
+            atomic_write_bytes(path, b"")
         self._op("clear", **counts)
         return counts
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dwc_core.errors import DwcError, UsageError
+from dwc_core.fileio import atomic_write_text
 from dwc_core.runs import control
 from dwc_core.runs.ingest import STATUS_FILE, ingest, read_final
 from dwc_core.runs.locks import LockHeld
@@ -187,10 +188,7 @@ def job_script(project: Path) -> Path:
         "raise SystemExit(job_main())\n"
     )
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        atomic_write_text(path, text, mode=0o755)
     return path
 
 
@@ -223,9 +221,7 @@ def submit(registry: Registry, registry_path: Path, run: dict, opts: SlurmOption
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)  # a new attempt: the last one's final word is stale
     row = registry.get(run["id"])
-    tmp = run_dir / ".run.json.tmp"
-    tmp.write_text(json.dumps(row, sort_keys=True, default=str))
-    os.replace(tmp, run_dir / "run.json")
+    atomic_write_text(run_dir / "run.json", json.dumps(row, sort_keys=True, default=str))
     cmd = sbatch_command(row, registry_path, opts, job_script(registry_path.parent.parent))
     res = _slurm(cmd)
     job_id = res.stdout.strip().split(";")[0] if res.returncode == 0 else ""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dwc_core.errors import RunLocked, RunNotFound, UsageError
+from dwc_core.fileio import atomic_write_text
 from dwc_core.runs import control, launcher
 from dwc_core.runs.gpus import gpu_request_problem, visible_gpus
 from dwc_core.runs.locks import FileLock, LockHeld, describe_holder
@@ -572,10 +573,7 @@ def hold_worker_lock(folder: Path, name: str) -> FileLock:
 def write_worker_file(folder: Path, name: str, info: dict) -> None:
     """(Re)write ``<folder>/<name>.json`` atomically with ``info``, its ``heartbeat`` set to now."""
     info["heartbeat"] = time.time()
-    path = Path(folder) / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(Path(folder) / f"{name}.json", json.dumps(info, indent=1) + "\n")
 
 
 def remove_worker_files(folder: Path, name: str) -> None:
