@@ -1,14 +1,29 @@
 """`dwc tui` polish: the shutdown race, Slurm's view beside our status, the Run screen's environment, narrow
-terminals, plots loaded after the first paint, and legibility with NO_COLOR and 16 colours."""
+terminals, plots loaded after the first paint, and legibility with NO_COLOR and 16 colours; at 80×24 the footer
+keeps the keys that matter, the runs table stays inside the screen whatever its cells hold, the Run screen's title
+and versions stay on one line, and the recall curves are told apart without colour."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from rich.color import ColorSystem
 from rich.console import Console
-from test_tui import make_app, make_project, open_run, ready, seed_registry, select, text_of, until
+from test_tui import (
+    T0,
+    add_run,
+    make_app,
+    make_project,
+    open_run,
+    ready,
+    recall,
+    seed_registry,
+    select,
+    text_of,
+    until,
+)
 
 from dwc_core.runs.registry import Registry
 
@@ -72,7 +87,7 @@ async def test_slurm_state_beside_our_status_in_table_detail_and_run_screen(proj
         await open_run(pilot, ids["grid1"])
         screen = text_of(app)
         assert "slurm TIMEOUT · requeued 1×" in screen
-        assert "slurm job 4242  state TIMEOUT  reason –  nodes –  requeues 1" in screen
+        assert "slurm    job 4242  state TIMEOUT  reason –  nodes –  requeues 1" in screen
 
 
 async def test_run_screen_versions_in_one_line_the_rest_folded_and_no_git(project):
@@ -83,7 +98,7 @@ async def test_run_screen_versions_in_one_line_the_rest_folded_and_no_git(projec
         await open_run(pilot, ids["demo"])
         screen = text_of(app)
         assert "versions python 3.11.9  torch 2.4.0  precision fp32  dwc 0.1.0" in screen
-        assert "git not a git repository" in screen
+        assert "git      not a git repository" in screen  # the labels in a column of their own
         assert "dwc_core.engine.train" not in screen  # the trainer's argv is not a version
         assert "cudnn 90100" not in screen  # folded
         assert "more versions" in screen
@@ -98,7 +113,7 @@ async def test_run_screen_versions_in_one_line_the_rest_folded_and_no_git(projec
         await pilot.press("escape")
         # a run that has not started: nothing recorded yet, rather than a bare dash
         await open_run(pilot, ids["failed"])
-        assert "git not recorded yet (the run has not started)" in text_of(app)
+        assert "git      not recorded yet (the run has not started)" in text_of(app)
         assert "versions not recorded yet" in text_of(app)
 
 
@@ -135,8 +150,8 @@ async def test_plots_arrive_after_the_first_paint_and_show_the_selected_run(proj
         plots = app.dashboard.plots
         assert plots["loss-plot"].series_names == ["loss"]
         assert plots["recall-plot"].series_names == ["R@1", "R@5", "R@10", "R@50"]
-        # no legend drawn over the curves: the names head the plot, each in its line's colour
-        await until(pilot, lambda: "R@1 R@5 R@10 R@50 · test" in text_of(app), what="recall plot title")
+        # no legend drawn over the curves: the Ks head the plot, each with its line's mark, in its line's colour
+        await until(pilot, lambda: "R@K o1 +5 x10 *50 · test" in text_of(app), what="recall plot title")
         assert " loss " in text_of(app)
 
 
@@ -235,3 +250,197 @@ def test_metric_columns_order_by_k_then_averages_then_mean():
 
     names = ["R@10", "mean", "avg/R@10", "R@1", "avg/R@5", "R@50", "R@5"]
     assert sorted(names, key=metric_order) == ["R@1", "R@5", "R@10", "R@50", "avg/R@5", "avg/R@10", "mean"]
+
+
+# ------------------------------------------------------------------------------------------------- 80 columns
+def _lines(app) -> list[str]:
+    return text_of(app).rstrip("\n").split("\n")
+
+
+def _region_text(app, widget) -> str:
+    r = widget.region
+    return "\n".join(line[r.x : r.right] for line in _lines(app)[r.y : r.bottom])
+
+
+def test_footer_fit_keeps_priority_zero_and_the_order():
+    from dwc_tui.app.widgets.keybar import fit, line_width
+
+    keys = [("a", "alpha", 2), ("b", "beta", 1), ("c", "gamma", 3), ("?", "help", 0), ("^q", "quit", 0)]
+    assert fit(keys, 200) == keys
+    assert line_width(keys) == 2 + sum(len(k) + 1 + len(label) for k, label, _ in keys) + 2 * 4
+    assert fit(keys, line_width(keys) - 1) == [keys[0], keys[1], keys[3], keys[4]]  # priority 3 went first
+    assert fit(keys, 20) == [keys[3], keys[4]]  # " ? help  ^q quit " is all that fits
+    assert fit(keys, 5) == [keys[3], keys[4]]  # never dropped, even when they do not fit
+
+
+async def test_footer_shows_the_keys_that_matter_at_80_columns_on_every_screen(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        footer = _lines(app)[-1]
+        for key in (
+            "q queue",
+            "c cancel",
+            "r resume",
+            "d delete",
+            "C compare",
+            "/ filter",
+            "? help",
+            "^q quit",
+        ):
+            assert key in footer, footer
+        assert footer.rstrip().endswith("^q quit")  # the last key whole, not cut at the edge
+        assert "b browse" not in footer  # did not fit: the help screen lists it
+        await pilot.press("question_mark")
+        assert "browse per-query results" in text_of(app)
+        await pilot.press("escape")
+        await pilot.press("slash")  # typing a filter: what enter and esc do there
+        await until(pilot, lambda: "enter apply the filter" in _lines(app)[-1], what="filter keys")
+        assert "q queue" not in _lines(app)[-1]
+        await pilot.press("escape")
+        await until(pilot, lambda: "q queue" in _lines(app)[-1], what="dashboard keys again")
+        await pilot.resize_terminal(120, 40)  # wider: the rest come back
+        await until(pilot, lambda: "b browse" in _lines(app)[-1], what="wide footer")
+        for key in ("enter open", "space mark", "l log", "^q quit"):
+            assert key in _lines(app)[-1]
+        await pilot.resize_terminal(80, 24)
+        await open_run(pilot, ids["demo"])
+        footer = _lines(app)[-1]
+        for key in ("esc back", "e evals", "l log", "? help", "^q quit"):
+            assert key in footer, footer
+        await pilot.press("escape", "q")
+        await until(pilot, lambda: type(app.screen).__name__ == "QueueScreen", what="queue screen")
+        await pilot.pause(0.2)
+        footer = _lines(app)[-1]
+        for key in ("esc back", "^w start a worker", "? help", "^q quit"):
+            assert key in footer, footer
+
+
+def _crowded(p: Path, ids: dict) -> list[int]:
+    """Runs whose cells are as wide as they get: Slurm states with nodes, reasons and re-submissions, a long
+    experiment name, hundreds of epochs, a loss in the thousands, days of training; enough rows to scroll."""
+    reg = Registry(p / "runs" / "registry.db")
+    reg.update(ids["failed"], slurm_job="1", slurm_state="RUNNING", slurm_nodes="gpu-node[01-04]")
+    reg.update(ids["queued"], slurm_job="2", slurm_state="PENDING", slurm_reason="QOSMaxJobsPerUserLimit")
+    reg.update(ids["grid1"], slurm_job="3", slurm_state="OUT_OF_MEMORY", slurm_requeues=12)
+    more = [
+        add_run(reg, p, "fashioniq_clip_vitb16_long_name", "done", epochs=100, losses=[1234.5, 999.9],
+                recalls=[recall(1, 2, 3, 4)] + [recall(9.5, 19.5, 29.5, 99.75)] * 100, started=T0 - 3 * 86400)
+    ]  # fmt: skip
+    for i in range(8):
+        rid = add_run(reg, p, "demo", "cancelled" if i % 2 else "failed", losses=[2.0, 1.0])
+        reg.update(rid, slurm_job=str(10 + i), slurm_state="TIMEOUT", slurm_requeues=3)
+        more.append(rid)
+    reg.close()
+    return more
+
+
+async def test_runs_table_stays_inside_80_columns_whatever_the_cells_hold(project):
+    from dwc_tui.app.rows import NARROW_MAX
+
+    p, ids = project
+    more = _crowded(p, ids)
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await until(pilot, lambda: len(app.dashboard.shown_ids) == 5 + len(more), what="all runs")
+        await pilot.pause(0.2)
+        table = app.dashboard.query_one("#runs")
+        assert (
+            table.virtual_size.height > table.size.height
+        )  # rows to scroll: the vertical scrollbar is there
+        assert table.virtual_size.width <= table.scrollable_content_region.width  # nothing off the right edge
+        header = _lines(app)[table.region.y]
+        assert header.split() == [
+            "id",
+            "experiment",
+            "status",
+            "epoch",
+            "loss",
+            "R@10",
+            "mean",
+            "elapsed",
+            "ETA",
+        ]
+        widths = {str(c.key.value): c.get_render_width(table) for c in table.columns.values()}
+        assert widths["status"] <= NARROW_MAX["status"] + 1  # + the space before it
+        cells = {rid: app.dashboard.rows[rid]["narrow"]["status"].plain for rid in app.dashboard.rows}
+        assert cells[ids["failed"]] == "failed R"  # our status whole, then Slurm's code; nodes in the detail
+        assert cells[ids["queued"]] == "queued PD"
+        assert cells[ids["grid1"]] == "done OOM↻12"  # the code and the re-submissions, exactly 11
+        assert cells[more[2]] == "cancelled …"  # no room for "TO↻3": cut, our status kept whole
+        long_run = app.dashboard.rows[more[0]]["narrow"]
+        assert long_run["experiment"].plain == "fashioniq…"
+        assert long_run["epoch"].plain == "100/100 ██"  # the bar gives way to the numbers
+        assert long_run["loss"].plain == "999.90"
+        await select(pilot, ids["grid1"])
+        await until(
+            pilot, lambda: "slurm OUT_OF_MEMORY" in text_of(app), what="Slurm's full state in the detail pane"
+        )
+        # wide: Slurm's detail comes back beside the status
+        await pilot.resize_terminal(120, 40)
+        await until(pilot, lambda: "failed R gpu-no…" in text_of(app), what="wide status cells")
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+
+
+async def test_run_screen_title_and_versions_stay_on_one_line_at_80_columns(project):
+    p, ids = project
+    reg = Registry(p / "runs" / "registry.db")
+    reg.update(
+        ids["grid1"],
+        slurm_job="4242", slurm_state="PENDING", slurm_reason="ReqNodeNotAvail, UnavailableNodes:gpu[01-08]",
+        versions={"python": "3.11.9", "torch": "2.4.0+cu121", "cuda": "12.1", "precision": "bf16-mixed",
+                  "dwc": "0.1.0", "numpy": "2.0.1"},
+    )  # fmt: skip
+    reg.close()
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await open_run(pilot, ids["grid1"])
+        lines = _lines(app)
+        assert lines[0].startswith(" #3 grid  done  seed 1  epoch 1/1  slurm PENDING")
+        assert lines[0].rstrip().endswith("…")  # cut, not wrapped: the tabs are on the next line
+        assert lines[1].split() == ["overview", "evaluations", "events", "log", "checkpoints"]
+        versions = next(i for i, line in enumerate(lines) if line.startswith("versions "))
+        assert "python 3.11.9  torch 2.4.0+cu121  cuda 12.1  precision bf16-mixed" in lines[versions]
+        assert lines[versions + 1].startswith("created ")  # nothing wrapped onto a second line
+        assert "dwc 0.1.0" not in text_of(app)  # it did not fit: folded with the other versions
+        slurm = next(line for line in lines if line.startswith("slurm "))
+        assert "[01-08]" in text_of(app)  # a node list is shown as it is, not read as markup
+        assert slurm.startswith("slurm    job 4242  state PENDING")
+        app.screen.query_one("#run-more").collapsed = False
+        await until(pilot, lambda: "dwc 0.1.0" in text_of(app), what="the folded versions")
+        assert "numpy 2.0.1" in text_of(app)
+        await pilot.resize_terminal(120, 40)  # wide: every main version on the line again
+        await until(
+            pilot, lambda: "precision bf16-mixed  dwc 0.1.0" in text_of(app), what="versions line at 120"
+        )
+
+
+async def test_no_color_recall_curves_have_marks_of_their_own(project, monkeypatch):
+    from dwc_tui.app.widgets.plots import MARKS, legend, mark_points
+
+    assert legend(["R@1", "R@5", "R@10", "R@50"]) == ("R@K", ["1", "5", "10", "50"])
+    assert legend(["avg/R@1", "avg/R@10"]) == ("avg/R@K", ["1", "10"])
+    assert legend(["R@1", "avg/R@1"]) == ("", ["R@1", "avg/R@1"])
+    xs = list(range(100))
+    mx, _ = mark_points(xs, xs, 12)
+    assert len(mx) == 12 and mx[0] == 0 and mx[-1] == 99
+    monkeypatch.setenv("NO_COLOR", "1")
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert app.no_color
+        await select(pilot, ids["demo"])
+        await until(pilot, lambda: app.dashboard.focus_version is not None, what="plots")
+        await until(
+            pilot, lambda: "R@K o1 +5 x10 *50 · test" in text_of(app), what="marks named in the title"
+        )
+        plot = app.dashboard.plots["recall-plot"]
+        canvas = _region_text(app, plot)
+        for mark in MARKS[:4]:  # each curve's own mark is drawn on the plot itself
+            assert mark in canvas, f"{mark!r} not on the recall plot:\n{canvas}"
+        loss = _region_text(app, app.dashboard.plots["loss-plot"])
+        assert not set(MARKS) & set(loss), "a single curve needs no marks"

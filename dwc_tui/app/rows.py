@@ -38,6 +38,16 @@ COUNTED = ("queued", "running", "done", "failed", "lost")
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 6  # loss points in the table's sparkline
 SLURM_WIDTH = 9  # Slurm's compact state beside ours in the status cell ("running R node01")
+# Every cell is cut to a width (the id never is), so the runs table fits whatever its rows hold: with one space
+# before each column, 9 narrow columns take 76 columns and 11 wide ones 118, ids up to 9999 marked ("●1234")
+# included; with the table's scrollbar (2) that is within 80 and 120 columns.
+NARROW_MAX = {
+    "experiment": 10, "status": 11, "epoch": 10, "loss": 6, "r10": 6, "mean": 6, "elapsed": 7, "eta": 6,
+}  # fmt: skip
+WIDE_MAX = {
+    "experiment": 15, "method": 9, "dataset": 9, "status": 19, "epoch": 12, "loss": 13, "r10": 6, "mean": 6,
+    "elapsed": 7, "eta": 6,
+}  # fmt: skip
 JSON_FIELDS = ("variant", "progress", "best_metrics", "last_metrics", "gpus")
 
 
@@ -111,6 +121,27 @@ def fraction_done(r: dict) -> float:
     return (r.get("epoch") or 0) / epochs if epochs else 0.0
 
 
+def short_number(v, width: int = 6) -> str:
+    """``number(v, 3)`` when it fits in ``width`` characters (0.800, 0.00123), else fewer decimals (12.35, 1234),
+    else powers of ten (1e+06, 1e-05)."""
+    if not isinstance(v, int | float) or len(number(v, 3)) <= width:
+        return number(v, 3)
+    for digits in (2, 1, 0):
+        text = f"{v:.{digits}f}"
+        if len(text) <= width and (v == 0 or float(text) != 0):
+            return text
+    return f"{v:.0e}"
+
+
+def clip(text: Text, width: int) -> Text:
+    """``text`` cut to ``width`` characters, the last one "…" when anything was cut."""
+    if text.cell_len <= width:
+        return text
+    out = text.copy()
+    out.truncate(width, overflow="ellipsis")
+    return out
+
+
 def recall_of(metrics: dict | None, k: str = "R@10"):
     metrics = metrics or {}
     return metrics.get(k, metrics.get(f"avg/{k}"))
@@ -139,7 +170,9 @@ def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
         "dataset": Text(str(r.get("dataset") or "–")),
         "status": status_cell(r),
         "epoch": Text(f"{epoch}/{epochs} {bar(frac)}"),
-        "loss": Text(f"{number(loss, 3)} {sparkline(tail, SPARK_WIDTH)}".rstrip()),
+        "loss": Text(
+            f"{short_number(loss) if loss is not None else '–'} {sparkline(tail, SPARK_WIDTH)}".rstrip()
+        ),
         "r10": Text(number(r10), justify="right"),
         "mean": Text(number(mean), justify="right"),
         "elapsed": Text(duration(elapsed), justify="right"),
@@ -158,10 +191,20 @@ def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
         "elapsed": elapsed or 0.0,
         "eta": eta if eta is not None else float("inf"),
     }
+    steps = f"{epoch}/{epochs}"
+    narrow = {
+        "experiment": cells["experiment"],
+        "status": status_cell(r, NARROW_MAX["status"]),
+        "epoch": Text(f"{steps} {bar(frac, min(4, NARROW_MAX['epoch'] - len(steps) - 1))}".rstrip()),
+        "loss": Text(short_number(loss, NARROW_MAX["loss"]) if loss is not None else "–", justify="right"),
+    }
+    narrow = {k: clip(narrow.get(k, cells[k]), NARROW_MAX[k]) if k in NARROW_MAX else cells[k] for k in cells}
+    cells = {k: clip(c, WIDE_MAX[k]) if k in WIDE_MAX else c for k, c in cells.items()}
     variant = r.get("variant") or {}
     return {
         "id": r["id"],
         "cells": cells,
+        "narrow": narrow,
         "sort": sort,
         "status": status,
         "search": " ".join(
@@ -183,11 +226,23 @@ def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
     }
 
 
-def status_cell(r: dict) -> Text:
-    """Our status in its colour, then Slurm's compact view of the job when there is one ("running R node01")."""
+def status_cell(r: dict, width: int | None = None) -> Text:
+    """Our status in its colour, then Slurm's compact view of the job when there is one ("running R node01").
+
+    Within ``width`` characters (a narrow table): our status whole, then only Slurm's state code and
+    re-submissions ("queued PD", "done TO↻1"), cut with "…" to what is left; the rest is in the detail pane."""
     status = r["status"]
     cell = Text(status, style=STATUS_STYLE.get(status, ""))
-    slurm = slurm_compact(r, SLURM_WIDTH)
+    if width is None:
+        slurm = slurm_compact(r, SLURM_WIDTH)
+    else:
+        words = (slurm_compact(r) or "").split()
+        slurm = (
+            words[0] + (words[-1] if len(words) > 1 and words[-1].startswith("↻") else "") if words else ""
+        )
+        room = width - len(status) - 1
+        if len(slurm) > room:
+            slurm = slurm[: room - 1] + "…" if room >= 1 else ""
     if slurm:
         cell.append(f" {slurm}", style="dim")
     return cell

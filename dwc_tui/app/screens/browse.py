@@ -12,11 +12,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Input, OptionList, Static
+from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
 from dwc_tui.app import data
+from dwc_tui.app.widgets.keybar import KeyBar
 
 MODES = ("all", "misses", "hits")
 
@@ -39,6 +40,8 @@ class BrowseScreen(Screen):
         Binding("slash", "focus_text", "Text"),
         Binding("greater_than_sign", "focus_rank", "Rank >"),
     ]
+    KEYS = (("esc", "back", 0), ("m", "all/misses/hits", 1), ("/", "text", 1), (">", "rank worse than", 1))
+    INPUT_KEYS = (("enter", "apply", 1), ("esc", "back", 0))
 
     def __init__(self, run_id: int, against: int | None = None):
         super().__init__()
@@ -58,7 +61,7 @@ class BrowseScreen(Screen):
             yield OptionList(id="browse-list")
             with VerticalScroll(id="browse-detail"):
                 yield Static("", id="browse-query")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         if self.against is not None:

@@ -9,14 +9,16 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
 from dwc_tui.app import data
+from dwc_tui.app.widgets.keybar import KeyBar
 
 
 class CompareScreen(Screen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    KEYS = (("esc", "back", 0), ("← →", "scroll sideways", 1))
 
     def __init__(self, run_ids: list[int]):
         super().__init__()
@@ -29,7 +31,7 @@ class CompareScreen(Screen):
         )
         yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="compare-notes")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         path, ids = self.app.registry_path, self.run_ids

@@ -8,16 +8,17 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 from textual.worker import Worker, WorkerState
 
 from dwc_tui.app.poller import Focus, Snapshot
 from dwc_tui.app.rows import COLUMNS, COUNTED, STATUS_STYLE
+from dwc_tui.app.widgets.keybar import KeyBar
 
 MARK = "●"
-NARROW = (
-    100  # below this many columns the runs table leaves out method and dataset (the detail pane names them)
-)
+# below this many columns the runs table leaves out method and dataset (the detail pane names them) and cuts its
+# cells shorter (rows.NARROW_MAX, rows.WIDE_MAX): either way it fits the screen without scrolling sideways
+NARROW = 120
 NARROW_HIDES = ("method", "dataset")
 PLOTS = (("loss-plot", "loss", "train"), ("recall-plot", "Recall@K (test)", "test"))  # id, title, short title
 
@@ -47,9 +48,7 @@ def parse_filter(text: str) -> tuple[set[str], list[str]]:
 
 class DashboardScreen(Screen):
     BINDINGS = [
-        Binding(
-            "question_mark", "help", "Help"
-        ),  # first: the footer cuts the rest at 80 columns, ? lists them all
+        Binding("question_mark", "help", "Help"),
         Binding("q", "queue", "Queue"),
         Binding("c", "cancel", "Cancel"),
         Binding("r", "resume", "Resume"),
@@ -64,6 +63,13 @@ class DashboardScreen(Screen):
         Binding("S", "sort_reverse", "Reverse", show=False),
         Binding("escape", "clear_filter", "Clear", show=False),
     ]
+    # the footer: at 80 columns the priority-1/2 keys fit beside `? help` and `^q quit`; the help screen has all
+    KEYS = (
+        ("q", "queue", 1), ("c", "cancel", 1), ("r", "resume", 2), ("d", "delete", 2), ("C", "compare", 2),
+        ("/", "filter", 2), ("b", "browse", 3), ("enter", "open", 3), ("space", "mark", 4), ("l", "log", 4),
+        ("s", "sort", 5), ("^p", "palette", 5),
+    )  # fmt: skip
+    INPUT_KEYS = (("enter", "apply the filter", 1), ("esc", "clear it", 1))
     PALETTE = (
         ("Queue an experiment", "pick an experiment, edit --set overrides, queue its runs (q)", "queue"),
         ("Cancel runs", "cancel the marked runs, or the selected one (c)", "cancel"),
@@ -108,13 +114,19 @@ class DashboardScreen(Screen):
                     yield Static(Text(f"{title} …", style="dim"), classes="plot-title")
             with Vertical(id="side"):
                 yield Static("", id="phase")
+                yield Static("", id="phase-error")
                 yield Static("", id="log-tail")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
         self.query_one("#error", Static).display = False
         self.query_one("#runs", DataTable).focus()
+
+    @property
+    def narrow(self) -> bool:
+        """Below NARROW columns: no method and dataset columns, cells cut to rows.NARROW_MAX."""
+        return "method" not in self.column_keys
 
     def _set_columns(self, table: DataTable, width: int) -> bool:
         cols = visible_columns(width)
@@ -122,9 +134,10 @@ class DashboardScreen(Screen):
         if keys == self.column_keys:
             return False
         table.clear(columns=True)
-        for key, label in cols:
-            table.add_column(label, key=key)
         self.column_keys = keys
+        table.cell_padding = 0  # one space before each cell instead of one on both sides (_cells)
+        for key, label in cols:
+            table.add_column(f" {label}", key=key)
         return True
 
     def on_resize(self, event) -> None:
@@ -189,7 +202,7 @@ class DashboardScreen(Screen):
         self._apply_focus(snap.focus)
         self._start_plots()
         if not self.rows and snap.error is None:
-            self.query_one("#phase", Static).update("no runs yet — press q to queue an experiment")
+            self.query_one("#phase", Static).update("no runs yet:\npress q to queue\nan experiment")
 
     def show_error(self, message: str | None) -> None:
         if not self._live():
@@ -231,10 +244,11 @@ class DashboardScreen(Screen):
         return sorted(ids, key=lambda rid: (self.rows[rid]["sort"][key], rid), reverse=self.sort_reverse)
 
     def _cells(self, rid: int) -> tuple:
-        cells = dict(self.rows[rid]["cells"])
+        cells = dict(self.rows[rid]["narrow" if self.narrow else "cells"])
         if rid in self.marked:
             cells["id"] = Text(f"{MARK}{rid}", style="bold reverse", justify="right")
-        return tuple(cells[k] for k in self.column_keys)
+        # one space between columns (cell_padding 1 would put one on both sides: 11 columns more)
+        return tuple(Text.assemble(" ", cells[k], justify=cells[k].justify) for k in self.column_keys)
 
     def _rebuild(self, table: DataTable, ids: list[int]) -> None:
         current = self.selected_id()
@@ -313,15 +327,15 @@ class DashboardScreen(Screen):
         if row is None:
             return
         p = row["progress"]
+        # the side pane is ~27 columns at 80: one fact per line, each cut with "…" rather than wrapped
         lines = [
             Text.assemble(
-                (f"#{rid} {row['experiment']} ", "bold"),
-                (row["status"], STATUS_STYLE.get(row["status"], "")),
-                (f"  {row['what']}", "dim"),
-            )
+                (f"#{rid} {row['experiment']} ", "bold"), (row["status"], STATUS_STYLE.get(row["status"], ""))
+            ),
+            Text(row["what"], style="dim"),
         ]
         if row.get("slurm"):
-            lines[0].append(f"  slurm {row['slurm']}", style="dim")
+            lines.append(Text(f"slurm {row['slurm']}", style="dim"))
         if row["variant"]:
             lines.append(Text(" ".join(f"{k}={v}" for k, v in row["variant"].items()), style="dim"))
         if row["status"] in ("running", "starting"):
@@ -334,9 +348,9 @@ class DashboardScreen(Screen):
             lines.append(Text(detail))
             if p.get("it_s"):
                 lines.append(Text(f"{p['it_s']:.1f} it/s  {int(row['frac'] * 100)}%"))
-        if row["error"]:
-            lines.append(Text(str(row["error"]), style="red"))
         self.query_one("#phase", Static).update(Text("\n").join(lines))
+        # the error wraps (up to 3 lines): more of the message matters than of the facts above
+        self.query_one("#phase-error", Static).update(Text(str(row["error"] or ""), style="red"))
 
     # -------------------------------------------------------------------------------------------- actions
     def action_queue(self) -> None:

@@ -10,12 +10,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Input, OptionList, Static
+from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
 from dwc_core.errors import DwcError
 from dwc_tui.app import actions
+from dwc_tui.app.widgets.keybar import KeyBar
 
 
 def split_overrides(text: str) -> list[str]:
@@ -31,6 +32,7 @@ class QueueScreen(Screen):
         Binding("ctrl+s", "submit", "Queue"),
         Binding("ctrl+w", "start_worker", "Start worker"),
     ]
+    KEYS = (("esc", "back", 0), ("enter", "next / queue", 1), ("^s", "queue", 2), ("^w", "start a worker", 1))
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,7 +50,7 @@ class QueueScreen(Screen):
                 yield Static("", id="queue-preview")
                 yield Static("", id="queue-worker")
                 yield Input(placeholder="GPUs for a new worker, e.g. 0,1 (ctrl+w starts it)", id="queue-gpus")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#queue-gpus", Input).display = False

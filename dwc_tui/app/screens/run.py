@@ -4,22 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.markup import escape
 from rich.syntax import Syntax
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Collapsible, DataTable, Footer, Log, Static, TabbedContent, TabPane
+from textual.widgets import Collapsible, DataTable, Log, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from dwc_core.results.slurm_view import slurm_line, slurm_summary
 from dwc_tui.app import data
 from dwc_tui.app.rows import STATUS_STYLE, number
+from dwc_tui.app.widgets.keybar import KeyBar
 
 LOG_FOLLOW_S = 1.0
 MAIN_VERSIONS = ("python", "torch", "cuda", "precision", "dwc")  # one line; the rest is folded
+ENV_LABEL_WIDTH = 8  # "versions"
 
 
 def metric_order(name: str) -> tuple:
@@ -39,14 +41,22 @@ def git_text(r: dict) -> str:
     return "not recorded yet (the run has not started)"
 
 
-def version_lines(versions: dict) -> tuple[str, list[str]]:
+def version_lines(versions: dict, width: int | None = None) -> tuple[str, list[str]]:
     """("python 3.11.9  torch 2.4.0  cuda 12.1  precision bf16  dwc 0.1.0", ["cudnn 90100", "numpy 2.0", …]);
-    the trainer's argv is not a version and is left out."""
-    main = "  ".join(f"{k} {versions[k]}" for k in MAIN_VERSIONS if versions.get(k) is not None)
-    rest = [
+    the trainer's argv is not a version and is left out. Within ``width`` characters the main line keeps the
+    leading versions that fit (at least one) and the others move to the folded rest, so it never wraps."""
+    main: list[str] = []
+    rest: list[str] = []
+    for k in MAIN_VERSIONS:
+        if versions.get(k) is None:
+            continue
+        item = f"{k} {versions[k]}"
+        fits = width is None or not main or len("  ".join([*main, item])) <= width
+        (main if fits and not rest else rest).append(item)
+    rest += [
         f"{k} {v}" for k, v in versions.items() if k not in MAIN_VERSIONS and k != "argv" and v is not None
     ]
-    return main or "not recorded yet", rest
+    return "  ".join(main) or "not recorded yet", rest
 
 
 class RunScreen(Screen):
@@ -59,6 +69,10 @@ class RunScreen(Screen):
         Binding("k", "tab('checkpoints')", "Checkpoints"),
         Binding("f", "toggle_follow", "Follow"),
     ]
+    KEYS = (
+        ("esc", "back", 0), ("o", "overview", 2), ("e", "evals", 1), ("v", "events", 2), ("l", "log", 1),
+        ("k", "checkpoints", 2), ("f", "follow", 3),
+    )  # fmt: skip
 
     def __init__(self, run_id: int, tab: str = "overview"):
         super().__init__()
@@ -85,7 +99,7 @@ class RunScreen(Screen):
                 yield Log(id="run-log", max_lines=20_000, auto_scroll=True)
             with TabPane("checkpoints", id="checkpoints"):
                 yield DataTable(id="run-checkpoints", cursor_type="row")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.run_worker(
@@ -131,35 +145,59 @@ class RunScreen(Screen):
     def show(self, info: dict) -> None:
         self.info = info
         r = info["run"]
+        # one line at any width: what matters first, Slurm's view last (the overview has it in full)
         title = Text.assemble(
             (f"#{r['id']} {r['experiment']}  ", "bold"),
             (r["status"], STATUS_STYLE.get(r["status"], "")),
-            (f" (slurm {slurm_summary(r)})" if r.get("slurm_job") else "", "dim"),
             f"  seed {r['seed']}  epoch {r['epoch']}/{r['epochs']}",
+            (f"  slurm {slurm_summary(r)}" if r.get("slurm_job") else "", "dim"),
+            no_wrap=True,
+            overflow="ellipsis",
         )
         self.query_one("#run-title", Static).update(title)
+        self._show_env(r)
+        self._show_rest(info)
+
+    def on_resize(self, event) -> None:
+        if self.info is not None:  # how many versions fit on the versions line
+            self._show_env(self.info["run"])
+
+    def _show_env(self, r: dict) -> None:
         versions = r.get("versions") or {}
-        main_versions, more_versions = version_lines(versions)
-        dirty = " [yellow](dirty)[/]" if r.get("git_commit") and r.get("git_dirty") else ""
-        env = [
-            f"[b]run dir[/b] {escape(str(r.get('run_dir')))}",
-            f"[b]git[/b] {escape(git_text(r))}{dirty}",
-            f"[b]host[/b] {escape(str(r.get('host') or '–'))}  [b]device[/b] {escape(str(r.get('device') or '–'))}  "
-            f"[b]gpus[/b] {escape(str(r.get('gpus') or '–'))}  [b]pid[/b] {r.get('pid') or '–'}",
-            f"[b]versions[/b] {escape(main_versions)}",
-            f"[b]created[/b] {data.when(r.get('created'))}  [b]started[/b] {data.when(r.get('started'))}  "
-            f"[b]ended[/b] {data.when(r.get('ended'))}",
-        ]
+        # the width the values get: the screen less the labels, the padding and the scrollbar
+        main_versions, more_versions = version_lines(versions, max(self.size.width - ENV_LABEL_WIDTH - 5, 20))
+        dirty = Text(" (dirty)", style="yellow") if r.get("git_commit") and r.get("git_dirty") else ""
+        rows = [
+            ("run dir", str(r.get("run_dir"))),
+            ("git", Text.assemble(git_text(r), dirty)),
+            ("host", f"{r.get('host') or '–'}  device {r.get('device') or '–'}  gpus {r.get('gpus') or '–'}  "
+                     f"pid {r.get('pid') or '–'}"),
+            ("versions", main_versions),
+            ("created", f"{data.when(r.get('created'))}  started {data.when(r.get('started'))}  "
+                        f"ended {data.when(r.get('ended'))}"),
+        ]  # fmt: skip
         if r.get("variant"):
-            env.append(f"[b]variant[/b] {escape(' '.join(f'{k}={v}' for k, v in r['variant'].items()))}")
+            rows.append(("variant", " ".join(f"{k}={v}" for k, v in r["variant"].items())))
         slurm = slurm_line(r)
         if slurm:
-            env.append(escape(slurm))
+            rows.append(("slurm", slurm.removeprefix("slurm ")))
         if r.get("error"):
-            env.append(f"[red][b]error[/b] {escape(str(r['error']))}[/]")
-        self.query_one("#run-env", Static).update("\n".join(env))
+            rows.append(("error", Text(str(r["error"]), style="red")))
+        # labels in a column of their own: a long value (a path, an error) wraps under itself, not under them
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True, width=ENV_LABEL_WIDTH)
+        grid.add_column(overflow="fold", ratio=1)
+        for label, value in rows:
+            value = (
+                value if isinstance(value, Text) else Text(value)
+            )  # never markup: paths, node lists [01-04]
+            grid.add_row(Text(label, style="red bold" if label == "error" else "bold"), value)
+        self.query_one("#run-env", Static).update(grid)
         self.query_one("#run-more", Collapsible).display = bool(more_versions)
         self.query_one("#run-more-versions", Static).update(Text("\n".join(more_versions)))
+
+    def _show_rest(self, info: dict) -> None:
+        r = info["run"]
         cfg = {
             k: r["config"][k] for k in ("dataset", "model", "trainer", "eval") if k in (r.get("config") or {})
         }

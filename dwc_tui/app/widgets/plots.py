@@ -1,4 +1,8 @@
-"""Curves for the detail pane: textual-plot's PlotWidget fed with downsampled series."""
+"""Curves for the detail pane: textual-plot's PlotWidget fed with downsampled series.
+
+Several series (R@1/5/10/50) are told apart by colour and, for NO_COLOR and 16-colour terminals, by a mark of
+their own ("o", "+", "x", "*") drawn over their line at up to MAX_MARKS points; the title says which mark is which
+("R@K o1 +5 x10 *50 · test")."""
 
 from __future__ import annotations
 
@@ -15,6 +19,26 @@ COLOURS = (
     "bright_blue",
     "white",
 )
+MARKS = ("o", "+", "x", "*", "#", "%", "@")  # ASCII: one column wide in every terminal and font
+MAX_MARKS = 12  # marks per series: enough to follow a line, few enough not to hide it
+EDGE_ROOM = 0.02  # of the span, added above and right of the data when marks are drawn
+
+
+def mark_points(xs: list[float], ys: list[float], most: int = MAX_MARKS) -> tuple[list[float], list[float]]:
+    """Up to ``most`` of the points, spread evenly, the first and the last among them."""
+    n = len(xs)
+    if n <= most:
+        return list(xs), list(ys)
+    idx = sorted({round(j * (n - 1) / (most - 1)) for j in range(most)})
+    return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+def legend(names: list[str]) -> tuple[str, list[str]]:
+    """("R@K", ["1", "5", "10", "50"]) for names that differ only in K; else ("", the names)."""
+    heads = {n.rpartition("@")[0] for n in names}
+    if len(heads) == 1 and all("@" in n for n in names):
+        return f"{heads.pop()}@K", [n.rpartition("@")[2] for n in names]
+    return "", list(names)
 
 
 def downsample(
@@ -55,34 +79,53 @@ class Curves(PlotWidget):
     def show(self, series: dict[str, tuple[list[float], list[float]]]) -> None:
         self.clear()
         self.series_names = []
-        for i, (name, (xs, ys)) in enumerate(series.items()):
+        drawn = []
+        for name, (xs, ys) in series.items():
             if not xs:
                 continue
             dx, dy = downsample(xs, ys)
             if len(dx) == 1:  # a single point: draw a flat segment so it is visible
                 dx, dy = [dx[0] - 0.01, dx[0]], [dy[0], dy[0]]
+            i = len(self.series_names)
             self.plot(dx, dy, line_style=COLOURS[i % len(COLOURS)], hires_mode=HiResMode.BRAILLE, label=name)
             self.series_names.append(name)
+            drawn.append((dx, dy))
+        if len(drawn) > 1:  # the marks after every line, so no line is drawn over them
+            for i, (dx, dy) in enumerate(drawn):
+                mx, my = mark_points(dx, dy)
+                self.scatter(mx, my, marker=self.mark(i), marker_style=f"bold {COLOURS[i % len(COLOURS)]}")
         ys_all = [y for name in self.series_names for y in series[name][1]]
+        marked = len(drawn) > 1
         if ys_all and max(ys_all) - min(ys_all) < 1e-9:  # a flat series: give the axis some room
             pad = max(abs(ys_all[0]) * 0.1, 0.1)
             self.set_ylimits(ys_all[0] - pad, ys_all[0] + pad)
+        elif ys_all and marked:
+            # textual-plot puts a mark exactly at the top (or right) limit one cell outside the plot: a little room
+            lo, hi = min(ys_all), max(ys_all)
+            self.set_ylimits(lo, hi + (hi - lo) * EDGE_ROOM)
         else:
             self.set_ylimits(None, None)
-        xs_all = [x for name in self.series_names for x in series[name][0]]
+        xs_all = [x for dx, _ in drawn for x in dx]
         if xs_all:
             lo, hi = min(xs_all), max(xs_all)
+            self.set_xlimits(lo, hi + (hi - lo) * EDGE_ROOM) if marked else self.set_xlimits(None, None)
             self.set_xticks(sorted({round(lo, 1), round((lo + hi) / 2, 1), round(hi, 1)}))
         # an overlaid legend covers the curves of a terminal-sized plot: the names go in the title line instead
         self.show_legend(is_visible=False)
 
+    @staticmethod
+    def mark(i: int) -> str:
+        return MARKS[i % len(MARKS)]
+
     def title_text(self) -> Text:
-        """The title; with several series, each name in its line's colour instead ("R@1 R@5 R@10 R@50 · test")."""
+        """The title; with several series, each one's mark and name in its line's colour instead
+        ("R@K o1 +5 x10 *50 · test")."""
         if len(self.series_names) < 2:
             return Text(self.title, style="bold")
-        text = Text()
-        for i, name in enumerate(self.series_names):
-            text.append(name, style=f"bold {COLOURS[i % len(COLOURS)]}")
+        head, names = legend(self.series_names)
+        text = Text(f"{head} " if head else "", style="bold", no_wrap=True, overflow="ellipsis")
+        for i, name in enumerate(names):
+            text.append(f"{self.mark(i)}{name}", style=f"bold {COLOURS[i % len(COLOURS)]}")
             text.append(" ")
         text.append(f"· {self.short}", style="dim")
         return text
