@@ -9,11 +9,10 @@ import signal
 import time
 
 import pytest
-from helpers import dwc, finish, start, tiny_experiments, wait_for, write_project
+from helpers import dwc, finish, invoke, start, tiny_experiments, wait_for, write_project
 
 from dwc_core.runs.registry import Registry
-
-pytestmark = pytest.mark.slow
+from dwc_tui.cli import supervise
 
 GRID = tiny_experiments(
     trainer="epochs: 1, batch_size: 16, max_steps_per_epoch: 2, num_workers: 0, log_every: 1, heartbeat_s: 0.5",
@@ -53,6 +52,7 @@ def _assert_left_cancelled(reg: Registry, out: str, word: str) -> None:
     assert "dwc resume 2 3" in out or "dwc queue --failed tiny" in out, out
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_run_1_cancels_it_and_the_runs_not_started(tmp_path):
     proc = _start_grid(tmp_path, "eval=0.5")
     reg = _wait_running(tmp_path, proc)
@@ -68,6 +68,7 @@ def test_ctrl_c_during_run_1_cancels_it_and_the_runs_not_started(tmp_path):
     assert not any(r["hold"] for r in reg.runs())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
 def test_hangup_or_term_leaves_run_1_training_and_cancels_the_rest(tmp_path, sig):
     proc = _start_grid(tmp_path, "eval=0.2")
@@ -84,3 +85,33 @@ def test_hangup_or_term_leaves_run_1_training_and_cancels_the_rest(tmp_path, sig
     assert done and reg.get(1)["status"] == "done", reg.get(1)
     time.sleep(0.5)
     assert [reg.get(i)["status"] for i in (2, 3)] == ["cancelled", "cancelled"]
+
+
+# ------------------------------------------------------------- in-process: interruptions between two runs
+def _fake_foreground(interrupt):
+    """run_foreground that trains run 1 instantly (claimed, then done) and is interrupted at run 2."""
+
+    def fake(registry, registry_path, run, interactive, on_interrupt=None):
+        if run["id"] == 1:
+            registry.claim(worker="test", run_id=1, held_ok=True)
+            registry.set_status(1, "done", "finished", only_from=("starting", "running"))
+            return registry.get(1)
+        raise interrupt
+
+    return fake
+
+
+@pytest.mark.parametrize(
+    "interrupt, word",
+    [(KeyboardInterrupt(), "Ctrl-C"), (supervise.Interrupted("SIGTERM"), "SIGTERM")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_interruption_between_runs_cancels_those_not_started(tmp_path, monkeypatch, interrupt, word):
+    write_project(tmp_path, GRID)
+    monkeypatch.setattr(supervise, "run_foreground", _fake_foreground(interrupt))
+    monkeypatch.setattr(supervise, "print_summary", lambda registry, run_id: None)
+    res = invoke(tmp_path, "run", "tiny")
+    assert res.exit_code == 130, res.output
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    assert reg.get(1)["status"] == "done"  # what finished stays finished
+    _assert_left_cancelled(reg, res.output, word)

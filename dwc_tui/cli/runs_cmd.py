@@ -104,19 +104,19 @@ def run(
                     err.print(f"[bold]run {i + 1}/{len(runs)}[/]: #{r['id']}{escape(_variant(r))}")
                 row = run_foreground(
                     registry, registry_path, r, interactive,
-                    on_interrupt=lambda: settle("the foreground `dwc run` was interrupted (Ctrl-C)"),
+                    on_interrupt=lambda: settle("`dwc run` was interrupted (Ctrl-C)"),
                 )  # fmt: skip
                 print_summary(registry, r["id"])
                 if settled or row["status"] == "cancelled":
-                    settle(f"cancelled with run {r['id']} before it")
+                    settle(f"run {r['id']} was cancelled")
                     raise typer.Exit(130)
                 if row["status"] != "done":  # 2: the trainer found a config/data error before training
                     worst = max(worst, 2 if row.get("exit_code") == 2 else 1)
     except KeyboardInterrupt:  # between runs (a Ctrl-C during one is handled by run_foreground)
-        settle("the foreground `dwc run` was interrupted (Ctrl-C)")
+        settle("`dwc run` was interrupted (Ctrl-C)")
         raise typer.Exit(130) from None
     except Interrupted as exc:  # SIGHUP / SIGTERM: a run being trained goes on in its own session
-        settle(f"the foreground `dwc run` was interrupted ({exc.signame})", current=_training(registry, runs))
+        settle(f"`dwc run` was interrupted ({exc.signame})", current=_training(registry, runs))
         raise typer.Exit(130) from None
     raise typer.Exit(worst)
 
@@ -144,7 +144,7 @@ def _cancel_unstarted(registry, runs: list[dict], name: str, why: str, current: 
     if ids:
         listed = ", ".join(str(i) for i in ids)
         say(
-            f"{'run' if len(ids) == 1 else 'runs'} {listed}: not started, cancelled ({escape(why)}). "
+            f"{'run' if len(ids) == 1 else 'runs'} {listed}: not started; cancelled, as {escape(why)}. "
             f"`dwc queue --failed {escape(name)}` queues them again for a worker; `dwc resume ID --now` trains one "
             "here."
         )

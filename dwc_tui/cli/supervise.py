@@ -119,17 +119,19 @@ def run_foreground(
             )  # fmt: skip
         raise
     except KeyboardInterrupt:
-        if on_interrupt is not None:
-            on_interrupt()
         if proc is None:
             registry.set_status(
                 run["id"], "cancelled", "cancelled from the terminal before training started",
                 only_from=("queued", *ACTIVE),
             )  # fmt: skip
+            if on_interrupt is not None:
+                on_interrupt()
             return registry.get(run["id"])
         err.print(
             "[yellow]Ctrl-C: cancelling the run (it saves a checkpoint first; Ctrl-C again to kill)…[/]"
         )
+        if on_interrupt is not None:  # before a second Ctrl-C can end this process
+            on_interrupt()
         previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
         try:
             launcher.terminate(proc.pid, grace_s=120, proc=proc)
