@@ -4,6 +4,9 @@ checkpoint RNG state loaded onto the training device, and the removed ``trainer.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +18,9 @@ from dwc_core.engine.distributed import BackendPlan, Dist, choose_backend
 from dwc_core.engine.evaluate import SCORE_BLOCK, _scores, encode_images, rank
 from dwc_core.errors import ConfigError
 from dwc_core.runs.gpus import check_gpu_request
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_dwc import make_batch, make_model  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ backend / device
@@ -203,3 +209,52 @@ def test_removed_compile_option_is_refused_with_the_measurement_behind_it(tmp_pa
         "experiments.yaml:7" in out and "trainer.compile" in out and "was removed" in out and "1.07x" in out
     )
     assert "Traceback" not in out and not (root / "runs" / "registry.db").exists()  # nothing queued
+
+
+# ------------------------------------------------------------------------------------------ optimizer implementation
+def _dwc_optimizers(impl: str | None, monkeypatch=None, on_gpu: bool = False):
+    from dwc_core.config.experiments import default_config
+
+    model = make_model()
+    trainer = default_config(dataset="synthetic", method="dwc")["trainer"]
+    if impl is None:
+        del trainer["optimizer_impl"]  # a config recorded before the option existed
+    else:
+        trainer["optimizer_impl"] = impl
+    if on_gpu:  # what auto sees on a GPU: parameters on CUDA (faked: CI has no GPU)
+        monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+        impl_kwargs = model.optimizer_impl(trainer)
+        monkeypatch.undo()
+        return impl_kwargs
+    return model, model.make_optimizers(trainer)
+
+
+def test_optimizer_impl_auto_is_fused_on_gpu_and_pytorch_default_on_cpu(monkeypatch):
+    assert _dwc_optimizers("auto", monkeypatch, on_gpu=True) == {"fused": True}
+    _, opts = _dwc_optimizers("auto")
+    assert all(not o.defaults.get("fused") and o.defaults.get("foreach") is None for o in opts.values())
+    _, opts = _dwc_optimizers(None)  # old configs: PyTorch's own choice, as they were trained
+    assert all(not o.defaults.get("fused") and o.defaults.get("foreach") is None for o in opts.values())
+    _, opts = _dwc_optimizers("foreach")
+    assert all(o.defaults["foreach"] is True for o in opts.values())
+
+
+def test_fused_and_loop_adam_take_the_same_steps():
+    import contextlib
+
+    from dwc_core.models.base import StepContext
+
+    runs = {}
+    for impl in ("loop", "fused"):
+        model, opts = _dwc_optimizers(impl)
+        assert all(bool(o.defaults.get("fused")) == (impl == "fused") for o in opts.values())
+        ctx = StepContext(opts, autocast=contextlib.nullcontext)
+        start = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+        for step in range(3):
+            torch.manual_seed(step)
+            model.train_step(make_batch(), ctx)
+        runs[impl] = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    assert runs["loop"].keys() == runs["fused"].keys()
+    assert any(not torch.equal(runs["fused"][k], start[k]) for k in start)  # the steps changed weights
+    for k in runs["loop"]:
+        assert torch.allclose(runs["loop"][k], runs["fused"][k], atol=1e-5, rtol=1e-4), k

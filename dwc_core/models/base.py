@@ -139,10 +139,27 @@ class Method(nn.Module):
 
     def make_optimizers(self, trainer: dict) -> dict[str, torch.optim.Optimizer]:
         """Default: Adam (coupled L2 weight decay) per group set, as DWC and AMC do."""
+        impl = self.optimizer_impl(trainer)
         return {
-            name: torch.optim.Adam(groups, lr=trainer["lr"], weight_decay=trainer["weight_decay"])
+            name: torch.optim.Adam(groups, lr=trainer["lr"], weight_decay=trainer["weight_decay"], **impl)
             for name, groups in self.param_groups(trainer).items()
         }
+
+    def optimizer_impl(self, trainer: dict, fusable: bool = True) -> dict[str, bool]:
+        """The keyword arguments choosing PyTorch's optimizer implementation (``trainer.optimizer_impl``): auto =
+        fused kernels where the parameters are on a GPU (one launch per step instead of a few per parameter list:
+        the host, not the GPU, limits a full-size DWC step at batch 32), PyTorch's own choice elsewhere. Same
+        update rule every way, different float rounding. ``fusable=False`` (SGD) maps fused to PyTorch's choice.
+        Configs recorded before the option existed (no key) keep PyTorch's choice."""
+        impl = trainer.get("optimizer_impl")
+        if impl == "auto":
+            on_gpu = any(p.is_cuda for p in self.parameters())
+            impl = "fused" if on_gpu else None
+        if impl == "fused":
+            return {"fused": True} if fusable else {}
+        if impl in ("foreach", "loop"):
+            return {"foreach": impl == "foreach"}
+        return {}
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         """One optimisation step (possibly several optimizer steps). Returns detached loss terms."""

@@ -139,9 +139,10 @@ class CLIP4Cir(Method):
                 )
             return {}
         lr, wd = trainer["lr"], trainer["weight_decay"]
+        impl = self.optimizer_impl(trainer)
         if self.opts["optimizer"] == "adamw":
-            return {"main": torch.optim.AdamW(groups, lr=lr, eps=1e-7, weight_decay=wd)}
-        return {"main": torch.optim.Adam(groups, lr=lr, weight_decay=wd)}
+            return {"main": torch.optim.AdamW(groups, lr=lr, eps=1e-7, weight_decay=wd, **impl)}
+        return {"main": torch.optim.Adam(groups, lr=lr, weight_decay=wd, **impl)}
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         if "main" not in ctx.optimizers:

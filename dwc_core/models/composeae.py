@@ -235,8 +235,9 @@ class ComposeAE(Method):
         groups = self.param_groups(trainer)["main"]
         lr, wd = trainer["lr"], trainer["weight_decay"]
         if self.opts["optimizer"] == "sgd":
-            return {"main": torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=wd)}
-        return {"main": torch.optim.Adam(groups, lr=lr, weight_decay=wd)}
+            impl = self.optimizer_impl(trainer, fusable=False)
+            return {"main": torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=wd, **impl)}
+        return {"main": torch.optim.Adam(groups, lr=lr, weight_decay=wd, **self.optimizer_impl(trainer))}
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         with ctx.autocast():

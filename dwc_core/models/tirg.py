@@ -73,10 +73,13 @@ class TIRG(Method):
         groups = self.param_groups(trainer)["main"]
         if self.opts.get("optimizer", "adam") == "sgd":
             opt = torch.optim.SGD(
-                groups, lr=trainer["lr"], momentum=0.9, weight_decay=trainer["weight_decay"]
-            )
+                groups, lr=trainer["lr"], momentum=0.9, weight_decay=trainer["weight_decay"],
+                **self.optimizer_impl(trainer, fusable=False),
+            )  # fmt: skip
         else:
-            opt = torch.optim.Adam(groups, lr=trainer["lr"], weight_decay=trainer["weight_decay"])
+            opt = torch.optim.Adam(
+                groups, lr=trainer["lr"], weight_decay=trainer["weight_decay"], **self.optimizer_impl(trainer)
+            )
         return {"main": opt}
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
