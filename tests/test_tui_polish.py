@@ -444,3 +444,30 @@ async def test_no_color_recall_curves_have_marks_of_their_own(project, monkeypat
             assert mark in canvas, f"{mark!r} not on the recall plot:\n{canvas}"
         loss = _region_text(app, app.dashboard.plots["loss-plot"])
         assert not set(MARKS) & set(loss), "a single curve needs no marks"
+
+
+def test_gpu_list_shows_runs_of_three_or_more_as_ranges():
+    from dwc_tui.app.screens.dashboard import gpu_list
+
+    assert gpu_list([]) == "none"
+    assert gpu_list(["0", "1"]) == "0,1"
+    assert gpu_list([str(i) for i in range(8)]) == "0-7"
+    assert gpu_list(["6", "0", "1", "2", "3"]) == "0-3,6"
+    assert gpu_list(["GPU-a", "GPU-b"]) == "GPU-a,GPU-b"
+
+
+async def test_summary_line_fits_80_columns_with_marks_and_eight_gpus(project, monkeypatch):
+    monkeypatch.setenv("DWC_FAKE_GPUS", "8")
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["demo"])
+        await pilot.press("space", "space")
+        await until(pilot, lambda: "marked 2" in _lines(app)[0], what="marks in the summary")
+        assert _lines(app)[0].split("│")[0].split() == [
+            "queued", "1", "running", "0", "done", "3", "failed", "1", "lost", "0",
+        ]  # fmt: skip
+        assert _lines(app)[0].rstrip().endswith("│ workers 0 │ GPUs 0-7")
+        await pilot.resize_terminal(120, 40)  # wide: room for the name and the double spaces
+        await until(pilot, lambda: _lines(app)[0].startswith(" dwc queued 1  running 0"), what="wide summary")

@@ -93,3 +93,61 @@ def test_compare_120x40(snap_compare, app):
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=run)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_run_evaluations(snap_compare, app, size):
+    """The Run screen's title, tabs, evaluations and footer (the overview shows the test's temporary path)."""
+
+    async def run(pilot) -> None:
+        await _settled(pilot)
+        await pilot.press("enter")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if getattr(pilot.app.screen, "info", None) is not None:
+                break
+        await pilot.press("e")
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=size, run_before=run)
+
+
+def test_compare_80x24(snap_compare, app):
+    async def run(pilot) -> None:
+        await _settled(pilot)
+        table = pilot.app.dashboard.query_one("#runs")
+        table.move_cursor(row=0)
+        for _ in range(4):
+            await pilot.press("space")
+        await pilot.press("C")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if getattr(pilot.app.screen, "table", None) is not None:
+                break
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run)
+
+
+def test_browse_80x24(snap_compare, app):
+    async def run(pilot) -> None:
+        await _settled(pilot)
+        await pilot.press("b")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if getattr(pilot.app.screen, "view", None) is not None:
+                break
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run)
+
+
+def test_dashboard_no_color_80x24(snap_compare, tmp_path, monkeypatch):
+    """NO_COLOR: greys only; the recall curves still differ by their marks."""
+    monkeypatch.setenv("NO_COLOR", "1")  # read when the app is made
+    monkeypatch.setenv("DWC_FAKE_GPUS", "2")
+    make_project(tmp_path)
+    seed_registry(tmp_path)
+    app = make_app(tmp_path, poll_interval=0.5)
+    assert app.no_color
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_then())

@@ -20,6 +20,7 @@ from dwc_tui.app import data
 from dwc_tui.app.widgets.keybar import KeyBar
 
 MODES = ("all", "misses", "hits")
+ONE_LINE = {"no_wrap": True, "overflow": "ellipsis"}  # a query in the list: its whole text is in the detail
 
 
 def parse_rank(text: str) -> int | None:
@@ -134,7 +135,7 @@ class BrowseScreen(Screen):
             self.items = [("A", a, b) for a, b in view.a_only] + [("B", a, b) for a, b in view.b_only]
             for side, a, _b in self.items:
                 who = self.run_id if side == "A" else self.against
-                ol.add_option(Option(Text(f"only #{who}  {a.eval_set}:{a.qidx} {a.text}", no_wrap=True)))
+                ol.add_option(Option(Text(f"only #{who}  {a.eval_set}:{a.qidx} {a.text}", **ONE_LINE)))
         else:
             self.query_one("#browse-title", Static).update(
                 Text.assemble(
@@ -147,7 +148,7 @@ class BrowseScreen(Screen):
             for _, q, _ in self.items:
                 mark = "✓" if q.within(view.k) else "✗"
                 rank = q.target_rank if q.target_rank is not None else ">K"
-                ol.add_option(Option(Text(f"{mark} r{rank:<4} {q.eval_set}:{q.qidx} {q.text}", no_wrap=True)))
+                ol.add_option(Option(Text(f"{mark} r{rank:<4} {q.eval_set}:{q.qidx} {q.text}", **ONE_LINE)))
         if self.items:
             ol.highlighted = 0
         else:

@@ -58,7 +58,7 @@ class CompareScreen(Screen):
         self.table = table
         ids = ", ".join(f"#{i}" for i in self.run_ids)
         self.query_one("#compare-title", Static).update(
-            Text.assemble((f"compare {ids}", "bold"), f"  {table.title}")
+            Text.assemble((f"compare {ids}", "bold"), "\n", table.title)
         )
         dt = self.query_one("#compare-table", DataTable)
         dt.clear(columns=True)

@@ -35,6 +35,24 @@ def visible_columns(width: int) -> tuple[tuple[str, str], ...]:
     return COLUMNS if width >= NARROW else tuple(c for c in COLUMNS if c[0] not in NARROW_HIDES)
 
 
+def gpu_list(gpus: list[str]) -> str:
+    """ "0,1" as it is, three or more consecutive numbers as a range: "0-7", "0-3,6"; "none" without GPUs."""
+    if not gpus:
+        return "none"
+    if not all(g.isdigit() for g in gpus):
+        return ",".join(gpus)
+    out, nums = [], sorted(int(g) for g in gpus)
+    start = prev = nums[0]
+    for n in [*nums[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(f"{start}-{prev}" if prev - start >= 2 else ",".join(map(str, range(start, prev + 1))))
+        if n is not None:
+            start = prev = n
+    return ",".join(out)
+
+
 def parse_filter(text: str) -> tuple[set[str], list[str]]:
     """``status:failed dwc`` → ({'failed'}, ['dwc']): status tokens match exactly, other words as substrings."""
     statuses, words = set(), []
@@ -144,6 +162,8 @@ class DashboardScreen(Screen):
         table = self.query_one("#runs", DataTable)
         if self._set_columns(table, event.size.width):
             self._rebuild(table, self.shown_ids)
+        if self.app.last_snapshot is not None:
+            self._summary(self.app.last_snapshot)
 
     def _start_plots(self) -> None:
         """Import the plot widget once the first table is painted (not competing with the first poll)."""
@@ -214,18 +234,20 @@ class DashboardScreen(Screen):
             self._start_plots()
 
     def _summary(self, snap: Snapshot) -> None:
-        parts = [Text("dwc ", style="bold")]
-        for status in COUNTED:
+        """One line, the counts first; below NARROW columns without the "dwc" and the double spaces (with marks
+        and 8 GPUs it still fits 80 columns); what does not fit is cut with "…" (the filter, shown above anyway)."""
+        wide = self.app.size.width >= NARROW
+        parts = [Text("dwc ", style="bold")] if wide else []
+        for i, status in enumerate(COUNTED):
             parts += [
-                Text(f"{status} "),
+                Text(("  " if wide else " ") if i else "") + Text(f"{status} "),
                 Text(str(snap.counts.get(status, 0)), style=STATUS_STYLE[status]),
-                Text("  "),
             ]
-        parts.append(Text(f"│ workers {snap.workers} │ GPUs {','.join(snap.gpus) if snap.gpus else 'none'}"))
+        if self.marked:
+            parts.append(Text(f" │ marked {len(self.marked)}", style="bold"))
+        parts.append(Text(f" │ workers {snap.workers} │ GPUs {gpu_list(snap.gpus)}"))
         if self.filter_text:
             parts.append(Text(f" │ filter: {self.filter_text}", style="italic"))
-        if self.marked:
-            parts.append(Text(f" │ marked {len(self.marked)}"))
         self.query_one("#summary", Static).update(Text.assemble(*parts))
 
     def _matching(self) -> list[int]:

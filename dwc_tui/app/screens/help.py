@@ -10,7 +10,8 @@ from textual.widgets import Static
 
 HELP = """\
 [b]dwc tui[/b] — every run of this project, live. Runs train in their own
-sessions: quitting or losing the connection never stops them.
+sessions: quitting or losing the connection never stops them. The foot
+of each screen shows the keys that fit its width; all of them are here.
 
 [b]Dashboard[/b]
   ↑ ↓ pgup pgdn  move             [b]enter[/b]  open the selected run
@@ -20,6 +21,7 @@ sessions: quitting or losing the connection never stops them.
   [b]b[/b]  browse per-query results (with a marked run: --against)
   [b]C[/b]  compare the marked runs    [b]/[/b]  filter: words, status:failed,lost
   [b]s[/b]  sort by the next column    [b]S[/b]  reverse        [b]esc[/b]  clear filter
+  Recall@K curves: [b]o[/b] R@1  [b]+[/b] R@5  [b]x[/b] R@10  [b]*[/b] R@50 (marks also without colour)
 
 [b]Everywhere[/b]
   [b]?[/b]  this help   [b]ctrl+p[/b]  command palette (every action, sort by any column)
@@ -27,9 +29,8 @@ sessions: quitting or losing the connection never stops them.
 
 [b]Queue[/b]   pick an experiment, type overrides (key=value …), enter queues;
         ctrl+w starts a detached worker when none is alive.
-[b]Run[/b]     o overview · e evals · v events · l log (follows) · k checkpoints
-[b]Browse[/b]  m all / misses / hits · / text · > rank worse than N
-"""
+[b]Run[/b]     o overview · e evals · v events · l log · f follow · k checkpoints
+[b]Browse[/b]  m all / misses / hits · / text · > rank worse than N"""
 
 
 class HelpScreen(ModalScreen):
