@@ -102,3 +102,13 @@ def test_cancel_during_an_evaluation(tmp_path, by_signal):
     assert _cancel_and_time(tmp_path, proc, row["id"], by_signal=by_signal) < LIMIT_S
     reg = Registry(tmp_path / "runs" / "registry.db")
     assert reg.evaluations(row["id"]) == []  # the interrupted evaluation recorded nothing
+
+
+def test_cancel_of_a_two_process_run_during_the_cache_build(tmp_path):
+    """Data parallel (2 gloo processes under torchrun): rank 0 builds the cache while rank 1 waits in a barrier —
+    a cancel must still end the run `cancelled` within the limit, with every process of it gone."""
+    proc = _start(tmp_path, {"DWC_TEST_PHASE_DELAY": "cache=1.0"}, num_train=600, trainer=", gpus: 2")
+    row = _wait_for_phase(tmp_path, proc, "cache")
+    time.sleep(1.0)  # rank 1 is in its barrier by now
+    assert _cancel_and_time(tmp_path, proc, row["id"]) < LIMIT_S
+    assert _group_gone(row["pgid"]), "a rank (or torchrun) outlived the cancel"

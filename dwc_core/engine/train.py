@@ -766,6 +766,11 @@ def main(argv: list[str] | None = None) -> int:
             message = "interrupted"
         else:
             message = f"{type(exc).__name__}: {exc}"
+        if not dist.is_main:  # its peers' failure or cancel often surfaces here as a broken collective
+            log(
+                f"rank {dist.rank} ended: {message} (rank 0 records the run's outcome: see its lines above/below)"
+            )
+            return 1
         if not isinstance(
             exc, DwcError
         ):  # a user-fixable error is one message; anything else keeps its trace
