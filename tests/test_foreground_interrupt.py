@@ -74,6 +74,7 @@ def test_hangup_or_term_leaves_run_1_training_and_cancels_the_rest(tmp_path, sig
     proc = _start_grid(tmp_path, "eval=0.2")
     reg = _wait_running(tmp_path, proc)
     proc.send_signal(sig)
+    proc.send_signal(signal.SIGTERM)  # a second signal does not cut the clean-up short
     out = finish(proc, timeout=60, what=f"dwc run after {sig.name}")
     assert proc.returncode == 130, out
     assert "Traceback" not in out, out

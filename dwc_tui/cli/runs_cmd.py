@@ -97,8 +97,8 @@ def run(
             settled.append(why)
             _cancel_unstarted(registry, runs, name, why, current)
 
-    try:
-        with foreground_signals():
+    with foreground_signals():  # still in force while the runs are settled: a second signal is ignored
+        try:
             for i, r in enumerate(runs):
                 if len(runs) > 1:
                     err.print(f"[bold]run {i + 1}/{len(runs)}[/]: #{r['id']}{escape(_variant(r))}")
@@ -112,12 +112,12 @@ def run(
                     raise typer.Exit(130)
                 if row["status"] != "done":  # 2: the trainer found a config/data error before training
                     worst = max(worst, 2 if row.get("exit_code") == 2 else 1)
-    except KeyboardInterrupt:  # between runs (a Ctrl-C during one is handled by run_foreground)
-        settle("`dwc run` was interrupted (Ctrl-C)")
-        raise typer.Exit(130) from None
-    except Interrupted as exc:  # SIGHUP / SIGTERM: a run being trained goes on in its own session
-        settle(f"`dwc run` was interrupted ({exc.signame})", current=_training(registry, runs))
-        raise typer.Exit(130) from None
+        except KeyboardInterrupt:  # between runs (a Ctrl-C during one is handled by run_foreground)
+            settle("`dwc run` was interrupted (Ctrl-C)")
+            raise typer.Exit(130) from None
+        except Interrupted as exc:  # SIGHUP / SIGTERM: a run being trained goes on in its own session
+            settle(f"`dwc run` was interrupted ({exc.signame})", current=_training(registry, runs))
+            raise typer.Exit(130) from None
     raise typer.Exit(worst)
 
 

@@ -200,17 +200,23 @@ class Interrupted(BaseException):
 @contextlib.contextmanager
 def foreground_signals():
     """While a foreground `dwc run` supervises its runs, SIGHUP and SIGTERM raise :class:`Interrupted` (instead of
-    ending this process on the spot) so that it can settle the runs it holds before it exits."""
+    ending this process on the spot) so that it can settle the runs it holds before it exits. After the first
+    one, both are ignored until the process ends: a second signal cannot cut the clean-up or the exit short."""
 
     def handler(signum, _frame):
+        for sig in previous:  # the first counts; a second (SIGTERM after SIGHUP) must not cut the clean-up
+            signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    previous: dict = {}
+
+    previous.update({sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)})
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        if signal.getsignal(signal.SIGTERM) is handler:  # not interrupted (else: stay deaf, exiting)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 def say(message: str) -> None:
