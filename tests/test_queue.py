@@ -412,3 +412,28 @@ def test_run_queue_says_no_worker_will_take_it_and_run_without_name_lists(proj):
 def test_worker_bad_options_are_usage_errors(proj, args, says):
     res = dwc(proj, "worker", *args)
     assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr
+
+
+def test_purge_removes_temp_files_of_killed_writes_but_never_a_live_writers(proj, reg):
+    a, b, c = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2, 3])
+    reg.set_status(a["id"], "failed", "killed during a checkpoint write")
+    reg.set_status(c["id"], "running", "trains")
+    dead = 2**22 + 17  # above pid_max: no such process
+    orphan = Path(a["run_dir"]) / f".last.pt.tmp{dead}"
+    orphan.write_bytes(b"x" * 50_000)
+    old_style = Path(a["run_dir"]) / f".best.pt.tmp{dead}-abcd1234"
+    old_style.write_bytes(b"y" * 10)
+    live = Path(b["run_dir"]) / f".metrics.jsonl.tmp{os.getpid()}-0000aaaa"  # a writer alive right now
+    live.write_bytes(b"z")
+    running = Path(c["run_dir"]) / f".last.pt.tmp{dead}"  # a running run's directory is never touched
+    running.write_bytes(b"w")
+    assert {(t.run_id, t.path) for t in control.orphan_temps(reg)} == {
+        (a["id"], orphan),
+        (a["id"], old_style),
+    }
+    res = dwc(proj, "purge")
+    assert res.returncode == 2 and "2 temp file(s)" in res.stderr and orphan.exists()
+    res = dwc(proj, "purge", "--yes")
+    assert res.returncode == 0 and "purged 0 run(s) and 2 temp file(s)" in res.stderr, res.stderr
+    assert not orphan.exists() and not old_style.exists() and live.exists() and running.exists()
+    assert (Path(a["run_dir"])).is_dir()  # the run itself stays

@@ -41,6 +41,7 @@ from dwc_core.engine.reporting import (
     sink_kind,
 )
 from dwc_core.errors import ConfigError, DataError, DwcError, TrainingError
+from dwc_core.fileio import atomic_write_text
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.base import Batch, NonFiniteLoss, StepContext
 from dwc_core.runs.locks import LockHeld, describe_holder, run_lock
@@ -105,9 +106,7 @@ def trim_metrics_file(path: Path, step: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(kept))
     return dropped
 
 

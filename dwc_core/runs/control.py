@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dwc_core.errors import UsageError
+from dwc_core.fileio import TMP_MARK
 from dwc_core.runs import launcher
-from dwc_core.runs.locks import is_locked
+from dwc_core.runs.locks import is_locked, run_lock_holder
 from dwc_core.runs.registry import ACTIVE, FINISHED, Registry
 
 WORKERS_DIR = "workers"
@@ -314,6 +315,53 @@ def purge(registry: Registry, items: list[PurgeItem] | None = None) -> tuple[int
         freed += item.bytes
         done += 1
     return done, freed
+
+
+@dataclass
+class OrphanTemp:
+    run_id: int
+    path: Path
+    bytes: int
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a temp file's name (``….tmp<pid>`` or ``….tmp<pid>-<token>``) lives here."""
+    digits = name.rsplit(TMP_MARK, 1)[-1].split("-", 1)[0]
+    if not digits.isdigit():
+        return False
+    try:
+        os.kill(int(digits), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def orphan_temps(registry: Registry) -> list[OrphanTemp]:
+    """Temp files of writes that were killed (a checkpoint's ``.last.pt.tmp…`` can be tens of MB), in the
+    directories of runs nobody trains: not starting/running, run lock free, and the writer named in the file's
+    name no longer alive. The trainer removes its own at the next start; ``purge`` removes the others."""
+    out = []
+    for r in registry._rows("SELECT id, status, run_dir FROM runs WHERE deleted = 0 ORDER BY id"):
+        run_dir = Path(r["run_dir"]) if r["run_dir"] else None
+        if run_dir is None or r["status"] in ACTIVE or not run_dir.is_dir() or run_lock_holder(run_dir):
+            continue
+        for p in sorted(run_dir.glob(f".*{TMP_MARK}*")):
+            with contextlib.suppress(OSError):
+                if p.is_file() and not _writer_alive(p.name):
+                    out.append(OrphanTemp(int(r["id"]), p, p.stat().st_size))
+    return out
+
+
+def remove_orphan_temps(items: list[OrphanTemp]) -> int:
+    """Delete the files ``orphan_temps`` listed; returns the bytes freed."""
+    freed = 0
+    for item in items:
+        with contextlib.suppress(OSError):
+            item.path.unlink()
+            freed += item.bytes
+    return freed
 
 
 def human_bytes(n: float) -> str:

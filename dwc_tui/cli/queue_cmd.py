@@ -342,8 +342,9 @@ def restore(run_ids: IdsArg) -> None:
 @app.command(rich_help_panel=PANEL)
 @handle_errors
 def purge(yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False) -> None:
-    """Delete soft-deleted runs for good (rows and run directories), listing what and how much disk first."""
-    from dwc_core.runs.control import human_bytes, purge_plan
+    """Delete soft-deleted runs for good (rows and run directories), and temp files of killed writes in other runs'
+    directories, listing what and how much disk first."""
+    from dwc_core.runs.control import human_bytes, orphan_temps, purge_plan, remove_orphan_temps
     from dwc_core.runs.control import purge as purge_runs
 
     if not (_require_project() / "runs" / "registry.db").exists():
@@ -351,25 +352,38 @@ def purge(yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] =
         return
     registry = _registry(create=False)
     items = purge_plan(registry)
-    if not items:
-        err.print("nothing to purge (no run was removed with `dwc rm`)")
+    temps = orphan_temps(registry)
+    if not items and not temps:
+        err.print(
+            "nothing to purge (no run was removed with `dwc rm`, no temp file of a killed write is left)"
+        )
         return
-    emit(
-        [{"id": i.id, "experiment": i.experiment, "status": i.status, "size": human_bytes(i.bytes),
-          "run dir": i.run_dir} for i in items],
-        ["id", "experiment", "status", "size", "run dir"], "table", title="to purge",
-    )  # fmt: skip
-    total = sum(i.bytes for i in items)
+    if items:
+        emit(
+            [{"id": i.id, "experiment": i.experiment, "status": i.status, "size": human_bytes(i.bytes),
+              "run dir": i.run_dir} for i in items],
+            ["id", "experiment", "status", "size", "run dir"], "table", title="to purge",
+        )  # fmt: skip
+    if temps:
+        emit(
+            [{"run": t.run_id, "file": str(t.path), "size": human_bytes(t.bytes)} for t in temps],
+            ["run", "file", "size"], "table", title="temp files of killed writes",
+        )  # fmt: skip
+    total = sum(i.bytes for i in items) + sum(t.bytes for t in temps)
+    what = ", ".join(
+        x
+        for x in (f"{len(items)} run(s)" if items else "", f"{len(temps)} temp file(s)" if temps else "")
+        if x
+    )
     if not yes:
         if not sys.stdin.isatty():
-            raise UsageError(
-                f"purge would delete {len(items)} run(s) ({human_bytes(total)}); pass --yes to confirm."
-            )
-        if not ask(f"delete these {len(items)} run(s) and {human_bytes(total)} for good?"):
+            raise UsageError(f"purge would delete {what} ({human_bytes(total)}); pass --yes to confirm.")
+        if not ask(f"delete {what} ({human_bytes(total)}) for good?"):
             err.print("nothing was deleted")
             return
-    n, freed = purge_runs(registry, items)
-    err.print(f"purged {n} run(s), freed {human_bytes(freed)}")
+    n, freed = purge_runs(registry, items) if items else (0, 0)
+    freed += remove_orphan_temps(temps)
+    err.print(f"purged {n} run(s) and {len(temps)} temp file(s), freed {human_bytes(freed)}")
 
 
 # --------------------------------------------------------------------------------------------------------- logs
