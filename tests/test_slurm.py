@@ -161,3 +161,25 @@ def test_killed_worker_then_a_new_one_loses_nothing(project):
     assert loss_steps(reg, run_id) == list(range(1, 13))
     assert [e["epoch"] for e in reg.evaluations(run_id)] == [0, 1, 2, 3]
     assert any("followed by" in e["message"] for e in reg.events(run_id))
+
+
+def test_time_limit_warning_signal_resubmits_from_last_pt(project):
+    """What ``--signal=B:TERM@grace`` does before a time limit, sent now (``scancel --signal=TERM --batch``): the
+    trainer checkpoints and exits before the limit, so Slurm records FAILED, not TIMEOUT — the run must still be
+    re-submitted and resume from last.pt, not end failed or cancelled."""
+    run_id = queue(project, "trainer.epochs=3", "trainer.max_steps_per_epoch=4")
+    reg = Registry(project / "runs" / "registry.db")
+    t = worker_thread(project)
+    run_dir = Path(wait_for(lambda: reg.get(run_id)["run_dir"], what="run dir"))
+    wait_for(lambda: (run_dir / "last.pt").exists(), what="the first checkpoint")
+    job = reg.get(run_id)["slurm_job"]
+    subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True, capture_output=True)
+    t.join(timeout=240)
+    row = reg.get(run_id)
+    log = (run_dir / "train.log").read_text()[-3000:]
+    assert row["status"] == "done", (row["error"], log)
+    messages = " | ".join(e["message"] for e in reg.events(run_id))
+    assert "re-submitted after TIMEOUT, 1/" in messages and "resumed from last.pt" in messages, messages
+    assert row["slurm_job"] != job and int(row["slurm_requeues"]) == 1
+    assert loss_steps(reg, run_id) == list(range(1, 13))  # every step once: none lost, none duplicated
+    assert [e["epoch"] for e in reg.evaluations(run_id)] == [0, 1, 2, 3]

@@ -49,6 +49,10 @@ ACTIVE_STATES = {
     "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT",
 }  # fmt: skip
 RESUBMIT_STATES = {"TIMEOUT", "PREEMPTED"}
+# Written by the batch script when Slurm signals it (``--signal=B:TERM@grace`` before the time limit, or a
+# preemption's SIGTERM): the trainer then checkpoints and exits before the limit, so the job ends FAILED rather than
+# TIMEOUT, and this file is what tells a time-limit stop from a crash.
+SIGNAL_FILE = "slurm_signal.json"
 FAILED_STATES = {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 JOB_SCRIPT = "dwc-slurm-job.py"
 LOG_TAIL_LINES = 8
@@ -220,6 +224,7 @@ def submit(registry: Registry, registry_path: Path, run: dict, opts: SlurmOption
     run_dir = Path(run["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)  # a new attempt: the last one's final word is stale
+    (run_dir / SIGNAL_FILE).unlink(missing_ok=True)
     row = registry.get(run["id"])
     atomic_write_text(run_dir / "run.json", json.dumps(row, sort_keys=True, default=str))
     cmd = sbatch_command(row, registry_path, opts, job_script(registry_path.parent.parent))
@@ -381,6 +386,14 @@ class SlurmWorker:
         state = info.state if info else "UNKNOWN"
         requeues = int(row.get("slurm_requeues") or 0)
         stopped = final is None or final["status"] == "cancelled"
+        fresh = self.registry.get(run_id)
+        if (
+            state not in (*RESUBMIT_STATES, "CANCELLED")
+            and stopped
+            and (run_dir / SIGNAL_FILE).exists()
+            and not fresh.get("cancel_requested")
+        ):  # stopped by Slurm's warning signal, checkpointed, exited before the limit: a time-limit stop
+            state = "TIMEOUT"
         if state in RESUBMIT_STATES and stopped and requeues < self.opts.max_requeues:
             note = f" (re-submitted after {state}, {requeues + 1}/{self.opts.max_requeues}; resumes from last.pt)"
             self.registry.update(run_id, slurm_requeues=requeues + 1)
@@ -547,6 +560,9 @@ def job_main(argv: list[str] | None = None) -> int:
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
     def forward(signum, _frame):
+        if signum == signal.SIGTERM:  # from Slurm: the time-limit warning (--signal) or a preemption
+            with contextlib.suppress(OSError):
+                atomic_write_text(run_dir / SIGNAL_FILE, json.dumps({"signal": "TERM", "time": time.time()}))
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
 
