@@ -105,13 +105,31 @@ def test_scancel_ends_the_run_cancelled_with_the_reason(project):
     assert row["slurm_state"] == "CANCELLED"
 
 
-def test_requeue_resumes_from_last_pt_without_duplicated_steps(project):
+def _first_checkpoint(project: Path):
+    """Queue a 12-step run, start a worker thread, wait for the run's first last.pt: (run id, registry, worker
+    thread, run dir, slurm job id)."""
     run_id = queue(project, "trainer.epochs=3", "trainer.max_steps_per_epoch=4")
     reg = Registry(project / "runs" / "registry.db")
     t = worker_thread(project)
     run_dir = Path(wait_for(lambda: reg.get(run_id)["run_dir"], what="run dir"))
     wait_for(lambda: (run_dir / "last.pt").exists(), what="the first checkpoint")
-    job = reg.get(run_id)["slurm_job"]
+    return run_id, reg, t, run_dir, reg.get(run_id)["slurm_job"]
+
+
+def _assert_done_once(reg: Registry, run_id: int, run_dir: Path, *events: str) -> dict:
+    """The run ended done, its events hold ``events``, and every step and evaluation was recorded once."""
+    row = reg.get(run_id)
+    log = (run_dir / "train.log").read_text()[-3000:]
+    assert row["status"] == "done", (row["error"], log)
+    messages = " | ".join(e["message"] for e in reg.events(run_id))
+    assert all(e in messages for e in events), messages
+    assert loss_steps(reg, run_id) == list(range(1, 13))  # every step once: none lost, none duplicated
+    assert [e["epoch"] for e in reg.evaluations(run_id)] == [0, 1, 2, 3]
+    return row
+
+
+def test_requeue_resumes_from_last_pt_without_duplicated_steps(project):
+    run_id, reg, t, run_dir, job = _first_checkpoint(project)
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
     # Slurm holds a requeued job back (BeginTime) for a while; once it is pending, let it start now
     wait_for(
@@ -127,13 +145,7 @@ def test_requeue_resumes_from_last_pt_without_duplicated_steps(project):
         what="the requeued job to accept a start time",
     )
     t.join(timeout=240)
-    row = reg.get(run_id)
-    log = (run_dir / "train.log").read_text()[-3000:]
-    assert row["status"] == "done", (row["error"], log)
-    messages = " | ".join(e["message"] for e in reg.events(run_id))
-    assert "resumed from last.pt" in messages and "(restart 1)" in messages, messages
-    assert loss_steps(reg, run_id) == list(range(1, 13))  # every step once: none lost, none duplicated
-    assert [e["epoch"] for e in reg.evaluations(run_id)] == [0, 1, 2, 3]
+    _assert_done_once(reg, run_id, run_dir, "resumed from last.pt", "(restart 1)")
 
 
 def test_killed_worker_then_a_new_one_loses_nothing(project):
@@ -167,19 +179,8 @@ def test_time_limit_warning_signal_resubmits_from_last_pt(project):
     """What ``--signal=B:TERM@grace`` does before a time limit, sent now (``scancel --signal=TERM --batch``): the
     trainer checkpoints and exits before the limit, so Slurm records FAILED, not TIMEOUT — the run must still be
     re-submitted and resume from last.pt, not end failed or cancelled."""
-    run_id = queue(project, "trainer.epochs=3", "trainer.max_steps_per_epoch=4")
-    reg = Registry(project / "runs" / "registry.db")
-    t = worker_thread(project)
-    run_dir = Path(wait_for(lambda: reg.get(run_id)["run_dir"], what="run dir"))
-    wait_for(lambda: (run_dir / "last.pt").exists(), what="the first checkpoint")
-    job = reg.get(run_id)["slurm_job"]
+    run_id, reg, t, run_dir, job = _first_checkpoint(project)
     subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True, capture_output=True)
     t.join(timeout=240)
-    row = reg.get(run_id)
-    log = (run_dir / "train.log").read_text()[-3000:]
-    assert row["status"] == "done", (row["error"], log)
-    messages = " | ".join(e["message"] for e in reg.events(run_id))
-    assert "re-submitted after TIMEOUT, 1/" in messages and "resumed from last.pt" in messages, messages
+    row = _assert_done_once(reg, run_id, run_dir, "re-submitted after TIMEOUT, 1/", "resumed from last.pt")
     assert row["slurm_job"] != job and int(row["slurm_requeues"]) == 1
-    assert loss_steps(reg, run_id) == list(range(1, 13))  # every step once: none lost, none duplicated
-    assert [e["epoch"] for e in reg.evaluations(run_id)] == [0, 1, 2, 3]

@@ -78,7 +78,8 @@ def test_queue_80x24(snap_compare, app):
     assert snap_compare(app, terminal_size=(80, 24), run_before=run)
 
 
-def test_compare_120x40(snap_compare, app):
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_compare(snap_compare, app, size):
     async def run(pilot) -> None:
         await _settled(pilot)
         table = pilot.app.dashboard.query_one("#runs")
@@ -92,7 +93,7 @@ def test_compare_120x40(snap_compare, app):
                 break
         await pilot.pause(0.2)
 
-    assert snap_compare(app, terminal_size=(120, 40), run_before=run)
+    assert snap_compare(app, terminal_size=size, run_before=run)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
@@ -110,23 +111,6 @@ def test_run_evaluations(snap_compare, app, size):
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=size, run_before=run)
-
-
-def test_compare_80x24(snap_compare, app):
-    async def run(pilot) -> None:
-        await _settled(pilot)
-        table = pilot.app.dashboard.query_one("#runs")
-        table.move_cursor(row=0)
-        for _ in range(4):
-            await pilot.press("space")
-        await pilot.press("C")
-        for _ in range(100):
-            await pilot.pause(0.05)
-            if getattr(pilot.app.screen, "table", None) is not None:
-                break
-        await pilot.pause(0.2)
-
-    assert snap_compare(app, terminal_size=(80, 24), run_before=run)
 
 
 def test_browse_80x24(snap_compare, app):
