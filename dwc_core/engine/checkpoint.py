@@ -57,8 +57,11 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     # RNG states are CPU byte tensors whatever the checkpoint was loaded onto (map_location=cuda moves them)
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if (
+        "cuda" in state and torch.cuda.is_available()
+    ):  # as many GPUs as both machines have (a resume may move)
+        for i, gpu_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state.cpu(), i)
 
 
 def tensor_bytes(obj) -> int:
