@@ -566,7 +566,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         log_every = int(self.tcfg["log_every"])
         budget = self.tcfg["time_budget_min"]
+        step_delay = _phase_delay("step")  # tests only ("step=1"): a step long enough to interrupt mid-epoch
         for ref, tgt, texts, labels in loader:
+            if step_delay:
+                time.sleep(step_delay)
             stop = self.stop_requested.is_set() or self.reporter.cancel_requested.is_set()
             if self.dist.any(stop, self.device):  # every rank stops at the same step
                 raise Stop()
