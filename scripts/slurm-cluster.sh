@@ -2,10 +2,16 @@
 # A one-node Slurm cluster for the `slurm` tests: scripts/slurm-cluster.sh up | down | status | env
 #
 #   up      install slurm-wlm + munge from Debian if missing (needs root), write slurm.conf into a state folder,
-#           start munged, slurmctld and slurmd, wait until the node is idle; prints `export SLURM_CONF=...`
+#           start munged, slurmctld and slurmd, wait until the node is idle; prints `export SLURM_CONF=...`.
+#           A cluster it started earlier with a different slurm.conf (an older version of this script) is
+#           restarted with the new one (down, then up); one with the same configuration is left running.
 #   down    stop the daemons that `up` started (by the pids it recorded; nothing else) and remove the folder
 #   status  sinfo of the cluster, or why there is none
-#   env     print the export line for the running cluster
+#   env     print the export line for the running cluster (and a warning on stderr if its slurm.conf is out of date)
+#
+# Partitions (one node): debug (default, low priority, preempted jobs are requeued by Slurm), debug-cancel (low
+# priority, preempted jobs get SIGTERM and $DWC_SLURM_GRACE (default 20) seconds, then are cancelled) and urgent
+# (high priority: its jobs preempt the others'). See conf_text for the details.
 #
 # State lives in $DWC_SLURM_DIR (default /tmp/dwc-slurm): etc/slurm.conf, spool, state, logs, pids.
 # Exit codes: 0 ok, 2 cannot start here (not root, not Debian, install failed), 1 a daemon failed to start.
@@ -14,6 +20,7 @@ set -euo pipefail
 DIR="${DWC_SLURM_DIR:-/tmp/dwc-slurm}"
 CONF="$DIR/etc/slurm.conf"
 PIDS="$DIR/pids"
+GRACE="${DWC_SLURM_GRACE:-20}" # seconds a job preempted in debug-cancel gets between SIGTERM and SIGKILL
 
 say() { printf 'slurm-cluster: %s\n' "$*" >&2; }
 
@@ -56,14 +63,12 @@ running() {
     alive "$p" && p="$(pid_of slurmd)" && alive "$p"
 }
 
-write_conf() {
-    local host cpus mem plugdir
+conf_text() { # the slurm.conf this script wants, on stdout
+    local host cpus mem
     host="$(hostname -s)"
     cpus="$(nproc)"
     mem="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
-    mkdir -p "$DIR/etc" "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/run" "$DIR/munge"
-    chmod 755 "$DIR" "$DIR/munge"
-    cat >"$CONF" <<EOF
+    cat <<EOF
 # written by scripts/slurm-cluster.sh — a one-node test cluster
 ClusterName=dwc
 SlurmctldHost=$host
@@ -94,9 +99,33 @@ SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
+# Preemption on one node: a job of the high-priority partition "urgent" (PriorityTier 10) that needs CPUs held by
+# jobs of a low-priority partition preempts them:
+#  - "debug" (the default) requeues them at once: SIGTERM, KillWait seconds, then the same job id is pending again
+#    (held ~2 minutes by Slurm: Reason=BeginTime) and restarts with SLURM_RESTART_COUNT + 1;
+#  - "debug-cancel" cancels them after a grace time: their own --signal (dwc's B:TERM, to the batch script) at
+#    once (preempt_send_user_signal), SIGKILL after GraceTime seconds. A job that checkpoints and exits in time
+#    ends FAILED/COMPLETED with a PreemptTime; one still running at the end ends PREEMPTED. (Without
+#    preempt_send_user_signal Slurm signals only job steps: a batch script with no srun step hears nothing until
+#    it is killed.)
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+SlurmctldParameters=preempt_send_user_signal
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4 PriorityTier=1 PreemptMode=REQUEUE
+PartitionName=debug-cancel Nodes=$host MaxTime=INFINITE State=UP OverSubscribe=FORCE:4 PriorityTier=1 PreemptMode=CANCEL GraceTime=$GRACE
+PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10 PreemptMode=OFF
 EOF
+}
+
+write_conf() {
+    mkdir -p "$DIR/etc" "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/run" "$DIR/munge"
+    chmod 755 "$DIR" "$DIR/munge"
+    conf_text >"$CONF"
+}
+
+stale() { # the running cluster's slurm.conf is not the one this script writes now (an older version of it)
+    [ -f "$CONF" ] && ! conf_text | cmp -s - "$CONF"
 }
 
 up() {
@@ -107,9 +136,15 @@ up() {
     fi
     mkdir -p "$DIR"
     if running; then
-        say "already up ($CONF)"
-        echo "export SLURM_CONF=$CONF"
-        return 0
+        if ! stale; then
+            say "already up ($CONF)"
+            echo "export SLURM_CONF=$CONF"
+            return 0
+        fi
+        # started by an older version of this script (e.g. without the preemption partitions): restart it
+        say "the running cluster's slurm.conf is out of date: restarting it (its jobs are cancelled)"
+        down
+        mkdir -p "$DIR"
     fi
     install_if_missing || return 2
     write_conf
@@ -151,8 +186,10 @@ down() {
         return 0
     fi
     export SLURM_CONF="$CONF"
-    if command -v scancel >/dev/null; then scancel --quiet --partition=debug 2>/dev/null || true; fi
-    local name pid
+    if command -v scancel >/dev/null; then
+        for part in debug debug-cancel urgent; do scancel --quiet --partition="$part" 2>/dev/null || true; done
+    fi
+    local name pid part
     for name in slurmd slurmctld munged; do
         pid="$(pid_of "$name")"
         if alive "$pid"; then
@@ -183,7 +220,11 @@ case "${1:-}" in
 up) up ;;
 down) down ;;
 status) status ;;
-env) running && echo "export SLURM_CONF=$CONF" ;;
+env)
+    running || exit 1
+    if stale; then say "warning: the running cluster's slurm.conf is out of date; restart it: $0 up"; fi
+    echo "export SLURM_CONF=$CONF"
+    ;;
 *)
     echo "usage: $0 up | down | status | env" >&2
     exit 2

@@ -54,12 +54,13 @@ def queue(project: Path, *overrides: str, seed: int = 1) -> int:
     return queue_experiment(reg, project, "tiny", overrides=list(overrides), seeds=[seed])[0]["id"]
 
 
-def worker_thread(project: Path) -> threading.Thread:
+def worker_thread(project: Path, partition: str | None = None) -> threading.Thread:
     """A Slurm worker with --once in a thread (it opens its own registry connection there)."""
 
     def body():
         reg_path = project / "runs" / "registry.db"
-        slurm.SlurmWorker(reg_path, slurm.SlurmOptions(poll_s=0.5), log=lambda m: None).run(once=True)
+        opts = slurm.SlurmOptions(poll_s=0.5, partition=partition)
+        slurm.SlurmWorker(reg_path, opts, log=lambda m: None).run(once=True)
 
     t = threading.Thread(target=body, daemon=True)
     t.start()
@@ -105,15 +106,31 @@ def test_scancel_ends_the_run_cancelled_with_the_reason(project):
     assert row["slurm_state"] == "CANCELLED"
 
 
-def _first_checkpoint(project: Path):
-    """Queue a 12-step run, start a worker thread, wait for the run's first last.pt: (run id, registry, worker
-    thread, run dir, slurm job id)."""
+def _first_checkpoint(project: Path, partition: str | None = None):
+    """Queue a 12-step run, start a worker thread (submitting to ``partition``, default: the cluster's default
+    one), wait for the run's first last.pt: (run id, registry, worker thread, run dir, slurm job id)."""
     run_id = queue(project, "trainer.epochs=3", "trainer.max_steps_per_epoch=4")
     reg = Registry(project / "runs" / "registry.db")
-    t = worker_thread(project)
+    t = worker_thread(project, partition)
     run_dir = Path(wait_for(lambda: reg.get(run_id)["run_dir"], what="run dir"))
     wait_for(lambda: (run_dir / "last.pt").exists(), what="the first checkpoint")
     return run_id, reg, t, run_dir, reg.get(run_id)["slurm_job"]
+
+
+def _start_requeued_now(job: str) -> None:
+    """Slurm holds a requeued job back (Reason=BeginTime, about 2 minutes); once it is pending, let it start now."""
+    wait_for(
+        lambda: slurm.job_states([job])[job].state == "PENDING", what="the job to be pending again", every=0.3
+    )
+    wait_for(
+        lambda: (
+            subprocess.run(
+                ["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True
+            ).returncode
+            == 0
+        ),
+        what="the requeued job to accept a start time",
+    )
 
 
 def _assert_done_once(reg: Registry, run_id: int, run_dir: Path, *events: str) -> dict:
@@ -131,19 +148,7 @@ def _assert_done_once(reg: Registry, run_id: int, run_dir: Path, *events: str) -
 def test_requeue_resumes_from_last_pt_without_duplicated_steps(project):
     run_id, reg, t, run_dir, job = _first_checkpoint(project)
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
-    # Slurm holds a requeued job back (BeginTime) for a while; once it is pending, let it start now
-    wait_for(
-        lambda: slurm.job_states([job])[job].state == "PENDING", what="the job to be pending again", every=0.3
-    )
-    wait_for(
-        lambda: (
-            subprocess.run(
-                ["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True
-            ).returncode
-            == 0
-        ),
-        what="the requeued job to accept a start time",
-    )
+    _start_requeued_now(job)
     t.join(timeout=240)
     _assert_done_once(reg, run_id, run_dir, "resumed from last.pt", "(restart 1)")
 
@@ -183,4 +188,74 @@ def test_time_limit_warning_signal_resubmits_from_last_pt(project):
     subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True, capture_output=True)
     t.join(timeout=240)
     row = _assert_done_once(reg, run_id, run_dir, "re-submitted after TIMEOUT, 1/", "resumed from last.pt")
+    assert row["slurm_job"] != job and int(row["slurm_requeues"]) == 1
+
+
+# ------------------------------------------------------------------------------------------------- preemption
+# scripts/slurm-cluster.sh up gives one node three partitions: debug (default; preempted jobs are requeued by
+# Slurm), debug-cancel (preempted jobs get SIGTERM, a grace time, then are cancelled) and urgent (higher
+# PriorityTier: its jobs preempt theirs). A job in urgent that wants the whole node preempts the run's job.
+URGENT_S = 8  # how long the preempting job holds the node
+# Each training step of the run sleeps this long (the jobs inherit the environment: sbatch --export=ALL), so the
+# preemption, which Slurm carries out a second or two after the urgent job's submission, lands inside epoch 2's
+# training rather than in an evaluation or after the run ended.
+STEP_DELAY = "step=1.5"
+
+
+def _preemption_partitions() -> None:
+    res = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+    have = {p.rstrip("*") for p in res.stdout.split()}
+    missing = {"debug", "debug-cancel", "urgent"} - have
+    if missing:
+        pytest.skip(
+            f"the Slurm cluster has no partition {', '.join(sorted(missing))} (a cluster started by an older "
+            "scripts/slurm-cluster.sh: run it with `up` again to restart it with preemption configured)"
+        )
+
+
+def _preempt(tmp_path: Path) -> str:
+    """Submit a job to the high-priority partition that needs every CPU of the node: Slurm preempts the run's."""
+    res = subprocess.run(
+        ["sbatch", "--parsable", "--partition=urgent", "--exclusive", "--job-name=urgent",
+         f"--output={tmp_path / 'urgent.log'}", "--wrap", f"sleep {URGENT_S}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return res.stdout.strip().split(";")[0]
+
+
+def test_preemption_requeue_mode_slurm_restarts_the_same_job_from_last_pt(project, tmp_path, monkeypatch):
+    """PreemptMode=REQUEUE (partition debug): Slurm kills the job (SIGTERM, KillWait), puts the same job id back
+    in the queue and restarts it after the preempting job; the worker keeps following it, and the run resumes
+    from last.pt with every step once."""
+    _preemption_partitions()
+    monkeypatch.setenv("DWC_TEST_PHASE_DELAY", STEP_DELAY)
+    run_id, reg, t, run_dir, job = _first_checkpoint(project)
+    urgent = _preempt(tmp_path)
+    _start_requeued_now(job)  # Slurm's own hold on a requeued job (BeginTime) is about 2 minutes
+    t.join(timeout=240)
+    assert not t.is_alive()
+    row = _assert_done_once(
+        reg, run_id, run_dir, "(restart 1): requeued by Slurm (it was preempted", "resumed from last.pt"
+    )
+    assert row["slurm_job"] == job and int(row["slurm_requeues"] or 0) == 0  # Slurm's requeue, not ours
+    assert slurm.job_states([urgent])[urgent].state == "COMPLETED"
+    assert f"JOB {job} ON" in (run_dir / "train.log").read_text()  # Slurm's "... DUE TO PREEMPTION" line
+
+
+def test_preemption_cancel_mode_with_grace_time_resubmits_from_last_pt(project, tmp_path, monkeypatch):
+    """PreemptMode=CANCEL with GraceTime (partition debug-cancel): the batch script gets SIGTERM at once, the
+    trainer checkpoints and exits within the grace time, so Slurm records FAILED with a PreemptTime — the worker
+    must call it a preemption and re-submit the run (a new job), which resumes from last.pt."""
+    _preemption_partitions()
+    monkeypatch.setenv("DWC_TEST_PHASE_DELAY", STEP_DELAY)
+    run_id, reg, t, run_dir, job = _first_checkpoint(project, partition="debug-cancel")
+    _preempt(tmp_path)
+    t.join(timeout=240)
+    assert not t.is_alive()
+    first = slurm.job_states([job])[job]
+    assert first.preempted and first.state in ("FAILED", "COMPLETED", "PREEMPTED"), first
+    row = _assert_done_once(
+        reg, run_id, run_dir, f"slurm job {job} ended PREEMPTED", "re-submitted after PREEMPTED, 1/",
+        "resumed from last.pt",
+    )  # fmt: skip
     assert row["slurm_job"] != job and int(row["slurm_requeues"]) == 1

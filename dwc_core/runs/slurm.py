@@ -83,6 +83,8 @@ class JobInfo:
     nodes: str = ""
     exit_code: str = ""
     source: str = ""  # squeue / sacct / scontrol
+    preempted: bool = False  # scontrol shows a PreemptTime: Slurm chose this job for preemption
+    restarts: int = 0  # scontrol's Restarts: how many times Slurm requeued this job id
 
     @property
     def active(self) -> bool:
@@ -151,7 +153,18 @@ def _scontrol(job_id: str) -> JobInfo | None:
     return JobInfo(
         job_id, fields.get("JobState", "UNKNOWN"), fields.get("Reason", ""), fields.get("NodeList", ""),
         fields.get("ExitCode", ""), source="scontrol",
+        preempted=fields.get("PreemptTime", "None") not in ("", "None", "Unknown", "(null)"),
+        restarts=int(fields["Restarts"]) if fields.get("Restarts", "").isdigit() else 0,
     )  # fmt: skip
+
+
+def _read_signal(run_dir: Path) -> dict:
+    """What the batch script recorded about Slurm's SIGTERM ({} when none)."""
+    try:
+        data = json.loads((run_dir / SIGNAL_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def job_states(job_ids: list[str]) -> dict[str, JobInfo]:
@@ -392,8 +405,14 @@ class SlurmWorker:
             and stopped
             and (run_dir / SIGNAL_FILE).exists()
             and not fresh.get("cancel_requested")
-        ):  # stopped by Slurm's warning signal, checkpointed, exited before the limit: a time-limit stop
-            state = "TIMEOUT"
+        ):  # stopped by Slurm's SIGTERM, checkpointed, exited before being killed: Slurm says FAILED (or
+            # COMPLETED); a preemption when Slurm had chosen the job for it (PreemptTime, seen by the batch script
+            # or still by scontrol), else the time-limit warning
+            preempted = bool(_read_signal(run_dir).get("preempted")) or bool(info and info.preempted)
+            if not preempted and info is not None and info.source != "scontrol":
+                with contextlib.suppress(SlurmError):
+                    preempted = bool((_scontrol(job) or JobInfo(job, state)).preempted)
+            state = "PREEMPTED" if preempted else "TIMEOUT"
         if state in RESUBMIT_STATES and stopped and requeues < self.opts.max_requeues:
             note = f" (re-submitted after {state}, {requeues + 1}/{self.opts.max_requeues}; resumes from last.pt)"
             self.registry.update(run_id, slurm_requeues=requeues + 1)
@@ -536,6 +555,12 @@ def job_command(run: dict, registry_path: Path, run_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _preempted_in_log(log: Path, job: str) -> bool:
+    """Slurm's own line in the job's output when it killed the job for a preemption (requeue mode), e.g.
+    ``slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT ... DUE TO PREEMPTION ***``."""
+    return any(f"JOB {job} ON" in line and "DUE TO PREEMPTION" in line for line in log_tail(log, n=200))
+
+
 def job_main(argv: list[str] | None = None) -> int:
     """The batch script's body: start the training process, forward SIGTERM to it, exit with its code."""
     from dwc_core.engine.reporting import RUN_DIR_ENV, SINK_ENV, FileSink
@@ -547,24 +572,42 @@ def job_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)
+    # the attempt before this one (Slurm requeued this same job) may have left its signal record: read, then
+    # remove it (stale for this attempt)
+    previous = _read_signal(run_dir)
+    (run_dir / SIGNAL_FILE).unlink(missing_ok=True)
     sink = FileSink(run_dir, args.run_id)
     run = sink.get(args.run_id)
     job = os.environ.get("SLURM_JOB_ID", "?")
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-    sink.event(
-        args.run_id, "slurm", f"slurm job {job} started on {socket.gethostname()} (restart {restarts})"
-    )
+    message = f"slurm job {job} started on {socket.gethostname()} (restart {restarts})"
+    if restarts not in ("", "0"):
+        if previous.get("preempted") or _preempted_in_log(run_dir / "train.log", job):
+            why = "it was preempted"
+        elif previous.get("requeued"):  # Slurm gives a job no other sign of which of the two it was
+            why = "it was preempted (PreemptMode=REQUEUE) or requeued with scontrol requeue"
+        else:
+            why = "scontrol requeue, or a node failure"
+        message += f": requeued by Slurm ({why}); the run resumes from last.pt"
+    sink.event(args.run_id, "slurm", message)
     cmd = job_command(run, Path(args.registry), run_dir)
     env = {**os.environ, SINK_ENV: "files", RUN_DIR_ENV: str(run_dir), "PYTHONUNBUFFERED": "1"}
     print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} slurm job {job}: {' '.join(cmd)}", flush=True)
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
     def forward(signum, _frame):
-        if signum == signal.SIGTERM:  # from Slurm: the time-limit warning (--signal) or a preemption
-            with contextlib.suppress(OSError):
-                atomic_write_text(run_dir / SIGNAL_FILE, json.dumps({"signal": "TERM", "time": time.time()}))
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
+        if signum == signal.SIGTERM:  # from Slurm: the time-limit warning (--signal) or a preemption
+            record = {"signal": "TERM", "time": time.time(), "preempted": False, "requeued": False}
+            with contextlib.suppress(SlurmError):
+                info = _scontrol(job) if job != "?" else None
+                if info is not None:
+                    record["preempted"] = info.preempted  # a preemption's grace time: Slurm set a PreemptTime
+                    # Slurm is requeueing this job id (PreemptMode=REQUEUE, or scontrol requeue): Restarts is up
+                    record["requeued"] = info.restarts > int(restarts or 0)
+            with contextlib.suppress(OSError):
+                atomic_write_text(run_dir / SIGNAL_FILE, json.dumps(record))
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
