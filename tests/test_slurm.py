@@ -235,7 +235,7 @@ def test_preemption_requeue_mode_slurm_restarts_the_same_job_from_last_pt(projec
     t.join(timeout=240)
     assert not t.is_alive()
     row = _assert_done_once(
-        reg, run_id, run_dir, "(restart 1): requeued by Slurm (it was preempted", "resumed from last.pt"
+        reg, run_id, run_dir, "(restart 1): requeued by Slurm after a preemption", "resumed from last.pt"
     )
     assert row["slurm_job"] == job and int(row["slurm_requeues"] or 0) == 0  # Slurm's requeue, not ours
     assert slurm.job_states([urgent])[urgent].state == "COMPLETED"

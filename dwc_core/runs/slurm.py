@@ -583,12 +583,12 @@ def job_main(argv: list[str] | None = None) -> int:
     message = f"slurm job {job} started on {socket.gethostname()} (restart {restarts})"
     if restarts not in ("", "0"):
         if previous.get("preempted") or _preempted_in_log(run_dir / "train.log", job):
-            why = "it was preempted"
+            why = "a preemption"
         elif previous.get("requeued"):  # Slurm gives a job no other sign of which of the two it was
-            why = "it was preempted (PreemptMode=REQUEUE) or requeued with scontrol requeue"
+            why = "a preemption (PreemptMode=REQUEUE) or scontrol requeue"
         else:
-            why = "scontrol requeue, or a node failure"
-        message += f": requeued by Slurm ({why}); the run resumes from last.pt"
+            why = "scontrol requeue or a node failure"
+        message += f": requeued by Slurm after {why}; the run resumes from last.pt"
     sink.event(args.run_id, "slurm", message)
     cmd = job_command(run, Path(args.registry), run_dir)
     env = {**os.environ, SINK_ENV: "files", RUN_DIR_ENV: str(run_dir), "PYTHONUNBUFFERED": "1"}
@@ -599,13 +599,22 @@ def job_main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
         if signum == signal.SIGTERM:  # from Slurm: the time-limit warning (--signal) or a preemption
-            record = {"signal": "TERM", "time": time.time(), "preempted": False, "requeued": False}
+            # Slurm may signal more than once (its --signal, then the kill's SIGTERM), and scontrol may not answer
+            # the second time: what an earlier signal found out stays true
+            earlier = _read_signal(run_dir)
+            record = {
+                "signal": "TERM",
+                "time": earlier.get("time", time.time()),
+                "preempted": bool(earlier.get("preempted")),
+                "requeued": bool(earlier.get("requeued")),
+            }
             with contextlib.suppress(SlurmError):
                 info = _scontrol(job) if job != "?" else None
                 if info is not None:
-                    record["preempted"] = info.preempted  # a preemption's grace time: Slurm set a PreemptTime
+                    # a preemption's grace time: Slurm has set a PreemptTime
+                    record["preempted"] |= info.preempted
                     # Slurm is requeueing this job id (PreemptMode=REQUEUE, or scontrol requeue): Restarts is up
-                    record["requeued"] = info.restarts > int(restarts or 0)
+                    record["requeued"] |= info.restarts > int(restarts or 0)
             with contextlib.suppress(OSError):
                 atomic_write_text(run_dir / SIGNAL_FILE, json.dumps(record))
 
