@@ -10,6 +10,10 @@ where accounting is off), ingests the run directories' report files into the reg
 
 - completed with the run's final status written → that status (done, or failed with the trainer's message);
 - TIMEOUT / PREEMPTED → re-submitted from ``last.pt`` (at most ``max_requeues`` times), no metric step repeated;
+  a job that got Slurm's SIGTERM, checkpointed and exited in time ends FAILED: it counts as PREEMPTED when Slurm
+  had chosen it for preemption (PreemptTime), else as TIMEOUT. A job Slurm requeues itself (PreemptMode=REQUEUE,
+  ``scontrol requeue``) keeps its id and stays followed: it restarts from ``last.pt`` (bounded by Slurm's
+  MaxBatchRequeue, not by ``max_requeues``);
 - CANCELLED (``scancel``) → ``cancelled`` with Slurm's reason;
 - FAILED / NODE_FAIL / OUT_OF_MEMORY / … → ``failed`` with Slurm's state, reason and the log's last lines.
 
