@@ -102,7 +102,7 @@ SlurmdDebug=info
 # Preemption on one node: a job of the high-priority partition "urgent" (PriorityTier 10) that needs CPUs held by
 # jobs of a low-priority partition preempts them:
 #  - "debug" (the default) requeues them at once: SIGTERM, KillWait seconds, then the same job id is pending again
-#    (held ~2 minutes by Slurm: Reason=BeginTime) and restarts with SLURM_RESTART_COUNT + 1;
+#    (held for AuthInfo's cred_expire, 120 s by default: Reason=BeginTime), then restarts with SLURM_RESTART_COUNT + 1;
 #  - "debug-cancel" cancels them after a grace time: their own --signal (dwc's B:TERM, to the batch script) at
 #    once (preempt_send_user_signal), SIGKILL after GraceTime seconds. A job that checkpoints and exits in time
 #    ends FAILED/COMPLETED with a PreemptTime; one still running at the end ends PREEMPTED. (Without

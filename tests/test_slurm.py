@@ -118,7 +118,8 @@ def _first_checkpoint(project: Path, partition: str | None = None):
 
 
 def _start_requeued_now(job: str) -> None:
-    """Slurm holds a requeued job back (Reason=BeginTime, about 2 minutes); once it is pending, let it start now."""
+    """Slurm holds a requeued job back (Reason=BeginTime, for AuthInfo's cred_expire: 120 s by default); once it
+    is pending, let it start now."""
     wait_for(
         lambda: slurm.job_states([job])[job].state == "PENDING", what="the job to be pending again", every=0.3
     )
@@ -231,7 +232,7 @@ def test_preemption_requeue_mode_slurm_restarts_the_same_job_from_last_pt(projec
     monkeypatch.setenv("DWC_TEST_PHASE_DELAY", STEP_DELAY)
     run_id, reg, t, run_dir, job = _first_checkpoint(project)
     urgent = _preempt(tmp_path)
-    _start_requeued_now(job)  # Slurm's own hold on a requeued job (BeginTime) is about 2 minutes
+    _start_requeued_now(job)  # rather than wait out Slurm's hold on a requeued job
     t.join(timeout=240)
     assert not t.is_alive()
     row = _assert_done_once(
