@@ -203,9 +203,14 @@ def foreground_signals():
     ending this process on the spot) so that it can settle the runs it holds before it exits. After the first
     one, both are ignored until the process ends: a second signal cannot cut the clean-up or the exit short."""
 
+    def deaf(_signum, _frame):
+        pass
+
     def handler(signum, _frame):
-        for sig in previous:  # the first counts; a second (SIGTERM after SIGHUP) must not cut the clean-up
-            signal.signal(sig, signal.SIG_IGN)
+        # the first counts; a second (SIGTERM after SIGHUP) must not cut the clean-up. A Python no-op, not SIG_IGN:
+        # a signal already pending when SIG_IGN is set makes CPython raise "Signal N ignored due to race condition"
+        for sig in previous:
+            signal.signal(sig, deaf)
         raise Interrupted(signal.Signals(signum).name)
 
     previous: dict = {}
@@ -214,9 +219,15 @@ def foreground_signals():
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGTERM) is handler:  # not interrupted (else: stay deaf, exiting)
+        if signal.getsignal(signal.SIGTERM) is handler:  # not interrupted
             for sig, old in previous.items():
                 signal.signal(sig, old)
+        else:  # interrupted: stay deaf until the exit. A signal sent just after the first one is handled by
+            # ``deaf`` first (the sleep lets it arrive), then SIG_IGN: unlike a Python handler, it survives the
+            # interpreter's finalization, which would otherwise let a late SIGTERM kill the exit (code -15)
+            time.sleep(0.05)
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def say(message: str) -> None:
