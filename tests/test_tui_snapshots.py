@@ -48,8 +48,13 @@ async def _settled(pilot) -> None:
 def _then(*keys: str):
     async def run(pilot) -> None:
         await _settled(pilot)
-        for key in keys:
+        for key in keys:  # each key here opens a screen: wait for it (a loaded machine is slow), then settle
+            before = pilot.app.screen
             await pilot.press(key)
+            for _ in range(200):
+                if pilot.app.screen is not before:
+                    break
+                await pilot.pause(0.05)
             await pilot.pause(0.4)
 
     return run
