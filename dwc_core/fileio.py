@@ -103,3 +103,42 @@ def atomic_write_text(
 ) -> None:
     """Replace ``path`` with ``text`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode(encoding), fsync=fsync, fsync_dir=fsync_dir, mode=mode)
+
+
+# ------------------------------------------------------------------------------------- temp files of killed writes
+def temp_files(folder: str | os.PathLike, dead_writers_only: bool = False) -> list[tuple[Path, int]]:
+    """The temp files of writes in ``folder`` (``.<name>.tmp…``, sorted) with their sizes. Any that exists while
+    no write is under way belongs to a write that was killed. ``dead_writers_only`` keeps only those whose writer
+    (the pid in the name) is not alive on this host — for a caller that cannot rule out a live writer."""
+    out = []
+    for p in sorted(Path(folder).glob(f".*{TMP_MARK}*")):
+        try:
+            if p.is_file() and not (dead_writers_only and _writer_alive(p.name)):
+                out.append((p, p.stat().st_size))
+        except OSError:
+            continue
+    return out
+
+
+def remove_files(files: list[tuple[Path, int]]) -> int:
+    """Delete ``(path, size)`` files (those already gone are skipped); returns the bytes freed."""
+    freed = 0
+    for path, size in files:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            freed += size
+    return freed
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a temp file's name (``….tmp<pid>`` or ``….tmp<pid>-<token>``) lives here."""
+    digits = name.rsplit(TMP_MARK, 1)[-1].split("-", 1)[0]
+    if not digits.isdigit():
+        return False
+    try:
+        os.kill(int(digits), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True

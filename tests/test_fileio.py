@@ -34,7 +34,7 @@ def test_temp_file_is_hidden_beside_the_target_names_the_pid_and_is_unique(tmp_p
     a, b = fileio.temp_path(tmp_path / "last.pt"), fileio.temp_path(tmp_path / "last.pt")
     assert a.parent == tmp_path and a != b
     assert a.name.startswith(f".last.pt.tmp{os.getpid()}-")
-    assert a.match(".*.pt.tmp*")  # what checkpoint.remove_orphan_temps sweeps up
+    assert a.match(".*.pt.tmp*")  # what fileio.temp_files finds
 
 
 @pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])

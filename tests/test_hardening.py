@@ -321,12 +321,12 @@ def test_checkpoint_on_a_full_tmpfs_is_disk_full(tmp_path, monkeypatch):
 
 
 def test_orphan_checkpoint_temps_are_found_and_removed(tmp_path):
-    pytest.importorskip("torch")
-    from dwc_core.engine import checkpoint
+    from dwc_core.fileio import remove_files, temp_files
 
     for name in (".last.pt.tmp123", ".best.pt.tmp456", "last.pt", "train.log"):
         (tmp_path / name).write_bytes(b"x" * 10)
-    removed = checkpoint.remove_orphan_temps(tmp_path)
+    removed = temp_files(tmp_path)
+    assert remove_files(removed) == 20
     assert sorted(p.name for p, _ in removed) == [".best.pt.tmp456", ".last.pt.tmp123"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "train.log"]
 

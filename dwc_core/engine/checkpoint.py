@@ -3,7 +3,7 @@
 Every checkpoint of a run records the run's unique id (``run_uid``) and its config hash; :func:`load` refuses one
 that belongs to another run or config, and names the file in every failure (missing, empty, truncated, corrupt).
 A write that runs out of space raises :class:`DiskFull` ("disk full at <path>") and leaves no temp file behind;
-temp files of writes that were killed are removed by :func:`remove_orphan_temps` at the next start of the run.
+temp files of writes that were killed are removed at the next start of the run (:func:`dwc_core.fileio.temp_files`).
 """
 
 from __future__ import annotations
@@ -121,20 +121,6 @@ def _is_enospc(exc: BaseException, path: Path) -> bool:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
-
-
-def remove_orphan_temps(run_dir: Path) -> list[tuple[Path, int]]:
-    """Delete temp files of checkpoint writes that were killed (``.last.pt.tmp<pid>``, ``.best.pt.tmp<pid>``).
-    Call only while holding the run lock (no live writer). Returns (path, size) of each removed file."""
-    removed = []
-    for p in sorted(Path(run_dir).glob(".*.pt.tmp*")):
-        try:
-            size = p.stat().st_size
-            p.unlink()
-        except OSError:
-            continue
-        removed.append((p, size))
-    return removed
 
 
 def load(

@@ -41,7 +41,7 @@ from dwc_core.engine.reporting import (
     sink_kind,
 )
 from dwc_core.errors import ConfigError, DataError, DwcError, TrainingError
-from dwc_core.fileio import atomic_write_text
+from dwc_core.fileio import atomic_write_text, remove_files, temp_files
 from dwc_core.models import BuildContext, build_method
 from dwc_core.models.base import Batch, NonFiniteLoss, StepContext
 from dwc_core.runs.locks import LockHeld, describe_holder, run_lock
@@ -823,10 +823,10 @@ def _take_run_lock(registry, run_id: int):
                 )
                 return None
             time.sleep(0.2)
-    removed = checkpoint.remove_orphan_temps(Path(run_dir))
+    removed = temp_files(run_dir)  # the run lock is ours: no write of this run is under way
     if removed:
-        size = sum(n for _, n in removed) / 2**20
-        msg = f"removed {len(removed)} temp files of interrupted checkpoint writes ({size:.1f} MB)"
+        size = remove_files(removed) / 2**20
+        msg = f"removed {len(removed)} temp files of interrupted writes ({size:.1f} MB)"
         log(msg)
         with contextlib.suppress(Exception):
             registry.event(run_id, "cleanup", msg)

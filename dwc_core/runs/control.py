@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dwc_core.errors import UsageError
-from dwc_core.fileio import TMP_MARK
+from dwc_core.fileio import temp_files
 from dwc_core.runs import launcher
 from dwc_core.runs.locks import is_locked, run_lock_holder
 from dwc_core.runs.registry import ACTIVE, FINISHED, Registry
@@ -324,20 +324,6 @@ class OrphanTemp:
     bytes: int
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process named in a temp file's name (``….tmp<pid>`` or ``….tmp<pid>-<token>``) lives here."""
-    digits = name.rsplit(TMP_MARK, 1)[-1].split("-", 1)[0]
-    if not digits.isdigit():
-        return False
-    try:
-        os.kill(int(digits), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def orphan_temps(registry: Registry) -> list[OrphanTemp]:
     """Temp files of writes that were killed (a checkpoint's ``.last.pt.tmp…`` can be tens of MB), in the
     directories of runs nobody trains: not starting/running, run lock free, and the writer named in the file's
@@ -347,21 +333,8 @@ def orphan_temps(registry: Registry) -> list[OrphanTemp]:
         run_dir = Path(r["run_dir"]) if r["run_dir"] else None
         if run_dir is None or r["status"] in ACTIVE or not run_dir.is_dir() or run_lock_holder(run_dir):
             continue
-        for p in sorted(run_dir.glob(f".*{TMP_MARK}*")):
-            with contextlib.suppress(OSError):
-                if p.is_file() and not _writer_alive(p.name):
-                    out.append(OrphanTemp(int(r["id"]), p, p.stat().st_size))
+        out += [OrphanTemp(int(r["id"]), p, n) for p, n in temp_files(run_dir, dead_writers_only=True)]
     return out
-
-
-def remove_orphan_temps(items: list[OrphanTemp]) -> int:
-    """Delete the files ``orphan_temps`` listed; returns the bytes freed."""
-    freed = 0
-    for item in items:
-        with contextlib.suppress(OSError):
-            item.path.unlink()
-            freed += item.bytes
-    return freed
 
 
 def human_bytes(n: float) -> str:

@@ -344,7 +344,8 @@ def restore(run_ids: IdsArg) -> None:
 def purge(yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False) -> None:
     """Delete soft-deleted runs for good (rows and run directories), and temp files of killed writes in other runs'
     directories, listing what and how much disk first."""
-    from dwc_core.runs.control import human_bytes, orphan_temps, purge_plan, remove_orphan_temps
+    from dwc_core.fileio import remove_files
+    from dwc_core.runs.control import human_bytes, orphan_temps, purge_plan
     from dwc_core.runs.control import purge as purge_runs
 
     if not (_require_project() / "runs" / "registry.db").exists():
@@ -382,7 +383,7 @@ def purge(yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] =
             err.print("nothing was deleted")
             return
     n, freed = purge_runs(registry, items) if items else (0, 0)
-    freed += remove_orphan_temps(temps)
+    freed += remove_files([(t.path, t.bytes) for t in temps])
     err.print(f"purged {n} run(s) and {len(temps)} temp file(s), freed {human_bytes(freed)}")
 
 
