@@ -36,21 +36,24 @@ def _start(tmp_path, env_extra: dict, num_train: int = 160, trainer: str = "") -
     return start(tmp_path, "run", "tiny", env=env_extra, merge_stderr=True)
 
 
-def _phase(row: dict) -> str | None:
+def _progress(row: dict) -> dict:
     progress = row.get("progress") or {}
-    if isinstance(progress, str):
-        progress = json.loads(progress)
-    return progress.get("phase")
+    return json.loads(progress) if isinstance(progress, str) else progress
 
 
-def _wait_for_phase(tmp_path, proc, phase: str, timeout: float = 240.0) -> dict:
+def _phase(row: dict) -> str | None:
+    return _progress(row).get("phase")
+
+
+def _wait_for_phase(tmp_path, proc, phase: str, timeout: float = 240.0, epoch: int | None = None) -> dict:
     db = tmp_path / "runs" / "registry.db"
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read()
         if db.exists():
             rows = Registry(db).runs()
-            if rows and rows[0]["status"] == "running" and _phase(rows[0]) == phase:
+            running = rows and rows[0]["status"] == "running" and _phase(rows[0]) == phase
+            if running and (epoch is None or rows[0]["epoch"] == epoch):
                 return rows[0]
         time.sleep(0.1)
     proc.kill()
@@ -102,6 +105,25 @@ def test_cancel_during_an_evaluation(tmp_path, by_signal):
     assert _cancel_and_time(tmp_path, proc, row["id"], by_signal=by_signal) < LIMIT_S
     reg = Registry(tmp_path / "runs" / "registry.db")
     assert reg.evaluations(row["id"]) == []  # the interrupted evaluation recorded nothing
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_an_evaluation_interrupted_by_a_cancel_runs_first_on_resume(tmp_path, epoch):
+    """The stop arrives while epoch 0 (untrained) or the last epoch is evaluated: the resumed run evaluates that
+    epoch before anything else, so that every epoch is recorded exactly once."""
+    proc = _start(tmp_path, {"DWC_TEST_PHASE_DELAY": "eval=0.5"})
+    row = _wait_for_phase(tmp_path, proc, "eval", epoch=epoch)
+    _cancel_and_time(tmp_path, proc, row["id"])
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    assert [e["epoch"] for e in reg.evaluations(row["id"])] == ([0] if epoch else [])
+    res = dwc(tmp_path, "resume", str(row["id"]), "--now", timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    after = reg.get(row["id"])
+    assert after["status"] == "done", after["error"]
+    assert [e["epoch"] for e in reg.evaluations(row["id"], kind="epoch")] == [0, 1]
+    assert after["best_epoch"] == 1
+    events = " ".join(e["message"] for e in reg.events(row["id"]))
+    assert f"the evaluation of epoch {epoch} was interrupted and runs first" in events
 
 
 def test_cancel_of_a_two_process_run_during_the_cache_build(tmp_path):

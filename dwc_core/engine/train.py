@@ -185,6 +185,9 @@ class Trainer:
         self.nan_skipped = 0
         self.train_seconds = 0.0  # cumulative time in training loops (evaluation excluded), for time budgets
         self.budget_reached = False
+        # the epoch whose evaluation is due but not recorded yet: kept in last.pt, so that a stop arriving during an
+        # evaluation never loses it (the resumed run evaluates that epoch first)
+        self.pending_eval: int | None = None
         # cancellation: ``interruptible`` = a SIGTERM may raise Stop at once (cache build, evaluation);
         # ``consistent`` = the weights/optimizers/counters agree, so a checkpoint may be written
         self.interruptible = False
@@ -344,6 +347,7 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "nan_skipped": self.nan_skipped,
             "train_seconds": self.train_seconds,
+            "pending_eval": self.pending_eval,
             **self._identity(),
         }
 
@@ -395,9 +399,12 @@ class Trainer:
         self.best_value, self.best_epoch, self.best_eval_id = best["value"], best["epoch"], best["eval_id"]
         self.nan_skipped = state.get("nan_skipped", 0)
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.pending_eval = state.get("pending_eval")
         checkpoint.set_rng_state(state["rng"])
         dropped = self._main(self.registry.delete_metrics_after, self.run_id, self.step)
-        self._main(self.registry.delete_evaluations_after, self.run_id, self.epoch)
+        # an interrupted evaluation recorded nothing, but a killed one may have left part of its rows
+        recorded = self.epoch if self.pending_eval is None else self.pending_eval - 1
+        self._main(self.registry.delete_evaluations_after, self.run_id, recorded)
         # a later best may have been dropped with its epoch: the checkpoint's best stands
         if self.best_eval_id:
             self._main(self.registry.mark_best, self.run_id, self.best_eval_id)
@@ -407,7 +414,9 @@ class Trainer:
         msg = (
             f"resumed from last.pt at epoch {self.epoch} step {self.step} (dropped {dropped} later metric rows"
             f"{f' and {trimmed} lines of metrics.jsonl' if trimmed else ''})"
-        )
+            + (f"; the evaluation of epoch {self.pending_eval} was interrupted and runs first"
+               if self.pending_eval is not None else "")
+        )  # fmt: skip
         log(msg)
         self._main(self.registry.event, self.run_id, "resume", msg)
         return True
@@ -446,11 +455,14 @@ class Trainer:
                 results = {"test": evaluate(*args, dist=self.dist, check=check)}
                 if self.tcfg["select_on"] == "val_split":
                     results["val"] = evaluate(*args, eval_sets=self.val_set, dist=self.dist, check=check)
-        finally:
-            if self.ema and self.tcfg["ema_mode"] == "restart":
-                self.ema.keep()  # AMC as coded: the live weights become the EMA, which restarts from them
-            elif self.ema:
+        except BaseException:
+            if self.ema:  # an interrupted evaluation leaves the weights as they were: it runs again on resume
                 self.ema.swap_out()
+            raise
+        if self.ema and self.tcfg["ema_mode"] == "restart":
+            self.ema.keep()  # AMC as coded: the live weights become the EMA, which restarts from them
+        elif self.ema:
+            self.ema.swap_out()
         if not self.dist.is_main:
             return
         seconds = time.time() - t0
@@ -501,6 +513,10 @@ class Trainer:
             f"{k} {v:.2f}" for k, v in test.metrics.items() if "/" not in k or k.startswith("avg/")
         )
         log(f"eval epoch {epoch} ({seconds:.1f}s): {shown}")
+
+    def _evaluate_pending(self) -> None:
+        self.run_eval(self.pending_eval)
+        self.pending_eval = None
 
     def _evaluated_weights(self) -> dict:
         """The weights that were just evaluated: the EMA weights when an EMA is kept, else the live ones."""
@@ -650,7 +666,9 @@ class Trainer:
         resumed = self.resume_if_possible()
         self.consistent = True
         if not resumed and self.tcfg["eval_at_start"]:
-            self.run_eval(0)
+            self.pending_eval = 0
+        if self.pending_eval is not None:  # epoch 0, or an evaluation a stop interrupted before the resume
+            self._evaluate_pending()
         epochs = int(self.tcfg["epochs"])
         while self.epoch < epochs:
             epoch = self.epoch + 1
@@ -658,7 +676,8 @@ class Trainer:
             self.epoch, self.batch_in_epoch = epoch, 0
             last = epoch == epochs or self.budget_reached
             if epoch % int(self.tcfg["eval_every"]) == 0 or last:
-                self.run_eval(epoch)
+                self.pending_eval = epoch
+                self._evaluate_pending()
             self.save_last()
             self.reporter.flush_now()
             if self.budget_reached:
@@ -693,6 +712,8 @@ def _cancelled(trainer: Trainer, registry, run_id: int) -> int:
     with contextlib.suppress(Exception):
         trainer.reporter.close()
     where = f"epoch {trainer.epoch + 1} step {trainer.step}"
+    if trainer.pending_eval is not None:
+        where = f"the evaluation of epoch {trainer.pending_eval} (it runs first on resume)"
     note = "last.pt saved" if saved else "stopped inside a step or before training began; last.pt not updated"
     registry.set_status(run_id, "cancelled", f"cancelled at {where}; {note}", exit_code=EXIT_CANCELLED)
     log(f"cancelled; {note}")
