@@ -471,3 +471,20 @@ async def test_summary_line_fits_80_columns_with_marks_and_eight_gpus(project, m
         assert _lines(app)[0].rstrip().endswith("│ workers 0 │ GPUs 0-7")
         await pilot.resize_terminal(120, 40)  # wide: room for the name and the double spaces
         await until(pilot, lambda: _lines(app)[0].startswith(" dwc queued 1  running 0"), what="wide summary")
+
+
+def test_epoch_bars_line_up_and_a_budget_stopped_run_shows_what_it_trained():
+    from dwc_tui.app.rows import display_row
+
+    def row(rid, status, epoch, epochs=100):
+        return {"id": rid, "experiment": "e", "status": status, "epoch": epoch, "epochs": epochs}
+
+    rows = [display_row(row(1, "cancelled", 3), []), display_row(row(2, "cancelled", 17), [])]
+    for kind in ("cells", "narrow"):
+        texts = [r[kind]["epoch"].plain for r in rows]
+        assert len({t.index("/") for t in texts}) == 1, texts  # counts right-aligned
+        assert len({t.rstrip("░█").__len__() for t in texts}) == 1, texts  # bars start in one column
+    stopped = display_row(row(3, "done", 3), [])["cells"]["epoch"].plain
+    assert stopped.endswith("░░░░") and stopped.strip().startswith("3/100"), stopped
+    finished = display_row(row(4, "done", 2, epochs=2), [])["cells"]["epoch"].plain
+    assert finished.endswith("████"), finished

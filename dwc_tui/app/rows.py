@@ -81,10 +81,22 @@ def sparkline(values: list[float], width: int = 8) -> str:
     return "".join(SPARK[min(7, int((v - lo) / span * 7.999))] for v in vals)
 
 
-def bar(fraction: float, width: int = 4) -> str:
+BAR_WIDTH = 4
+
+
+def bar(fraction: float, width: int = BAR_WIDTH) -> str:
     fraction = min(max(fraction, 0.0), 1.0)
     full = int(fraction * width + 1e-9)
     return "█" * full + "░" * (width - full)
+
+
+def epoch_cell(epoch: int, epochs: int, frac: float, width: int) -> Text:
+    """ "epoch/epochs" right-aligned, then the bar, in ``width`` cells: the rows of one total line up
+    ("  3/100 ██" above " 17/100 ██"); where the longest count ("100/100") leaves no room, the bar is shortened,
+    never the count."""
+    room = max(len(f"{epochs}/{epochs}"), len(f"{epoch}/{epochs}"), width - BAR_WIDTH - 1)
+    steps = f"{epoch}/{epochs}"
+    return Text(f"{steps:>{room}} {bar(frac, max(0, min(BAR_WIDTH, width - room - 1)))}".rstrip())
 
 
 def duration(seconds: float | None) -> str:
@@ -112,8 +124,10 @@ def number(v, digits: int = 2) -> str:
 def fraction_done(r: dict) -> float:
     p = r.get("progress") or {}
     epochs = r.get("epochs") or 0
-    if r["status"] == "done":
-        return 1.0
+    if (
+        r["status"] == "done"
+    ):  # a run its time budget stopped early shows the epochs it trained (3/100), not a full bar
+        return min(1.0, (r.get("epoch") or 0) / epochs) if epochs else 1.0
     if p.get("epoch_steps") and epochs and r["status"] in ("running", "starting"):
         return ((p.get("epoch", 1) - 1) + p.get("epoch_step", 0) / p["epoch_steps"]) / epochs
     if r.get("total_steps"):
@@ -169,7 +183,7 @@ def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
         "method": Text(str(r.get("method") or "–")),
         "dataset": Text(str(r.get("dataset") or "–")),
         "status": status_cell(r),
-        "epoch": Text(f"{epoch}/{epochs} {bar(frac)}"),
+        "epoch": epoch_cell(epoch, epochs, frac, WIDE_MAX["epoch"]),
         "loss": Text(
             f"{short_number(loss) if loss is not None else '–'} {sparkline(tail, SPARK_WIDTH)}".rstrip()
         ),
@@ -191,11 +205,10 @@ def display_row(r: dict, tail: list[float], now: float | None = None) -> dict:
         "elapsed": elapsed or 0.0,
         "eta": eta if eta is not None else float("inf"),
     }
-    steps = f"{epoch}/{epochs}"
     narrow = {
         "experiment": cells["experiment"],
         "status": status_cell(r, NARROW_MAX["status"]),
-        "epoch": Text(f"{steps} {bar(frac, min(4, NARROW_MAX['epoch'] - len(steps) - 1))}".rstrip()),
+        "epoch": epoch_cell(epoch, epochs, frac, NARROW_MAX["epoch"]),
         "loss": Text(short_number(loss, NARROW_MAX["loss"]) if loss is not None else "–", justify="right"),
     }
     narrow = {k: clip(narrow.get(k, cells[k]), NARROW_MAX[k]) if k in NARROW_MAX else cells[k] for k in cells}
