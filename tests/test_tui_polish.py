@@ -488,3 +488,48 @@ def test_epoch_bars_line_up_and_a_budget_stopped_run_shows_what_it_trained():
     assert stopped.endswith("░░░░") and stopped.strip().startswith("3/100"), stopped
     finished = display_row(row(4, "done", 2, epochs=2), [])["cells"]["epoch"].plain
     assert finished.endswith("████"), finished
+
+
+FOOTER_TO_BINDING = {
+    "esc": "escape",
+    "/": "slash",
+    ">": "greater_than_sign",
+    "?": "question_mark",
+    "^": "ctrl+",
+}
+WIDGET_KEYS = {
+    "← →",
+    "enter",
+}  # handled by the focused widget (table scrolling, text box submit), not a binding
+
+
+def _binding_key(label: str) -> str:
+    if label.startswith("^"):
+        return "ctrl+" + label[1:]
+    return FOOTER_TO_BINDING.get(label, label)
+
+
+@pytest.mark.parametrize("name", ["dashboard", "browse", "compare", "queue", "run"])
+def test_footer_keys_and_bindings_agree(name):
+    """The footer (KEYS) is written beside BINDINGS: every key it shows is bound (on the screen or the app, or
+    native to a widget), and every binding the screen shows in Textual's sense is in the footer."""
+    import importlib
+
+    from textual.screen import Screen
+
+    from dwc_tui.app.app import DwcApp
+
+    module = importlib.import_module(f"dwc_tui.app.screens.{name}")
+    (screen,) = [
+        c for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, Screen) and c.__module__ == module.__name__ and hasattr(c, "KEYS")
+    ]  # fmt: skip
+    bound = {b.key for b in screen.BINDINGS} | {b.key for b in DwcApp.BINDINGS} | {"ctrl+p"}
+    shown = {label for label, _, _ in (*screen.KEYS, *getattr(screen, "INPUT_KEYS", ()))}
+    unbound = {k for k in shown - WIDGET_KEYS if _binding_key(k) not in bound}
+    assert not unbound, f"{screen.__name__}: footer keys with no binding: {unbound}"
+    footer = {_binding_key(k) for k in shown}
+    missing = {
+        b.key for b in screen.BINDINGS if b.show and b.key not in footer and b.key not in ("question_mark",)
+    }
+    assert not missing, f"{screen.__name__}: bindings missing from the footer: {missing}"
