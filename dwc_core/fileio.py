@@ -7,16 +7,22 @@ over the target with ``os.replace``; on any error, or an interruption, it is rem
 ``fsync_dir`` the directory is fsync'ed after the rename, so the rename itself survives a power loss.
 
 :func:`atomic_path` serves writers that want a file name (``torch.save``, ``np.memmap``);
-:func:`atomic_write_bytes` / :func:`atomic_write_text` write data they are given. Torch-free, stdlib only.
+:func:`atomic_write_bytes` / :func:`atomic_write_text` write data they are given. :func:`require_free_space` and
+:func:`preallocate` turn a full disk into :class:`~dwc_core.errors.DiskFull` ("disk full at <path>") before a large
+write starts (a memory-mapped write into a sparse file on a full disk would die of SIGBUS). Torch-free, stdlib only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from dwc_core.errors import DiskFull
 
 TMP_MARK = ".tmp"  # temp files are ".<name>.tmp<pid>-<token>": glob ".<name>.tmp*" finds a killed write's
 
@@ -25,6 +31,46 @@ def temp_path(path: str | os.PathLike) -> Path:
     """A fresh temp file name beside ``path`` (not created)."""
     path = Path(path)
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+#: space kept free beyond a large write, so that the registry and logs can still record what happened
+RESERVE_BYTES = 4 * 2**20
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def megabytes(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def require_free_space(path: str | os.PathLike, needed: int, what: str, then: str) -> None:
+    """Raise :class:`DiskFull` if the file system that will hold ``path`` has less than ``needed`` bytes plus
+    :data:`RESERVE_BYTES` free. ``what`` names the write ("the checkpoint"), ``then`` the way on."""
+    path = Path(path)
+    free = shutil.disk_usage(path.parent).free
+    if free < needed + RESERVE_BYTES:
+        raise DiskFull(
+            f"disk full at {path}: {megabytes(free)} free, {what} needs about {megabytes(needed)} (plus "
+            f"{megabytes(RESERVE_BYTES)} kept for the registry and logs). Free some space, then {then}."
+        )
+
+
+def preallocate(path: str | os.PathLike, size: int, what: str, then: str) -> None:
+    """Create ``path`` with ``size`` bytes whose blocks are reserved on disk (``posix_fallocate``; a sparse file
+    where the file system cannot), so that writing into it through a memory map cannot run out of space."""
+    path = Path(path)
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                free = shutil.disk_usage(path.parent).free
+                raise DiskFull(
+                    f"disk full at {path}: {what} needs {megabytes(size)}, {megabytes(free)} free. Free some "
+                    f"space, then {then}."
+                ) from None
+            f.truncate(size)  # no fallocate here (EOPNOTSUPP, EINVAL): the free-space check stands alone
+        except AttributeError:  # a platform without posix_fallocate
+            f.truncate(size)
 
 
 def fsync_file(path: str | os.PathLike) -> None:

@@ -193,6 +193,17 @@ def test_eval_reproduces_best_and_records_other_protocols(proj):
     assert bad.returncode == 2 and "only options of dataset, eval" in bad.stderr
     missing = dwc(proj, "eval", "1", "--checkpoint", "/nope.pt")
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
+    meaningless = dwc(proj, "eval", "1", "--set", "eval.ks=[1,5,500]")  # the gallery holds 96 images
+    assert meaningless.returncode == 2 and "Recall@500" in meaningless.stderr and "96" in meaningless.stderr
+    # another run's weights by path: allowed, never silently
+    state = torch.load(Path(row["run_dir"]) / "last.pt", weights_only=True)
+    state["run_uid"] = "someone-else"
+    torch.save(state, proj / "other.pt")
+    res = dwc(proj, "eval", "1", "--checkpoint", str(proj / "other.pt"), "--format", "json")
+    assert res.returncode == 0, res.stderr
+    assert "checkpoint of another run (uid someone-else)" in res.stderr
+    assert json.loads(res.stdout)["protocol"]["checkpoint_run_uid"] == "someone-else"
+    assert "belongs to another run (uid someone-else" in reg.events(1)[-1]["message"]
 
 
 @pytest.mark.slow

@@ -161,6 +161,33 @@ def test_disk_full_fails_the_run_with_a_clear_message(tmp_path, shared_cache):
             subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def test_disk_full_during_the_cache_build_fails_the_run_naming_the_cache(tmp_path):
+    """The decoded-image cache is a memory-mapped file: written sparse on a full disk, the trainer died of SIGBUS
+    ("killed by SIGBUS", nothing about space). Its blocks are reserved first now: a clear "disk full at" instead."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (tmp_path / "experiments.yaml").write_text(TINY)
+        # the cache (images × 32 × 32 × 3) is more than 8 MB for 1,600 training images + the test gallery
+        res = dwc(
+            tmp_path, "run", "tiny", "--set", f"dataset.cache_dir={disk}", "--set", "dataset.num_train=1600"
+        )
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr and "SIGBUS" not in res.stderr
+        assert "disk full at" in res.stderr and "decoded-image cache" in res.stderr, res.stderr
+        row = Registry(tmp_path / "runs" / "registry.db").get(1)
+        assert row["status"] == "failed" and row["error"].startswith("disk full at"), row["error"]
+        left = [p.name for p in disk.rglob("*") if p.is_file()]
+        assert not [n for n in left if "images" in n or ".tmp" in n], (
+            left
+        )  # neither a half cache nor its temp
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 # ------------------------------------------------------------------------------------------------------ item 11
 def test_ctrl_c_during_start_up_is_a_cancellation(proj):
     proc = start(proj, "run", "tiny")

@@ -20,7 +20,7 @@ import numpy as np
 
 from dwc_core.data.types import CIRDataset, Triplet
 from dwc_core.errors import DataError
-from dwc_core.fileio import atomic_path, atomic_write_text
+from dwc_core.fileio import atomic_path, atomic_write_text, preallocate, require_free_space
 
 
 def decode_image(path: str, size: int) -> np.ndarray:
@@ -109,8 +109,14 @@ class ImageCache:
                         progress(done[0], self.count)
 
         workers = threads or min(8, (os.cpu_count() or 2) * 2)
+        nbytes = int(np.prod(shape))
+        then = f"start the run again (or set dataset.cache_dir to a disk with room; {self.path.parent})"
+        require_free_space(self.path, nbytes, "the decoded-image cache", then)
         with atomic_path(self.path) as tmp:  # a stopped or failed build leaves neither file nor temp file
-            out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+            preallocate(
+                tmp, nbytes, "the decoded-image cache", then
+            )  # blocks reserved: no SIGBUS on a full disk
+            out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for start in range(
                     0, self.count, chunk

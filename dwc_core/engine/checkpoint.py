@@ -8,7 +8,6 @@ temp files of writes that were killed are removed at the next start of the run (
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -20,10 +19,7 @@ import numpy as np
 import torch
 
 from dwc_core.errors import DiskFull, TrainingError
-from dwc_core.fileio import atomic_path
-
-#: space kept free beyond the checkpoint itself, so the registry and logs can still record what happened
-RESERVE_BYTES = 4 * 2**20
+from dwc_core.fileio import NO_SPACE, RESERVE_BYTES, atomic_path, megabytes, require_free_space
 
 
 class CheckpointError(TrainingError):
@@ -75,18 +71,9 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
-def _mb(n: float) -> str:
-    return f"{n / 2**20:.1f} MB"
-
-
 def check_free_space(path: Path, needed: int) -> None:
     """Raise :class:`DiskFull` if the filesystem holding ``path`` has less than ``needed`` + a reserve free."""
-    free = shutil.disk_usage(path.parent).free
-    if free < needed + RESERVE_BYTES:
-        raise DiskFull(
-            f"disk full at {path}: {_mb(free)} free, the checkpoint needs about {_mb(needed)} (plus "
-            f"{_mb(RESERVE_BYTES)} kept for the registry and logs). Free some space, then `dwc resume` the run."
-        )
+    require_free_space(path, needed, "the checkpoint", "`dwc resume` the run")
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
@@ -101,14 +88,14 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> None:
         if _is_enospc(exc, path):
             free = shutil.disk_usage(path.parent).free
             raise DiskFull(
-                f"disk full at {path}: writing the checkpoint failed with {_mb(free)} free ({_short(exc)}). Free "
+                f"disk full at {path}: writing the checkpoint failed with {megabytes(free)} free ({_short(exc)}). Free "
                 "some space, then `dwc resume` the run."
             ) from None
         raise
 
 
 def _is_enospc(exc: BaseException, path: Path) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
         return True
     if isinstance(exc, RuntimeError):  # torch's zip writer reports a short write as "unexpected pos …"
         try:

@@ -8,6 +8,7 @@ import logging
 import warnings
 from pathlib import Path
 
+from dwc_core.config.checks import check_eval_sizes
 from dwc_core.config.experiments import apply_overrides
 from dwc_core.data import load_dataset
 from dwc_core.data.loading import ImageCache
@@ -82,6 +83,9 @@ def reevaluate(
         if config["dataset"] != row["config"]["dataset"]
         else original
     )
+    check_eval_sizes(
+        config, ds.eval_sets
+    )  # an R@K with K ≥ the gallery is 100 for any model: refused, as in training
     cache = ImageCache(ds, int(config["dataset"]["image_size"]), cache_dir)
     cache.ensure()
     seed = int(config["trainer"]["seed"])
@@ -114,6 +118,11 @@ def reevaluate(
         k: config["dataset"].get(k) for k in ("name", "gallery", "mask_reference", "text", "category")
     }
     protocol["overrides"] = list(overrides or [])
+    foreign = state.get("run_uid") and state["run_uid"] != row.get("uid")
+    if (
+        foreign
+    ):  # allowed on purpose (an explicit PATH), never silently: the evaluation says whose weights it holds
+        protocol["checkpoint_run_uid"] = state["run_uid"]
     eval_id = registry.add_evaluation(
         run_id, epoch=int(state.get("epoch", -1)), step=int(state.get("step", -1)), kind="reeval", split="test",
         checkpoint=str(path), protocol=protocol, metrics=result.metrics, num_queries=result.num_queries,
@@ -126,6 +135,8 @@ def reevaluate(
     registry.event(
         run_id,
         "reeval",
-        f"evaluation {eval_id} of {path.name} with {protocol['overrides'] or 'the run protocol'}",
-    )
+        f"evaluation {eval_id} of {path.name} with {protocol['overrides'] or 'the run protocol'}"
+        + (f"; the checkpoint belongs to another run (uid {state['run_uid']}, this run's is {row.get('uid')})"
+           if foreign else ""),
+    )  # fmt: skip
     return registry.evaluations(run_id, kind="reeval")[-1]

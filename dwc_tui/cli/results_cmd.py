@@ -145,6 +145,10 @@ def eval_cmd(
     registry = _registry(create=False)
     registry.get(run_id)
     ev = reevaluate(registry.path, run_id, checkpoint, list(set_ or []))
+    other = (ev.get("protocol") or {}).get("checkpoint_run_uid")
+    if other:
+        err.print(f"note: {escape(checkpoint)} is a checkpoint of another run (uid {other}); recorded as such in evaluation "
+            f"{ev['id']} of run {run_id}")  # fmt: skip
     if fmt == "json":
         import json
 
