@@ -221,6 +221,12 @@ def test_rm_refuses_an_active_run_and_queued_rm_leaves_the_queue(proj, reg):
         control.remove(reg, [a["id"]])
     control.remove(reg, [b["id"]])
     assert reg.get(b["id"])["status"] == "cancelled"
+    assert control.restore(reg, [b["id"]]) == [b["id"]]  # rm then restore of a queued run changes nothing
+    assert reg.get(b["id"])["status"] == "queued" and reg.get(b["id"])["ended"] is None
+    reg.set_status(a["id"], "cancelled", "cancelled by the user")  # a cancelled run stays cancelled
+    control.remove(reg, [a["id"]])
+    control.restore(reg, [a["id"]])
+    assert reg.get(a["id"])["status"] == "cancelled"
 
 
 def test_cli_purge_lists_then_needs_yes(proj, reg):
@@ -244,6 +250,31 @@ def test_queue_failed_requeues_only_failed_lost_cancelled(proj, reg):
     assert reg.get(rows[2]["id"])["status"] == "done"
 
 
+def test_resume_and_queue_failed_see_a_run_whose_process_died_unrecorded(proj, reg):
+    """Worker and trainer both killed: the row still says running. `dwc resume` (and `queue --failed`) must
+    reconcile it themselves, not only after a `dwc runs` or a worker marked it lost."""
+    import socket
+
+    a, b = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for r in (a, b):
+        reg.set_status(r["id"], "running", "running", pid=dead.pid, host=socket.gethostname())
+    res = dwc(proj, "resume", str(a["id"]))
+    assert res.returncode == 0, res.stderr
+    assert reg.get(a["id"])["status"] == "queued"
+    assert any(e["kind"] == "lost" for e in reg.events(a["id"]))
+    reg.set_status(b["id"], "running", "running", pid=dead.pid, host=socket.gethostname())
+    res = dwc(proj, "queue", "--failed", "tiny")
+    assert res.returncode == 0 and res.stdout.split() == [str(b["id"])], res.stderr
+
+
+def test_queue_failed_of_an_unknown_experiment_exits_2(proj, reg):
+    control.queue_experiment(reg, proj, "tiny")
+    res = dwc(proj, "queue", "--failed", "tiyn")
+    assert res.returncode == 2 and "no experiment named 'tiyn'" in res.stderr and "tiny" in res.stderr
+
+
 def test_resume_says_whether_a_worker_will_take_it(proj, reg):
     (a,) = control.queue_experiment(reg, proj, "tiny")
     reg.set_status(a["id"], "failed", "boom")
@@ -257,6 +288,8 @@ def test_experiments_listing(proj, reg):
     rows = {r["experiment"]: r for r in control.experiment_summary(proj)}
     assert rows["grid"]["grid"] == 2 and rows["grid"]["seeds"] == 3
     assert rows["tiny"]["runs"] == {"queued": 1} and rows["tiny"]["tags"] == ["smoke", "tirg"]
+    assert rows["tiny"]["description"] == "a tiny TIRG"
+    assert rows["grid"]["description"] == "(extends tiny)"  # never the parent's own text as its own
     res = dwc(proj, "experiments", "--format", "json")
     assert res.returncode == 0
     assert {r["experiment"] for r in json.loads(res.stdout)} == {"tiny", "grid"}

@@ -126,8 +126,16 @@ def queue_experiment(
     return queue_specs(registry, project, specs, priority=priority, hold=hold, force=force)
 
 
+def reconcile(registry: Registry) -> list[int]:
+    """Mark this host's runs whose training process died unrecorded as ``lost`` (or ``failed`` from their log) —
+    done by every command that acts on a run's state, so that such a run is resumable at once, not only after
+    the next `dwc runs` or worker."""
+    return launcher.reap_lost(registry, socket.gethostname())
+
+
 def queue_failed(registry: Registry, name: str) -> list[int]:
     """Re-queue the failed / lost / cancelled runs of experiment ``name`` (each resumes from its last.pt)."""
+    reconcile(registry)
     ids = [r["id"] for r in registry.runs([name], list(RESUMABLE))]
     for rid in ids:
         registry.requeue(rid, f"re-queued with the failed runs of {name}")
@@ -199,6 +207,7 @@ def wait_cancelled(registry: Registry, run_id: int, grace_s: float = 60.0, poll_
 def resume(registry: Registry, run_id: int, from_scratch: bool = False) -> dict:
     """Re-queue a failed / cancelled / lost run; a worker continues it from ``last.pt`` in its run directory
     (``from_scratch``: its trainer clears what the run recorded and starts again at epoch 0)."""
+    reconcile(registry)
     registry.requeue(run_id, "resume requested", from_scratch=from_scratch)
     _unhold(registry, run_id)
     return registry.get(run_id)
@@ -240,18 +249,23 @@ def remove(registry: Registry, run_ids: list[int]) -> list[int]:
     now = time.time()
     with registry.write() as c:
         for rid in run_ids:
-            # a queued run leaves the queue as it is hidden
+            # a queued run leaves the queue as it is hidden (and goes back to it when restored)
+            queued = c.execute("SELECT status FROM runs WHERE id = ?", (rid,)).fetchone()[0] == "queued"
             c.execute(
                 "UPDATE runs SET deleted = 1, deleted_at = ?, status = CASE status WHEN 'queued' THEN 'cancelled' "
                 "ELSE status END, ended = CASE status WHEN 'queued' THEN ? ELSE ended END WHERE id = ?",
                 (now, now, rid),
             )
-            Registry._event(c, rid, "deleted", "removed (soft delete)")
+            Registry._event(c, rid, "deleted", REMOVED_QUEUED if queued else "removed (soft delete)")
     return list(run_ids)
 
 
+REMOVED_QUEUED = "removed (soft delete) while queued: left the queue"
+
+
 def restore(registry: Registry, run_ids: list[int]) -> list[int]:
-    """Bring soft-deleted runs back; returns the ids that were removed and are now restored (others are left)."""
+    """Bring soft-deleted runs back; returns the ids that were removed and are now restored (others are left).
+    A run removed while it was queued goes back to the queue (``dwc rm`` then ``dwc restore`` changes nothing)."""
     for rid in run_ids:
         registry.get(rid)
     done = []
@@ -260,9 +274,20 @@ def restore(registry: Registry, run_ids: list[int]) -> list[int]:
             cur = c.execute(
                 "UPDATE runs SET deleted = 0, deleted_at = NULL WHERE id = ? AND deleted = 1", (rid,)
             )
-            if cur.rowcount:
-                Registry._event(c, rid, "restored", "restored")
-                done.append(rid)
+            if not cur.rowcount:
+                continue
+            last = c.execute(
+                "SELECT message FROM events WHERE run_id = ? AND kind = 'deleted' ORDER BY rowid DESC LIMIT 1",
+                (rid,),
+            ).fetchone()
+            requeue = last is not None and last[0] == REMOVED_QUEUED
+            if requeue:
+                c.execute(
+                    "UPDATE runs SET status = 'queued', ended = NULL WHERE id = ? AND status = 'cancelled'",
+                    (rid,),
+                )
+            Registry._event(c, rid, "restored", "restored to the queue" if requeue else "restored")
+            done.append(rid)
     return done
 
 
@@ -515,6 +540,9 @@ def experiment_summary(
     rows = []
     for name in ef.names():
         data = ef.merged(name).data
+        # its own description: one inherited through `extends` would describe the parent
+        parent = ef.experiments.get(name, {}).get("extends")
+        own = ef.description(name) or (f"(extends {parent})" if parent else "")
         grid = data.get("grid") or {}
         size = 1
         for values in grid.values() if isinstance(grid, dict) else []:
@@ -524,7 +552,7 @@ def experiment_summary(
         rows.append(
             {
                 "experiment": name,
-                "description": str(data.get("description") or ""),
+                "description": own,
                 "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
                 "grid": size,
                 "seeds": len(seeds) if isinstance(seeds, list) else 1,

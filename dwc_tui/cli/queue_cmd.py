@@ -95,6 +95,7 @@ def queue(
             err.print("no run has been queued in this project yet: nothing to re-queue")
             return
         registry = _registry()
+        _check_known_experiments(project, registry, names)
         ids = []
         for name in names:
             got = control.queue_failed(registry, name)
@@ -313,6 +314,17 @@ def release(run_ids: IdsArg) -> None:
     changed = set_hold(_registry(create=False), run_ids, False)
     err.print(f"released: {', '.join(map(str, changed)) or 'nothing new'}")
     _warn_no_worker(_project())
+
+
+def _check_known_experiments(project, registry, names: list[str]) -> None:
+    """`--failed NAME`: NAME must be an experiment of the file or of some recorded run (exit 2 otherwise)."""
+    from dwc_core.config.experiments import ExperimentsFile
+
+    ef = ExperimentsFile.load(project / "experiments.yaml")
+    recorded = {r["experiment"] for r in registry.runs()}
+    for name in names:
+        if name not in recorded:
+            ef.check_name(name)  # the file's message: did-you-mean and the known experiments
 
 
 @app.command(rich_help_panel=PANEL)
