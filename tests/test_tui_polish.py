@@ -533,3 +533,23 @@ def test_footer_keys_and_bindings_agree(name):
         b.key for b in screen.BINDINGS if b.show and b.key not in footer and b.key not in ("question_mark",)
     }
     assert not missing, f"{screen.__name__}: bindings missing from the footer: {missing}"
+
+
+def test_dashboard_poller_marks_a_run_whose_process_died_lost(tmp_path):
+    """Trainer and worker killed, nothing recorded: a dashboard left open must not show the run running forever."""
+    import socket
+    import subprocess
+    import sys
+
+    from dwc_core.config.experiments import default_config
+    from dwc_tui.app.poller import Poller
+
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    rid = reg.create_run("demo", default_config(), tmp_path / "runs")["id"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    reg.set_status(rid, "running", "running", pid=dead.pid, host=socket.gethostname())
+    poller = Poller(reg.path)
+    poller.poll()  # the first poll is a full one: it sees the dead process and reconciles
+    assert reg.get(rid)["status"] == "lost"
+    assert poller.poll().rows[rid]["status"] == "lost"  # the next poll shows it (the status change's event)

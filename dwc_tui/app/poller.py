@@ -17,6 +17,7 @@ thread that opened it.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 import time
@@ -35,7 +36,7 @@ LOG_TAIL_BYTES = 16_384
 RUN_COLUMNS = (
     "id, experiment, status, variant, seed, created, started, ended, heartbeat, epoch, epochs, step, total_steps, "
     "progress, best_value, best_epoch, best_metrics, last_metrics, deleted, error, run_dir, worker, host, gpus, "
-    "slurm_job, slurm_state, slurm_reason, slurm_nodes, slurm_requeues, "
+    "slurm_job, slurm_state, slurm_reason, slurm_nodes, slurm_requeues, pid, "
     "json_extract(config, '$.model.name') AS method, json_extract(config, '$.dataset.name') AS dataset"
 )
 
@@ -105,6 +106,8 @@ class Poller:
             focus = self._poll_focus(conn)
         finally:
             conn.close()
+        if full:
+            self._reconcile_dead()
         now = time.time()
         shown = {rid: r for rid, r in self.runs.items() if not r["deleted"]}
         ids = shown if full else {rid for rid in changed if rid in shown}
@@ -124,6 +127,31 @@ class Poller:
             focus=focus,
             poll_ms=(time.perf_counter() - t0) * 1000,
         )
+
+    def _reconcile_dead(self) -> None:
+        """An active run of this host whose process is gone (trainer and worker killed, nothing recorded) is marked
+        lost as `dwc runs` would (the next poll shows it): a dashboard left open never shows a dead run running."""
+        from dwc_core.runs.launcher import pid_alive  # not on the start path (it loads the registry module)
+
+        host = socket.gethostname()
+        dead = [
+            r for r in self.runs.values()
+            if r["status"] in ("running", "starting") and r["host"] == host and r.get("pid")
+            and not pid_alive(r["pid"])
+        ]  # fmt: skip
+        if not dead:
+            return
+        from dwc_core.runs.control import reconcile
+        from dwc_core.runs.registry import Registry
+
+        try:
+            registry = Registry(self.registry_path, create=False)
+            try:
+                reconcile(registry)  # a read-only registry is left as it is
+            finally:
+                registry.close()
+        except (RegistryError, sqlite3.Error):
+            pass  # shown as it is; the next full poll tries again
 
     # ----------------------------------------------------------------------------------------------- runs
     def _poll_runs(self, conn: sqlite3.Connection, full: bool) -> tuple[set[int], set[int]]:
