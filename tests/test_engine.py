@@ -171,6 +171,11 @@ def test_sigkill_then_resume_from_last_checkpoint(proj):
     assert [s for s in steps if s <= 60] == kept  # rows up to the checkpoint were not lost
     assert [e["epoch"] for e in reg.evaluations(1)] == [0, 1, 2, 3]
     assert any(e["kind"] == "resume" for e in reg.events(1))
+    # metrics.jsonl was trimmed like the registry: each (split, name, step) once, the same rows as the registry
+    lines = (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    in_file = [(r["split"], r["name"], r["step"]) for r in map(json.loads, lines)]
+    in_registry = [(m["split"], m["name"], m["step"]) for m in reg.metrics(1)]
+    assert len(in_file) == len(set(in_file)) and sorted(in_file) == sorted(in_registry)
 
 
 @pytest.mark.slow
@@ -204,6 +209,13 @@ def test_eval_reproduces_best_and_records_other_protocols(proj):
     assert "checkpoint of another run (uid someone-else)" in res.stderr
     assert json.loads(res.stdout)["protocol"]["checkpoint_run_uid"] == "someone-else"
     assert "belongs to another run (uid someone-else" in reg.events(1)[-1]["message"]
+    # a corrupt best.pt and no last.pt: the message names the file and points only to what exists
+    run_dir = Path(row["run_dir"])
+    (run_dir / "last.pt").unlink()
+    (run_dir / "best.pt").write_bytes((run_dir / "best.pt").read_bytes()[:1000])
+    res = dwc(proj, "eval", "1")
+    assert res.returncode == 2 and str(run_dir / "best.pt") in res.stderr, res.stderr
+    assert "--checkpoint last" not in res.stderr and "a .pt file by path" in res.stderr
 
 
 @pytest.mark.slow

@@ -108,9 +108,10 @@ def reevaluate(
             cfg_hash=checkpoint.config_hash(row["config"]) if mine else None,
         )  # fmt: skip
     except checkpoint.CheckpointError as exc:
-        other = "last" if which == "best" else "best"
+        others = [n for n in ("best", "last") if n != which and (Path(row["run_dir"]) / f"{n}.pt").is_file()]
+        way = f"another checkpoint of this run (--checkpoint {others[0]}) or" if others else ""
         raise checkpoint.CheckpointError(
-            f"{exc.message} Evaluate another checkpoint of this run (--checkpoint {other}) or a .pt file by path."
+            f"{exc.message} Evaluate {way} a .pt file by path.".replace("  ", " ")
         ) from None
     method.load_checkpoint_state(state["model"])
     result = evaluate(method, ds, cache, device, config["eval"], autocast)
