@@ -144,6 +144,37 @@ def test_cli_queue_bad_seeds_is_usage_error(proj):
     assert res.returncode == 2 and "--seeds" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_claim_order_is_priority_then_creation(proj, reg):
+    old_low, mid, new_high, newer_high = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2, 3, 4])
+    for run, priority in ((old_low, 0), (mid, 5), (new_high, 9), (newer_high, 9)):
+        reg.update(run["id"], priority=priority)
+    w = Worker(proj, cpu=True, cpu_slots=4)
+    w.registry = reg
+    assert [c[0] for c in w._candidates()] == [new_high["id"], newer_high["id"], mid["id"], old_low["id"]]
+
+
+def test_worker_adopts_a_live_trainer_only_when_it_holds_its_run_lock(proj, reg):
+    """A worker takes over live runs of this host whose worker died; a live pid that does not hold the run's
+    lock is another process now (pid reuse), never adopted."""
+    import socket
+
+    from dwc_core.runs.locks import run_lock
+
+    a, b = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    for r in (a, b):
+        reg.set_status(r["id"], "running", "running", pid=os.getpid(), host=socket.gethostname())
+        reg.update(r["id"], worker="gone-1")
+    lock = run_lock(a["run_dir"], a["id"]).acquire()
+    try:
+        w = Worker(proj, cpu=True, cpu_slots=2)
+        w.registry = reg
+        w.adopt()
+        assert set(w.children) == {a["id"]}
+        assert reg.get(a["id"])["worker"] == w.name and reg.get(b["id"])["worker"] == "gone-1"
+    finally:
+        lock.release()
+
+
 def test_hold_release(proj, reg):
     a, b = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2], hold=True)
     assert reg.get(a["id"])["hold"] == 1

@@ -34,7 +34,7 @@ from dwc_core.errors import RunLocked, RunNotFound, UsageError
 from dwc_core.fileio import atomic_write_text
 from dwc_core.runs import control, launcher
 from dwc_core.runs.gpus import gpu_request_problem, visible_gpus
-from dwc_core.runs.locks import FileLock, LockHeld, describe_holder
+from dwc_core.runs.locks import FileLock, LockHeld, describe_holder, run_lock_holder
 from dwc_core.runs.registry import ACTIVE, CLAIMABLE, Registry
 
 CPU_UNIT = "cpu"
@@ -282,6 +282,8 @@ class Worker:
                 continue
             if not row["pid"] or not launcher.pid_alive(row["pid"]):
                 continue
+            if row["status"] == "running" and row.get("run_dir") and run_lock_holder(row["run_dir"]) is None:
+                continue  # a running trainer holds its run lock for its whole life: this pid is someone else now
             with self.registry.write() as c:
                 cur = c.execute(
                     "UPDATE runs SET worker = ? WHERE id = ? AND worker IS ? AND status IN ('starting', 'running')",
@@ -360,7 +362,10 @@ class Worker:
             row = launcher.reconcile_exit(self.registry, rid, code)
             self.pool.give(child.units)
             del self.children[rid]
-            how = f"exit code {code}" if code is None or code >= 0 else launcher.signal_name(code)
+            if code is None:  # an adopted process is not our child: its exit status cannot be known
+                how = "exit status unknown: adopted"
+            else:
+                how = f"exit code {code}" if code >= 0 else launcher.signal_name(code)
             self.log(f"run {rid} ended ({how}): {row['status']}")
             self.write_info()
 
