@@ -61,7 +61,7 @@ async def test_progress_written_by_another_process_shows_within_2s(project):
         assert res.returncode == 0, res.stderr
         written = float(res.stdout.strip())
         await until(
-            pilot, lambda: "0.432" in text_of(app) and row()["epoch"].plain.startswith("2/3"), timeout=5,
+            pilot, lambda: "0.432" in text_of(app) and row()["epoch"].plain.split()[0] == "2/3", timeout=5,
             what="new epoch and loss on screen",
         )  # fmt: skip
         assert time.time() - written < 2.0
@@ -200,3 +200,22 @@ def test_quitting_or_sighup_leaves_runs_running(tmp_path, how):
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_cell_that_grows_after_its_row_was_added_is_shown_whole(project):
+    """A queued run's cells are short ("queued", "–"); once it runs they grow ("running", an ETA of 1h05m): the
+    columns widen with them instead of cutting the new values to the old width ("runnin", "1h0")."""
+    p, ids = project
+    reg = Registry(p / "runs" / "registry.db")
+    rid = add_run(reg, p, "grows", "queued", epochs=3, losses=[])
+    app = make_app(p, poll_interval=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        reg.set_status(rid, "running", "running")
+        reg.heartbeat(rid, epoch=1, step=2, total_steps=12, phase="train", epoch_step=2, epoch_steps=4,
+                      loss=12.346, eta_s=3900)  # fmt: skip
+        await until(pilot, lambda: app.dashboard.rows[rid]["status"] == "running", timeout=10, what="running")
+        await pilot.pause(0.3)
+        line = next(x for x in text_of(app).splitlines() if "grows" in x)
+        assert "running" in line and "1h05m" in line and "12.346" in line, line
+    reg.close()

@@ -291,7 +291,7 @@ class DashboardScreen(Screen):
         old = self._shown_cells.get(rid)
         for i, key in enumerate(self.column_keys):
             if old is None or old[i] != sig[i]:
-                table.update_cell(str(rid), key, cells[i])
+                table.update_cell(str(rid), key, cells[i], update_width=True)  # a cell that grew is not cut
         self._shown_cells[rid] = sig
 
     # --------------------------------------------------------------------------------------------- detail
