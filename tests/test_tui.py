@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from textual.widgets import Input
 
 from dwc_core.runs.registry import Registry
+from dwc_tui.app import actions
 from dwc_tui.app.app import DwcApp
 
 EXPERIMENTS = """\
@@ -335,7 +337,7 @@ async def test_open_run_screen_and_log(project):
         await until(pilot, lambda: "a new line at the end" in text_of(app), what="log follow")
 
 
-async def test_queue_screen_validates_and_queues(project):
+async def test_queue_screen_validates_and_queues(project, monkeypatch):
     p, ids = project
     app = make_app(p)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -358,6 +360,17 @@ async def test_queue_screen_validates_and_queues(project):
         await pilot.press("enter")
         await until(pilot, lambda: status_of_count(p) == 9, what="queued 4 runs")
         await until(pilot, lambda: "No worker is alive" in text_of(app), what="worker offer")
+        # ctrl+w starts one although the GPU box (a text box, which binds ctrl+w itself) has the focus
+        assert isinstance(app.focused, Input) and app.focused.id == "queue-gpus"
+        started = []
+        monkeypatch.setattr(
+            actions, "start_worker", lambda proj, gpus: started.append(gpus) or "worker w-1 started"
+        )
+        await pilot.press("ctrl+w")
+        await until(
+            pilot, lambda: "worker w-1 started: the runs start" in text_of(app), what="worker started"
+        )
+        assert len(started) == 1
         await pilot.press("escape")
         await until(pilot, lambda: len(table_ids(app)) == 9, what="new runs on the dashboard")
 

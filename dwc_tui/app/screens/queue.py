@@ -30,7 +30,8 @@ class QueueScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("ctrl+s", "submit", "Queue"),
-        Binding("ctrl+w", "start_worker", "Start worker"),
+        # priority: the GPU box has the focus when it is offered, and a text box binds ctrl+w itself (delete word)
+        Binding("ctrl+w", "start_worker", "Start worker", priority=True),
     ]
     KEYS = (("esc", "back", 0), ("enter", "next / queue", 1), ("^s", "queue", 2), ("^w", "start a worker", 1))
 
@@ -123,7 +124,11 @@ class QueueScreen(Screen):
     def action_start_worker(self) -> None:
         box = self.query_one("#queue-gpus", Input)
         gpus = [g.strip() for g in box.value.split(",") if g.strip()]
-        self.app.act(actions.start_worker, self.app.project, gpus)
+        project = self.app.project
+        self.query_one("#queue-worker", Static).update(Text("starting a worker…", style="dim"))
+        self.run_worker(
+            lambda: actions.start_worker(project, gpus), thread=True, group="q-worker", exit_on_error=False
+        )
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if not self.is_attached:  # the app is shutting down: this screen's widgets may be gone
@@ -139,7 +144,14 @@ class QueueScreen(Screen):
             return
         if state != WorkerState.SUCCESS:
             return
-        if group == "q-names":
+        if group == "q-worker":
+            self.app.notify(Text(str(worker.result)).plain)
+            self.query_one("#queue-worker", Static).update(
+                Text(f"{worker.result}: the runs start when a slot is free.", style="green")
+            )
+            self.query_one("#queue-gpus", Input).display = False
+            self.app.poll_soon()
+        elif group == "q-names":
             self.experiments = worker.result
             ol = self.query_one("#queue-list", OptionList)
             ol.clear_options()
@@ -174,7 +186,8 @@ class QueueScreen(Screen):
             if workers == 0:
                 hint.update(
                     Text(
-                        "No worker is alive: the runs wait. Start a detached one on GPUs (ctrl+w):",
+                        "No worker is alive: the runs wait. Start a detached one (ctrl+w) on these GPUs "
+                        "(empty: on the CPU):",
                         style="yellow",
                     )
                 )
