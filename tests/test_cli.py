@@ -19,6 +19,7 @@ experiments:
     dataset: {name: synthetic, num_train: 64, num_test: 16, image_size: 32}
     model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
     trainer: {epochs: 1, num_workers: 0}
+    eval: {ks: [1, 5, 10]}
 """
 
 

@@ -79,7 +79,8 @@ def test_dwc_run_refuses_more_gpus_than_visible_before_launching(tmp_path):
     write_project(
         tmp_path,
         "experiments:\n  big:\n    dataset: {name: synthetic, num_train: 64, num_test: 16, image_size: 32}\n"
-        "    model: {name: tirg, cnn: {arch: tiny}}\n    trainer: {gpus: 4, device: cuda, epochs: 1}\n",
+        "    model: {name: tirg, cnn: {arch: tiny}}\n    trainer: {gpus: 4, device: cuda, epochs: 1}\n"
+        "    eval: {ks: [1, 5, 10]}\n",
     )
     res = dwc(tmp_path, "run", "big", env={"DWC_FAKE_GPUS": "1"}, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr

@@ -205,8 +205,15 @@ def test_gallery_smaller_than_k_exits_2_naming_both(proj):
     res = dwc(proj, "run", "tiny", "--set", "dataset.num_test=10")
     assert res.returncode == 2, res.stdout + res.stderr
     text = " ".join(res.stderr.split())
-    assert "gallery holds only 20 images" in text and "Recall@50" in text
+    assert "gallery holds at most 20 images" in text and "Recall@50" in text
     assert "Traceback" not in res.stderr
+    # refused before the run exists (the config alone bounds the synthetic gallery): nothing registered or created
+    db = proj / "runs" / "registry.db"
+    assert not db.exists() or Registry(db).runs() == []
+    assert not [p for p in (proj / "runs").glob("*-tiny*")]
+    res = dwc(proj, "queue", "tiny", "--set", "dataset.num_test=10")  # the queue refuses it too
+    assert res.returncode == 2 and "Recall@50" in res.stderr and "nothing" not in res.stdout
+    assert not db.exists() or Registry(db).runs() == []
 
 
 # ------------------------------------------------------------------------------------------------------ item 12

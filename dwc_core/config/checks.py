@@ -3,7 +3,8 @@
 ``dwc run`` calls :func:`preflight` before it registers a run (a failure exits 2 and creates nothing); the training
 process calls it again (the same message) because a queued run may be started later or elsewhere. What can only be
 known once the data is loaded — gallery sizes against Recall@K cut-offs, the size of a validation split — is checked
-by :func:`check_eval_sizes` in the training process, before the first step.
+by :func:`check_eval_sizes` in the training process, before the first step; where the config alone bounds the
+gallery (the synthetic set), :func:`check_cutoffs` refuses it earlier (`dwc run`, `dwc queue`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,35 @@ from dwc_core.errors import ConfigError, DataError
 VAL_MIN_QUERIES = 50
 
 
+def check_cutoffs(config: dict) -> None:
+    """What the config alone tells about Recall@K: the synthetic set's gallery holds at most 2 × num_test images
+    (references and targets of the test queries), so a K at least that large is refused before a run exists.
+    Other datasets' galleries are known once loaded (:func:`check_eval_sizes`)."""
+    ds = config["dataset"]
+    if ds["name"] != "synthetic":
+        return
+    from dwc_core.config.schema.datasets import DEFAULT_KS
+
+    ks = config["eval"].get("ks")
+    most = 2 * int(ds["num_test"])
+    too_big = [k for k in (ks or DEFAULT_KS["synthetic"]) if k >= most]
+    if too_big:
+        source = "eval.ks" if ks else "the synthetic protocol's K"
+        raise ConfigError(
+            f"Recall@{too_big[0]} on the test split is meaningless: with dataset.num_test = {ds['num_test']} its "
+            f"gallery holds at most {most} images (K = {', '.join(map(str, too_big))} from {source} must be smaller "
+            "than the gallery). Use a larger test set (dataset.num_test) or smaller cut-offs (eval.ks)."
+        )
+
+
 def cache_dir_of(config: dict, project: Path) -> Path:
     return Path(config["dataset"].get("cache_dir") or project / "runs" / ".cache")
 
 
 def preflight(config: dict, project: Path) -> None:
     """Raise a DataError/ConfigError (exit 2) naming the option when the dataset root or the cache folder cannot
-    work on this machine."""
+    work on this machine, or when the config alone shows a Recall@K cut-off to be meaningless."""
+    check_cutoffs(config)
     ds = config["dataset"]
     if ds["name"] != "synthetic":
         from dwc_core.data import LOADERS

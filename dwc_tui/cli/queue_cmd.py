@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from dwc_core.config.checks import check_cutoffs
 from dwc_core.errors import UsageError
 from dwc_tui.cli.app import (
     FormatOpt,
@@ -111,6 +112,8 @@ def queue(
     specs = []
     for name in names:
         specs += control.resolve_specs(project, name, list(set_ or []), seed_list, experiments)
+    for spec in specs:  # what the config alone shows to be meaningless is refused before anything is queued
+        check_cutoffs(spec.config)
     registry = _registry()  # created only now: an unknown experiment name leaves the project untouched
     if not force:
         dups = control.finished_duplicates(registry, specs)
