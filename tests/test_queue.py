@@ -501,3 +501,16 @@ def test_purge_removes_temp_files_of_killed_writes_but_never_a_live_writers(proj
     assert res.returncode == 0 and "purged 0 run(s) and 2 temp file(s)" in res.stderr, res.stderr
     assert not orphan.exists() and not old_style.exists() and live.exists() and running.exists()
     assert (Path(a["run_dir"])).is_dir()  # the run itself stays
+
+
+def test_multi_node_runs_are_for_slurm_only(proj, reg):
+    """trainer.nodes > 1: a local worker never claims it (a Slurm worker would); `dwc run` refuses it, exit 2."""
+    (multi,) = control.queue_experiment(reg, proj, "tiny", overrides=["trainer.nodes=2"])
+    (single,) = control.queue_experiment(reg, proj, "tiny", seeds=[5])
+    w = Worker(proj, cpu=True, cpu_slots=2)
+    w.registry = reg
+    assert [c[0] for c in w._candidates()] == [single["id"]]
+    assert reg.get(multi["id"])["status"] == "queued"
+    res = dwc(proj, "run", "tiny", "--set", "trainer.nodes=2")
+    assert res.returncode == 2 and "trainer.nodes = 2" in res.stderr and "dwc worker --slurm" in res.stderr
+    assert len(reg.runs()) == 2  # nothing created

@@ -80,6 +80,13 @@ def check_gpu_request(trainer: dict, experiment: str = "") -> None:
     shows (torch-free); see :func:`gpu_request_problem`."""
     from dwc_core.errors import ConfigError
 
+    nodes = int(trainer.get("nodes", 1))
+    if nodes > 1:  # one machine trains here; several nodes are what a Slurm job (srun → torchrun) gives
+        raise ConfigError(
+            f"{experiment + ': ' if experiment else ''}trainer.nodes = {nodes} asks for a multi-node job, which only "
+            "a Slurm worker starts: queue it (`dwc queue`) for `dwc worker --slurm`, or set trainer.nodes: 1 to "
+            "train on this machine. Nothing was launched."
+        )
     problem = gpu_request_problem(trainer, experiment)
     if problem:
         head, _, rest = problem.partition(". ")

@@ -389,7 +389,8 @@ class Worker:
         rows = self.registry.conn.execute(
             "SELECT id, COALESCE(json_extract(config, '$.trainer.gpus'), 1), "
             "COALESCE(json_extract(config, '$.trainer.device'), 'auto'), experiment FROM runs "
-            f"WHERE {CLAIMABLE} ORDER BY priority DESC, id LIMIT 500"
+            f"WHERE {CLAIMABLE} AND COALESCE(json_extract(config, '$.trainer.nodes'), 1) <= 1 "  # multi-node: Slurm's
+            "ORDER BY priority DESC, id LIMIT 500"
         ).fetchall()
         cands = []
         for rid, wanted, device, experiment in rows:
