@@ -514,3 +514,10 @@ def test_multi_node_runs_are_for_slurm_only(proj, reg):
     res = dwc(proj, "run", "tiny", "--set", "trainer.nodes=2")
     assert res.returncode == 2 and "trainer.nodes = 2" in res.stderr and "dwc worker --slurm" in res.stderr
     assert len(reg.runs()) == 2  # nothing created
+
+
+def test_gpus_without_a_gpu_says_so_in_one_line(proj):
+    res = dwc(proj, "gpus", env={"DWC_FAKE_GPUS": "", "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "60"})
+    assert res.returncode == 0 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("no GPU: "), res.stderr

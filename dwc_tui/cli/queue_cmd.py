@@ -272,10 +272,10 @@ def gpus(fmt: FormatOpt = "table") -> None:
     stats, why = gpu_stats()
     ids = [s["index"] for s in stats] or visible_gpus()
     if not ids:
-        err.print(f"no GPU: {escape(why or 'none visible on this machine')}")
+        err.print(f"no GPU: {escape(why or 'none visible on this machine')}", soft_wrap=True)  # one line
         return
     if why:
-        err.print(f"[yellow]note:[/] {escape(why)}")
+        err.print(f"[yellow]note:[/] {escape(why)}", soft_wrap=True)
     by_id = {s["index"]: s for s in stats}
     rows = []
     for g in ids:
