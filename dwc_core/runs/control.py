@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dwc_core.errors import UsageError
+from dwc_core.errors import DwcError, UsageError
 from dwc_core.fileio import temp_files
 from dwc_core.runs import launcher
 from dwc_core.runs.locks import is_locked, run_lock_holder
@@ -208,9 +208,33 @@ def resume(registry: Registry, run_id: int, from_scratch: bool = False) -> dict:
     """Re-queue a failed / cancelled / lost run; a worker continues it from ``last.pt`` in its run directory
     (``from_scratch``: its trainer clears what the run recorded and starts again at epoch 0)."""
     reconcile(registry)
+    _refuse_live_slurm_job(registry.get(run_id))
     registry.requeue(run_id, "resume requested", from_scratch=from_scratch)
     _unhold(registry, run_id)
     return registry.get(run_id)
+
+
+def _refuse_live_slurm_job(row: dict) -> None:
+    """A run whose Slurm job is still alive in Slurm (pending, held, running: e.g. marked lost while no worker
+    followed it) is not re-queued: a second job would train it beside the first. Asks Slurm; where Slurm cannot be
+    asked, the state last recorded decides."""
+    job = row.get("slurm_job")
+    if not job or row["status"] not in RESUMABLE:
+        return
+    from dwc_core.runs import slurm
+
+    try:
+        info = slurm.job_states([str(job)]).get(str(job))
+        state, alive = (info.describe(), info.active) if info else ("", False)
+    except DwcError:  # no Slurm client here: trust what was recorded
+        state = row.get("slurm_state") or ""
+        alive = state.split(" ")[0] in slurm.ACTIVE_STATES
+    if alive:
+        raise UsageError(
+            f"run {row['id']}'s slurm job {job} is still {state} in Slurm: a resume would start a second job beside "
+            f"it. A Slurm worker follows it again (`dwc worker --slurm`), or cancel it first (`scancel {job}`) and "
+            "then resume."
+        )
 
 
 # ------------------------------------------------------------------------------------------ hold / release

@@ -153,6 +153,18 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+#: Slurm job states in which a run's trainer is not running (yet): its heartbeat is not expected to move
+SLURM_WAITING = {
+    "PENDING",
+    "CONFIGURING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESV_DEL_HOLD",
+    "SUSPENDED",
+}
+
+
 def reap_lost(
     registry: Registry,
     host: str,
@@ -168,6 +180,8 @@ def reap_lost(
     for row in registry.runs(statuses=list(ACTIVE)):
         if row["id"] in exclude:
             continue
+        if row.get("slurm_job") and (row.get("slurm_state") or "PENDING").split(" ")[0] in SLURM_WAITING:
+            continue  # waiting in Slurm's queue (pending, held, requeued): no heartbeat is expected, none is lost
         reason = None
         here = row["host"] == host
         alive = bool(here and row["pid"] and pid_alive(row["pid"]))

@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -57,6 +58,10 @@ RESUBMIT_STATES = {"TIMEOUT", "PREEMPTED"}
 # preemption's SIGTERM): the trainer then checkpoints and exits before the limit, so the job ends FAILED rather than
 # TIMEOUT, and this file is what tells a time-limit stop from a crash.
 SIGNAL_FILE = "slurm_signal.json"
+ATTEMPT_FILE = "slurm_attempt"  # the token of the run's current submission
+#: polls after which a followed job that neither Slurm (squeue, sacct, scontrol) nor its run directory knows is
+#: settled as failed (it ended while no worker followed it, and Slurm forgot it after MinJobAge)
+UNKNOWN_POLLS = 24
 FAILED_STATES = {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 JOB_SCRIPT = "dwc-slurm-job.py"
 LOG_TAIL_LINES = 8
@@ -213,7 +218,9 @@ def job_script(project: Path) -> Path:
     return path
 
 
-def sbatch_command(run: dict, registry_path: Path, opts: SlurmOptions, script: Path) -> list[str]:
+def sbatch_command(
+    run: dict, registry_path: Path, opts: SlurmOptions, script: Path, attempt: str | None = None
+) -> list[str]:
     t = run["config"]["trainer"]
     nodes, gpus = int(t.get("nodes", 1)), int(t.get("gpus", 1))
     run_dir = Path(run["run_dir"])
@@ -232,7 +239,7 @@ def sbatch_command(run: dict, registry_path: Path, opts: SlurmOptions, script: P
         if value:
             cmd.append(f"--{flag}={value}")
     cmd += list(opts.sbatch_args)
-    cmd += [str(script), str(run["id"]), str(registry_path), str(run_dir)]
+    cmd += [str(script), str(run["id"]), str(registry_path), str(run_dir)] + ([attempt] if attempt else [])
     return cmd
 
 
@@ -244,7 +251,11 @@ def submit(registry: Registry, registry_path: Path, run: dict, opts: SlurmOption
     (run_dir / SIGNAL_FILE).unlink(missing_ok=True)
     row = registry.get(run["id"])
     atomic_write_text(run_dir / "run.json", json.dumps(row, sort_keys=True, default=str))
-    cmd = sbatch_command(row, registry_path, opts, job_script(registry_path.parent.parent))
+    # the run's current attempt: a job of an earlier submission that Slurm starts late (it was held, requeued)
+    # finds another token here and exits without touching the run (see job_main)
+    attempt = secrets.token_hex(6)
+    atomic_write_text(run_dir / ATTEMPT_FILE, attempt)
+    cmd = sbatch_command(row, registry_path, opts, job_script(registry_path.parent.parent), attempt)
     res = _slurm(cmd)
     job_id = res.stdout.strip().split(";")[0] if res.returncode == 0 else ""
     if not job_id.isdigit():
@@ -269,6 +280,8 @@ class SlurmWorker:
         self.log = log
         self.log_file = log_file
         self.followed: dict[int, str] = {}  # run id → job id
+        self.unknown: dict[int, int] = {}  # run id → polls in a row that found its job nowhere
+        self.unknown_polls = UNKNOWN_POLLS
         self.stop = False
         self.folder = self.registry_path.parent / control.WORKERS_DIR  # runs/workers/, beside local workers
         self._lock = None
@@ -388,11 +401,32 @@ class SlurmWorker:
                 if info.active:
                     continue
             elif read_final(Path(row["run_dir"])) is None:
-                continue  # not known to Slurm (yet, or any more) and no final word: look again next time
+                # not known to Slurm (yet, or any more) and no final word: look again next time — a bounded
+                # number of times (a job that ended unseen and that Slurm has forgotten would be followed forever)
+                self.unknown[run_id] = self.unknown.get(run_id, 0) + 1
+                if self.unknown[run_id] >= self.unknown_polls:
+                    self._forgotten(run_id, job)
+                    self.followed.pop(run_id, None)
+                    ended.append(run_id)
+                continue
+            self.unknown.pop(run_id, None)
             if self.settle(run_id, job, info, row):
                 self.followed.pop(run_id, None)
                 ended.append(run_id)
         return ended
+
+    def _forgotten(self, run_id: int, job: str) -> None:
+        why = (
+            f"slurm job {job} is unknown to Slurm (squeue, sacct and scontrol) and left no final status in the run "
+            f"directory after {self.unknown_polls} polls: it ended while no worker followed it and Slurm has "
+            f"forgotten it (MinJobAge). `dwc resume {run_id}` continues it from last.pt."
+        )
+        tail = log_tail(Path(self.registry.get(run_id)["run_dir"]) / "train.log")
+        message = why + ("\nlast lines of train.log:\n" + "\n".join(tail) if tail else "")
+        self.registry.set_status(
+            run_id, "failed", why, only_from=(*ACTIVE, "lost"), error=message, exit_code=1
+        )
+        self.log(f"run {run_id}: {why}")
 
     def settle(self, run_id: int, job: str, info: JobInfo | None, row: dict) -> bool:
         """The job ended: final ingest, then done / failed / cancelled, or re-submission. True when settled."""
@@ -559,6 +593,13 @@ def job_command(run: dict, registry_path: Path, run_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
 def _preempted_in_log(log: Path, job: str) -> bool:
     """Slurm's own line in the job's output when it killed the job for a preemption (requeue mode), e.g.
     ``slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT ... DUE TO PREEMPTION ***``."""
@@ -573,8 +614,18 @@ def job_main(argv: list[str] | None = None) -> int:
     p.add_argument("run_id", type=int)
     p.add_argument("registry")
     p.add_argument("run_dir")
+    p.add_argument("attempt", nargs="?", help="the submission's token (slurm_attempt in the run directory)")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)
+    job = os.environ.get("SLURM_JOB_ID", "?")
+    current = _read_text(run_dir / ATTEMPT_FILE)
+    if args.attempt and current and current != args.attempt:
+        print(
+            f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} slurm job {job}: run {args.run_id} has been submitted again "
+            "since this job was; this job exits without running it",
+            flush=True,
+        )
+        return 0
     (run_dir / STATUS_FILE).unlink(missing_ok=True)
     # the attempt before this one (Slurm requeued this same job) may have left its signal record: read, then
     # remove it (stale for this attempt)
@@ -582,7 +633,6 @@ def job_main(argv: list[str] | None = None) -> int:
     (run_dir / SIGNAL_FILE).unlink(missing_ok=True)
     sink = FileSink(run_dir, args.run_id)
     run = sink.get(args.run_id)
-    job = os.environ.get("SLURM_JOB_ID", "?")
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     message = f"slurm job {job} started on {socket.gethostname()} (restart {restarts})"
     if restarts not in ("", "0"):
