@@ -71,6 +71,11 @@ def test_only_changed_lists_differing_keys_as_columns(reg, tmp_path):
         {"model.embed_dim": 256, "trainer.lr": 0.5},
     ]
     assert "model.embed_dim" in t.info_columns() and "other settings shared" in t.title
+    # every file format prints the config values as they are (lr 0.001 was "0.00" in csv/md/latex)
+    rows = list(csv.DictReader(io.StringIO(formats.to_csv(t))))
+    assert [r["trainer.lr"] for r in rows] == ["0.001", "0.5"]
+    assert "| 0.001 |" in formats.to_markdown(t).replace("  ", " ")
+    assert "0.001" in formats.to_latex(t)
 
 
 def test_filters_globs_and_errors(reg, tmp_path):
@@ -224,6 +229,7 @@ def test_every_format_round_trips_the_same_numbers(reg, tmp_path):
     assert "**" in md[-1] or any("**" in line for line in body)
 
     tex = formats.to_latex(t)
+    assert re.search(r" \(\$[+-]\d+\.\d\d\$\)", tex)  # deltas in math mode: a minus sign, not a hyphen
     lines = [line for line in tex.splitlines() if line.endswith(r"\\") and not line.startswith("experiment")]
     ninfo = len([c for c in t.info_columns(compact=True) if c != "n"]) + 1
     got = [[_parse_plain(c) for c in line[:-2].split(" & ")[ninfo:]] for line in lines]

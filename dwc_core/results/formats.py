@@ -50,7 +50,7 @@ def cell_text(c: Cell | None, style: str = "plain") -> str:
     if style == "latex":
         body = number(c.mean) + (rf" \pm {number(c.std)}" if c.std is not None else "")
         text = rf"$\mathbf{{{body}}}$" if c.best else f"${body}$"
-        return text + (f" ({signed(c.delta)})" if c.delta is not None else "")
+        return text + (f" (${signed(c.delta)}$)" if c.delta is not None else "")  # a minus, not a hyphen
     text = number(c.mean) + (f" ± {number(c.std)}" if c.std is not None else "")
     if style == "md" and c.best:
         text = f"**{text}**"
@@ -69,6 +69,13 @@ def _plain(value) -> str:
     return str(value)
 
 
+def config_value(value) -> str:
+    """A config value as the file holds it: floats exact (lr 0.001, never the metrics' "0.00")."""
+    if isinstance(value, float):
+        return repr(value)
+    return _plain(value)
+
+
 def header(metric: str) -> str:
     """Column headings as papers print them: ``dress R@10``, ``Avg R@10``."""
     head, _, tail = metric.rpartition("/")
@@ -83,7 +90,7 @@ def to_csv(table: CompareTable) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(cols)
     for rec in table.records():
-        writer.writerow([_plain(rec.get(c)) for c in cols])
+        writer.writerow([(config_value if c in table.changed_keys else _plain)(rec.get(c)) for c in cols])
     return buf.getvalue()
 
 
@@ -102,7 +109,7 @@ def info_value(table: CompareTable, row, col: str, value=None) -> str:
     if col == "n":
         return str(row.n) if row.kind == "ours" else ""
     if col in table.changed_keys and table.only_changed:
-        return "" if row.kind != "ours" else (value or _plain)(row.changed.get(col))
+        return "" if row.kind != "ours" else (value or config_value)(row.changed.get(col))
     return _plain(getattr(row, col, ""))
 
 
