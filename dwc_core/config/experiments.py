@@ -354,6 +354,9 @@ class ExperimentsFile:
                 config["description"] = str(description or "")
                 config["tags"] = [str(t) for t in tags]
                 config["variant"] = variant
+                config["overrides"] = [
+                    str(o) for o in overrides or []
+                ]  # `--set` as given: listings show them
                 specs.append(RunSpec(name, config, variant))
         return specs
 
@@ -568,7 +571,7 @@ def apply_overrides(config: dict, overrides: list[str], allowed_sections: tuple[
     for item in overrides:
         _apply_override(tree, item)
     out = validate(tree, "the run's frozen config")
-    for key in ("experiment", "description", "tags", "variant"):
+    for key in ("experiment", "description", "tags", "variant", "overrides"):
         if key in config:
             out[key] = copy.deepcopy(config[key])
     return out

@@ -336,7 +336,7 @@ def _our_rows(runs: list[dict], group_by: str, which: str, per_run: bool) -> lis
             first = members[0]
             per = [run_metrics(m, which) for m in members]
             names = sorted({k for p in per for k in p})
-            label = grouping.label(idents[gid], keys)
+            label = grouping.with_overrides(grouping.label(idents[gid], keys), first["config"])
             if per_run:
                 label = " ".join(x for x in (label, f"seed={first['seed']}") if x)
             rows.append(

@@ -80,6 +80,17 @@ def label(ident: dict[str, object], keys: list[str]) -> str:
     return " ".join(f"{k}={fmt_value(ident.get(k))}" for k in keys)
 
 
+def with_overrides(text: str, config: dict) -> str:
+    """``text`` (what sets a run apart from the runs listed with it) and the run's recorded ``--set`` overrides
+    that it does not already name (the seed has its own column): a lone ``--set trainer.lr=0.1`` run shows it."""
+    shown = {part.partition("=")[0] for part in text.split()}
+    extra = [
+        o for o in config.get("overrides") or []
+        if (key := o.partition("=")[0].strip()) not in shown and key != "trainer.seed"
+    ]  # fmt: skip
+    return " ".join([text, *extra]).strip()
+
+
 def variant_text(row: dict) -> str:
     """What a run's listing shows as its variant: grid values (without the seed) and recorded ``--set`` overrides."""
     parts = [f"{k}={fmt_value(v)}" for k, v in (row.get("variant") or {}).items() if k != "seed"]

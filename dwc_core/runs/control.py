@@ -27,7 +27,7 @@ from dwc_core.runs.registry import ACTIVE, FINISHED, Registry
 WORKERS_DIR = "workers"
 WORKER_STALE_S = 60.0  # a worker on another host is live while its file's heartbeat is fresher than this
 RESUMABLE = ("failed", "cancelled", "lost")
-CONFIG_META_KEYS = ("experiment", "description", "tags", "variant")  # not part of "the same run"
+CONFIG_META_KEYS = ("experiment", "description", "tags", "variant", "overrides")  # not part of "the same run"
 
 
 class DuplicateRuns(UsageError):

@@ -213,7 +213,7 @@ def _listing(
     limit: int | None, disk: bool,
 ) -> tuple[list[dict], bool]:  # fmt: skip
     """(rows, whether the project has any run at all)."""
-    from dwc_core.results.grouping import variant_labels
+    from dwc_core.results.grouping import variant_labels, with_overrides
 
     path = _project() / "runs" / "registry.db"
     if not path.exists():
@@ -232,7 +232,8 @@ def _listing(
         from dwc_core.results.compare import run_tags
 
         rows = [r for r in rows if tag in run_tags(r)]
-    labels = variant_labels(rows)
+    labels = {r["id"]: with_overrides(labels_.get(r["id"], ""), r.get("config") or {})
+              for labels_ in (variant_labels(rows),) for r in rows}  # fmt: skip
     usage = None
     if disk:
         from dwc_core.runs.control import run_disk_usage as usage
@@ -449,6 +450,9 @@ def _variant_lines(registry, row: dict) -> list[str]:
     ).get(row["id"], "")
     if label:
         lines.append(f"differs from the other {escape(row['experiment'])} runs in: {escape(label)}")
+    overrides = (row.get("config") or {}).get("overrides") or []
+    if overrides:
+        lines.append("overrides " + escape(" ".join(f"--set {o}" for o in overrides)))
     return lines
 
 
