@@ -553,3 +553,41 @@ def test_dashboard_poller_marks_a_run_whose_process_died_lost(tmp_path):
     poller.poll()  # the first poll is a full one: it sees the dead process and reconciles
     assert reg.get(rid)["status"] == "lost"
     assert poller.poll().rows[rid]["status"] == "lost"  # the next poll shows it (the status change's event)
+
+
+async def test_failed_lost_and_cancelled_stay_readable_without_colour(project, monkeypatch):
+    """NO_COLOR: Textual draws colours as greys by brightness; red/magenta statuses came out grey on grey
+    (fg 237 on bg 235). After the app's own filters, every such word has a contrast ratio of at least 3:1."""
+    from textual.color import Color
+
+    p, ids = project
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.pause(0.1)
+        lines = app.screen._compositor.render_update(
+            full=True, screen_stack=app._background_screens, simplify=True
+        )
+        console = Console(width=120, file=io.StringIO(), force_terminal=True, color_system="truecolor")
+        segments = list(console.render(lines))
+        for f in app._filters:
+            segments = f.apply(segments, Color(0, 0, 0))
+
+        def luminance(c) -> float:
+            r, g, b = (v / 255 for v in c.get_truecolor())
+            lin = [x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4 for x in (r, g, b)]
+            return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+        seen = set()
+        for seg in segments:
+            word = seg.text.strip()
+            if word not in ("failed", "lost", "cancelled") or seg.style is None:
+                continue
+            seen.add(word)
+            fg, bg = seg.style.color, seg.style.bgcolor
+            if fg is None or bg is None:
+                continue  # the terminal's own default colours
+            hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+            assert (hi + 0.05) / (lo + 0.05) >= 3.0, (word, fg, bg, seg.style)
+        assert {"failed", "lost"} <= seen

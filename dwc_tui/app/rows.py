@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import suppress
 
@@ -34,6 +35,21 @@ STATUS_STYLE = {
     "cancelled": "magenta",
     "lost": "red",
 }
+#: NO_COLOR: Textual draws colours as greys by their brightness, and red or magenta on the dark background came out
+#: grey on grey (failed, lost, cancelled: the statuses that matter most). Text attributes instead of colours there.
+MONO_STATUS_STYLE = {
+    "queued": "", "starting": "italic", "running": "bold", "done": "", "failed": "bold reverse",
+    "cancelled": "underline", "lost": "bold underline",
+}  # fmt: skip
+
+
+def status_style(status: str) -> str:
+    """The style of a status word: its colour, or its text attributes under NO_COLOR (read when drawn)."""
+    if os.environ.get("NO_COLOR"):
+        return MONO_STATUS_STYLE.get(status, "")
+    return STATUS_STYLE.get(status, "")
+
+
 COUNTED = ("queued", "running", "done", "failed", "lost")
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 6  # loss points in the table's sparkline
@@ -245,7 +261,7 @@ def status_cell(r: dict, width: int | None = None) -> Text:
     Within ``width`` characters (a narrow table): our status whole, then only Slurm's state code and
     re-submissions ("queued PD", "done TO↻1"), cut with "…" to what is left; the rest is in the detail pane."""
     status = r["status"]
-    cell = Text(status, style=STATUS_STYLE.get(status, ""))
+    cell = Text(status, style=status_style(status))
     if width is None:
         slurm = slurm_compact(r, SLURM_WIDTH)
     else:

@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Input, Static
 from textual.worker import Worker, WorkerState
 
 from dwc_tui.app.poller import Focus, Snapshot
-from dwc_tui.app.rows import COLUMNS, COUNTED, STATUS_STYLE
+from dwc_tui.app.rows import COLUMNS, COUNTED, status_style
 from dwc_tui.app.widgets.keybar import KeyBar
 
 MARK = "●"
@@ -241,7 +241,7 @@ class DashboardScreen(Screen):
         for i, status in enumerate(COUNTED):
             parts += [
                 Text(("  " if wide else " ") if i else "") + Text(f"{status} "),
-                Text(str(snap.counts.get(status, 0)), style=STATUS_STYLE[status]),
+                Text(str(snap.counts.get(status, 0)), style=status_style(status)),
             ]
         if self.marked:
             parts.append(Text(f" │ marked {len(self.marked)}", style="bold"))
@@ -352,7 +352,7 @@ class DashboardScreen(Screen):
         # the side pane is ~27 columns at 80: one fact per line, each cut with "…" rather than wrapped
         lines = [
             Text.assemble(
-                (f"#{rid} {row['experiment']} ", "bold"), (row["status"], STATUS_STYLE.get(row["status"], ""))
+                (f"#{rid} {row['experiment']} ", "bold"), (row["status"], status_style(row["status"]))
             ),
             Text(row["what"], style="dim"),
         ]

@@ -16,7 +16,7 @@ from textual.worker import Worker, WorkerState
 
 from dwc_core.results.slurm_view import slurm_line, slurm_summary
 from dwc_tui.app import data
-from dwc_tui.app.rows import STATUS_STYLE, number
+from dwc_tui.app.rows import number, status_style
 from dwc_tui.app.widgets.keybar import KeyBar
 
 LOG_FOLLOW_S = 1.0
@@ -148,7 +148,7 @@ class RunScreen(Screen):
         # one line at any width: what matters first, Slurm's view last (the overview has it in full)
         title = Text.assemble(
             (f"#{r['id']} {r['experiment']}  ", "bold"),
-            (r["status"], STATUS_STYLE.get(r["status"], "")),
+            (r["status"], status_style(r["status"])),
             f"  seed {r['seed']}  epoch {r['epoch']}/{r['epochs']}",
             (f"  slurm {slurm_summary(r)}" if r.get("slurm_job") else "", "dim"),
             no_wrap=True,
