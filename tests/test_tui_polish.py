@@ -6,6 +6,7 @@ and versions stay on one line, and the recall curves are told apart without colo
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -591,3 +592,31 @@ async def test_failed_lost_and_cancelled_stay_readable_without_colour(project, m
             hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
             assert (hi + 0.05) / (lo + 0.05) >= 3.0, (word, fg, bg, seg.style)
         assert {"failed", "lost"} <= seen
+
+
+def test_header_counts_live_workers_not_runs_held_by_a_foreground_dwc_run(tmp_path, monkeypatch):
+    """`workers N` in the header is `dwc workers`' count: a foreground `dwc run` is no worker, an idle live worker
+    is one."""
+    import socket
+
+    from dwc_core.config.experiments import default_config
+    from dwc_core.runs.control import workers_dir
+    from dwc_core.runs.worker import hold_worker_lock, write_worker_file
+    from dwc_tui.app import poller as poller_mod
+
+    monkeypatch.setattr(poller_mod, "WORKERS_EVERY_S", 0.0)
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    rid = reg.create_run("demo", default_config(), tmp_path / "runs")["id"]
+    reg.set_status(rid, "running", "running", pid=os.getpid(), host=socket.gethostname())
+    reg.update(rid, worker=f"cli:{os.getpid()}")
+    p = poller_mod.Poller(reg.path)
+    p.poll()
+    assert p.poll().workers == 0
+    folder = workers_dir(tmp_path)
+    lock = hold_worker_lock(folder, "vm-1")
+    try:
+        write_worker_file(folder, "vm-1", {"name": "vm-1", "host": socket.gethostname(), "pid": os.getpid()})
+        assert p.poll().workers == 1
+    finally:
+        lock.release()
+    assert p.poll().workers == 0

@@ -17,6 +17,7 @@ thread that opened it.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import threading
@@ -32,6 +33,7 @@ TAIL = 24  # loss points kept per run for the table sparkline
 FULL_EVERY = 15  # polls between full re-reads of the runs table
 MAX_INCREMENT = 200_000  # more new metric rows than this at once: re-read tails instead of replaying them
 LOG_TAIL_BYTES = 16_384
+WORKERS_EVERY_S = 3.0  # how often the header's worker count is re-read
 
 RUN_COLUMNS = (
     "id, experiment, status, variant, seed, created, started, ended, heartbeat, epoch, epochs, step, total_steps, "
@@ -80,6 +82,8 @@ class Poller:
         self._log_sig: tuple | None = None
         self._gpus: list[str] | None = None
         self._visible_gpus = visible_gpus
+        self._workers = 0
+        self._workers_at = float("-inf")
         self._lock = threading.Lock()  # an exclusive worker replaced mid-poll may still be running
 
     # ---------------------------------------------------------------------------------------------------- api
@@ -114,9 +118,7 @@ class Poller:
         # elapsed / ETA move for active runs even without a new row
         ids = set(ids) | {rid for rid, r in shown.items() if r["status"] in ("running", "starting")}
         rows = {rid: fmt.display_row(shown[rid], list(self.tails.get(rid, ())), now) for rid in ids}
-        workers = len(
-            {r["worker"] for r in shown.values() if r["status"] in ("running", "starting") and r["worker"]}
-        )
+        workers = self._live_workers()
         return Snapshot(
             rows=rows,
             removed=removed,
@@ -127,6 +129,20 @@ class Poller:
             focus=focus,
             poll_ms=(time.perf_counter() - t0) * 1000,
         )
+
+    def _live_workers(self) -> int:
+        """Live workers of the project (`dwc workers`' count: runs/workers/ files whose holder lives), read every
+        WORKERS_EVERY_S. Not on the first poll: the table is drawn before the registry modules load."""
+        if self.polls <= 1:
+            return self._workers
+        now = time.monotonic()
+        if now - self._workers_at >= WORKERS_EVERY_S:
+            from dwc_core.runs.control import live_workers
+
+            with contextlib.suppress(OSError):  # the folder being written meanwhile: the last count stands
+                self._workers = len(live_workers(self.registry_path.parent.parent))
+            self._workers_at = now
+        return self._workers
 
     def _reconcile_dead(self) -> None:
         """An active run of this host whose process is gone (trainer and worker killed, nothing recorded) is marked
