@@ -121,3 +121,29 @@ def test_jsonl_one_object_per_query(reg, tmp_path):
     docs = [json.loads(x) for x in lines]
     assert [d["qidx"] for d in docs] == [0, 1] and docs[1]["target_rank"] is None
     assert docs[0]["topk"][0] == {"rank": 1, "id": "g0", "score": 1.0, "hit": True, "display": None}
+
+
+def test_k_beyond_the_stored_top_k_is_refused(reg, tmp_path):
+    # 60 items stored per query out of a 500-image gallery: a target ranked beyond 60 has no known rank, so
+    # --k 100 would count it as a miss whatever its real rank
+    rid = _run(reg, tmp_path, [1, 59, None], gallery_size=500)
+    assert [q.qidx for q in browse.queries(reg, rid, misses=True, k=60, describe=False).queries] == [2]
+    for kwargs in ({"misses": True, "k": 61}, {"hits": True, "k": 100}, {"rank_above": 61}):
+        with pytest.raises(UsageError, match="stored each query's top 60 only.*Allowed: --[a-z-]+ 1 to 60"):
+            browse.queries(reg, rid, describe=False, **kwargs)
+    browse.queries(reg, rid, k=100, describe=False)  # no hit/miss filter: K is not used
+    other = _run(reg, tmp_path, [2, None, 3], gallery_size=500)
+    with pytest.raises(UsageError, match="--k 61: evaluation .* stored each query's top 60 only"):
+        browse.against(reg, rid, other, k=61, describe=False)
+    assert browse.against(reg, rid, other, k=60, describe=False).counts["both"] == 1
+    # the whole gallery stored (a gallery of 60): every rank is known, any K is exact
+    small = _run(reg, tmp_path, [1, None], gallery_size=60)
+    assert len(browse.queries(reg, small, misses=True, k=1000, describe=False).queries) == 1
+
+
+def test_available_evaluations_are_named_once(reg, tmp_path):
+    rid = seed_run(reg, tmp_path, "demo", config(), {"R@1": 1.0})
+    eid = add_eval(reg, rid, [qrow(0, "t", "g0", _ranking("g0", 1))], epoch=3, best=True)
+    with pytest.raises(UsageError) as exc:
+        browse.queries(reg, rid, eval_id=999)
+    assert f"{eid} (epoch 3, best)" in str(exc.value) and "epoch epoch" not in str(exc.value)

@@ -166,6 +166,24 @@ def test_reference_without_runs_and_on_synthetic(reg, tmp_path):
         compare_rows(reg, dataset="shoes")
 
 
+def test_reference_without_runs_states_each_rows_own_protocol(reg, tmp_path):
+    # nothing of ours on Shoes to compare with: each published row says its protocol, never "same"
+    rows = {r.key: r for r in compare_rows(reg, reference=True, dataset="shoes").rows}
+    assert all(r.protocol_text != "same" for r in rows.values())
+    assert rows["DWC (AAAI'24)"].protocol_text == (
+        "gallery=eval_im_names.txt, text=caption, mask_reference=true, model_selection=test"
+    )
+    tirg = rows["TIRG (CVPR'19)"]
+    assert tirg.protocol_text == "text=caption; not stated: gallery, mask_reference, model_selection"
+    csv_rows = list(csv.DictReader(io.StringIO(formats.render(compare_rows(reg, reference=True, dataset="shoes"),
+                                                              "csv"))))  # fmt: skip
+    assert {r["protocol"] for r in csv_rows} >= {rows["DWC (AAAI'24)"].protocol_text, tirg.protocol_text}
+    # with a run on Shoes the rows are compared with it again: DWC's protocol matches ours
+    seed_run(reg, tmp_path, "s", config(dataset="shoes"), {"R@1": 10.0, "R@10": 40.0, "R@50": 70.0})
+    rows = {r.key: r for r in compare_rows(reg, reference=True, dataset="shoes").rows}
+    assert rows["DWC (AAAI'24)"].protocol_text == "same"
+
+
 def test_metric_order_is_the_papers():
     names = ["mean", "avg/R@10", "toptee/R@10", "dress/R@50", "dress/R@10", "R@50", "R@5", "R@1"]
     assert sorted(names, key=metric_order) == [

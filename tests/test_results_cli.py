@@ -197,3 +197,46 @@ def test_compare_reference_table_flags_protocol_differences(tmp_path):
     assert "DWC (AAAI'24)" in res.output and "Avg R@10" in res.output and "differs" in res.output
     assert "DWC (AAAI'24): gallery: split_all vs val_union; mask_reference: false vs true" in res.output
     assert "DWC (Huang et al., AAAI 2024)" in res.output  # the source
+
+
+def test_compare_reference_table_gives_every_published_rows_source(tmp_path):
+    # a run on DWC's own protocol: DWC's row is "same", and its source is still printed (a numbered footnote)
+    from test_compare import FIQ, fiq_config
+
+    (tmp_path / "experiments.yaml").write_text("experiments: {}\n")
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    seed_run(reg, tmp_path, "fiq-dwc", fiq_config(), FIQ)
+    reg.close()
+    res = invoke(tmp_path, "compare", "--reference")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    dwc_row = next(line for line in lines if line.startswith("DWC (AAAI'24)"))
+    number = dwc_row.rsplit("[", 1)[1].rstrip(" ]")
+    assert "same [" in dwc_row and number.isdigit()
+    assert f"  [{number}] DWC (Huang et al., AAAI 2024), FashionIQ comparison table" in res.stdout
+    # every published row points at a listed source
+    from dwc_core.results.reference import rows_for
+
+    published = [
+        line for line in lines if line.split(" │")[0].strip() in {p.label for p in rows_for("fashioniq")}
+    ]
+    assert len(published) == len(rows_for("fashioniq"))
+    for line in published:
+        n = line.rsplit("[", 1)[1].rstrip(" ]")
+        assert any(x.startswith(f"  [{n}] ") for x in lines), line
+
+
+def test_compare_reference_without_runs_lists_each_rows_protocol(tmp_path):
+    (tmp_path / "experiments.yaml").write_text("experiments: {}\n")
+    res = invoke(tmp_path, "compare", "--reference", "--dataset", "shoes")
+    assert res.exit_code == 0, res.output
+    assert "same" not in res.stdout
+    assert "DWC (AAAI'24): gallery=eval_im_names.txt, text=caption, mask_reference=true" in res.stdout
+
+
+def test_browse_k_beyond_the_stored_lists_exits_2(proj):
+    # the fixture stores 12 items per query of a 20-image gallery
+    res = invoke(proj, "browse", "1", "--misses", "--k", "13")
+    assert res.exit_code == 2, res.output
+    assert "stored each query's top 12 only" in res.output and "Traceback" not in res.output
+    assert invoke(proj, "browse", "1", "--misses", "--k", "12").exit_code == 0

@@ -91,7 +91,9 @@ def test_differing_keys_puts_variant_keys_first_and_labels():
     assert grouping.differing_keys(ids[:1]) == []
 
 
-def test_variant_text_shows_grid_values_and_overrides_but_not_the_seed():
-    row = {"variant": {"model.embed_dim": 128, "seed": 3}, "config": {"overrides": ["trainer.lr=0.1"]}}
-    assert grouping.variant_text(row) == "model.embed_dim=128 --set trainer.lr=0.1"
-    assert grouping.variant_text({"variant": {"seed": 3}, "config": {}}) == ""
+def test_with_overrides_adds_grid_values_and_overrides_but_not_the_seed():
+    cfg = {"variant": {"model.embed_dim": 128, "seed": 3}, "overrides": ["trainer.lr=0.1", "trainer.seed=4"]}
+    assert grouping.with_overrides("", cfg) == "model.embed_dim=128 trainer.lr=0.1"
+    # what the listing already names is not repeated
+    assert grouping.with_overrides("trainer.lr=0.1", cfg) == "trainer.lr=0.1 model.embed_dim=128"
+    assert grouping.with_overrides("", {"variant": {"seed": 3}}) == ""

@@ -6,7 +6,9 @@ correct item (``None`` when it is not in the stored top-K). Ranks here are 1-bas
 
 Filters: ``misses`` / ``hits`` = the first correct item is not / is within the top ``k`` (default 10);
 ``rank_above=N`` = the first correct item ranks worse than N (or is not in the stored top-K); ``grep`` = a
-case-insensitive substring of the modification text.
+case-insensitive substring of the modification text. Ranks are known only within the stored top-K
+(``eval.store_topk``, 50 by default), so ``k``, ``rank_above`` and the ``--against`` K above it are refused rather
+than counting the unknown ranks as misses.
 """
 
 from __future__ import annotations
@@ -74,11 +76,7 @@ def pick_evaluation(registry, run_id: int, eval_id: int | None = None, last: boo
     run = registry.get(run_id)
     evals = registry.evaluations(run_id)
     stored = registry.evaluations_with_query_results(run_id)
-    avail = ", ".join(
-        f"{e['id']} ({e['kind']} epoch {e['epoch']}{' best' if e['is_best'] else ''})"
-        for e in evals
-        if e["id"] in stored
-    )
+    avail = ", ".join(f"{e['id']} ({_eval_text(e)})" for e in evals if e["id"] in stored)
     if eval_id is not None:
         chosen = next((e for e in evals if e["id"] == eval_id), None)
         if chosen is None:
@@ -104,6 +102,35 @@ def pick_evaluation(registry, run_id: int, eval_id: int | None = None, last: boo
             f"and last epochs and for re-evaluations). Evaluations with per-query results: {avail or 'none'}."
         )
     return chosen
+
+
+def _eval_text(ev: dict) -> str:
+    """``epoch 3, best`` for a per-epoch evaluation, ``reeval, epoch 3`` for a re-evaluation."""
+    if ev["kind"] == "epoch":
+        return f"epoch {ev['epoch']}{', best' if ev['is_best'] else ''}"
+    return f"{ev['kind']}, epoch {ev['epoch']}"
+
+
+def stored_depth(evaluation: dict, rows: list[dict]) -> int | None:
+    """How deep the evaluation's per-query rankings were stored (``eval.store_topk``): the rank of the first
+    correct item is known only up to this rank (``target_rank`` is None beyond it). None when the whole gallery
+    was stored, so every rank is known."""
+    depth = max((len(r["topk_ids"]) for r in rows), default=0)
+    gallery = evaluation.get("gallery_size")
+    if gallery and depth >= gallery:
+        return None
+    return depth
+
+
+def _check_depth(option: str, value: int, depth: int | None, run_id: int, ev: dict) -> None:
+    """Refuse a cut-off deeper than the stored rankings: queries ranked beyond them would count as misses."""
+    if depth is not None and value > depth:
+        raise UsageError(
+            f"{option} {value}: evaluation {ev['id']} of run {run_id} stored each query's top {depth} only "
+            f"(eval.store_topk), so whether the first correct item ranks within {value} is not known. Allowed: "
+            f"{option} 1 to {depth}; `dwc eval {run_id} --set eval.store_topk=N` re-scores the run with longer "
+            "lists."
+        )
 
 
 def _displays(run: dict) -> dict[str, str]:
@@ -180,6 +207,11 @@ def queries(
     run = registry.get(run_id)
     ev = pick_evaluation(registry, run_id, eval_id, last)
     rows = registry.query_results(ev["id"])
+    depth = stored_depth(ev, rows)
+    if misses or hits:
+        _check_depth("--k", k, depth, run_id, ev)
+    if rank_above is not None:
+        _check_depth("--rank-above", rank_above, depth, run_id, ev)
     total = len(rows)
     views = _views(rows, _displays(run) if describe else {})
     if misses:
@@ -242,6 +274,8 @@ def against(
     problems = _same_set_problems(ea, eb, ra, rb)
     rows_a, rows_b = registry.query_results(ea["id"]), registry.query_results(eb["id"])
     if not problems:
+        _check_depth("--k", k, stored_depth(ea, rows_a), run_a, ea)
+        _check_depth("--k", k, stored_depth(eb, rows_b), run_b, eb)
         keys_a = {(r["eval_set"], r["qidx"]): (r["ref_id"], r["text"], r["target_ids"]) for r in rows_a}
         keys_b = {(r["eval_set"], r["qidx"]): (r["ref_id"], r["text"], r["target_ids"]) for r in rows_b}
         if keys_a != keys_b:

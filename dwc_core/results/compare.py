@@ -86,12 +86,26 @@ class CompareRow:
     protocol_diff: list[str] = field(default_factory=list)
     not_stated: list[str] = field(default_factory=list)
     identity: dict[str, object] = field(default_factory=dict, repr=False)
+    compared: bool = True  # published rows: False when there is no run of ours on the dataset to compare with
 
     @property
     def protocol_text(self) -> str:
+        """Published rows: how the protocol differs from our run's ("same" when it does not), or, with no run to
+        compare with, the row's own protocol ("gallery=val_union, text=dwc, …"); the keys the source does not
+        state follow."""
         if self.kind != "published":
             return ""
-        parts = list(self.protocol_diff)
+        if not self.compared:
+            parts = [
+                ", ".join(
+                    f"{k}={reference.show_value(self.protocol[k])}"
+                    for k in reference.PROTOCOL_KEYS
+                    if self.protocol.get(k) is not None
+                )
+            ]
+        else:
+            parts = list(self.protocol_diff)
+        parts = [p for p in parts if p]
         if self.not_stated:
             parts.append("not stated: " + ", ".join(self.not_stated))
         return "; ".join(parts) if parts else "same"
@@ -336,7 +350,14 @@ def _our_rows(runs: list[dict], group_by: str, which: str, per_run: bool) -> lis
             first = members[0]
             per = [run_metrics(m, which) for m in members]
             names = sorted({k for p in per for k in p})
-            label = grouping.with_overrides(grouping.label(idents[gid], keys), first["config"])
+            # the --set overrides every member was made with (replicates may reach one config different ways)
+            common = [
+                o for o in first["config"].get("overrides") or []
+                if all(o in (m["config"].get("overrides") or []) for m in members)
+            ]  # fmt: skip
+            label = grouping.with_overrides(
+                grouping.label(idents[gid], keys), {**first["config"], "overrides": common}
+            )
             if per_run:
                 label = " ".join(x for x in (label, f"seed={first['seed']}") if x)
             rows.append(
@@ -374,7 +395,7 @@ def _with_reference(rows: list[CompareRow], datasets: list[str]) -> tuple[list[C
             continue
         anchor = max(ours, key=lambda r: (r.cells.get("mean") or Cell(None)).mean or -1.0, default=None)
         if anchor is None:
-            notes.append(f"{ds}: no runs yet; the published rows below are what to beat.")
+            notes.append(f"{ds}: no runs yet; the published rows are what to beat.")
         else:
             notes.append(
                 f"{ds}: delta = ours ({anchor.key}{' ' + anchor.label if anchor.label else ''}) − published; "
@@ -386,9 +407,7 @@ def _with_reference(rows: list[CompareRow], datasets: list[str]) -> tuple[list[C
                 mine = anchor.cells.get(k) if anchor else None
                 delta = _round(mine.mean - v) if mine is not None and mine.mean is not None else None
                 cells[k] = Cell(_round(v), None, 1, delta=delta)
-            diffs, unknown = (
-                reference.protocol_difference(anchor.protocol, p.protocol) if anchor else ([], [])
-            )
+            diffs, unknown = reference.protocol_difference(anchor.protocol if anchor else {}, p.protocol)
             out.append(
                 CompareRow(
                     kind="published",
@@ -401,8 +420,9 @@ def _with_reference(rows: list[CompareRow], datasets: list[str]) -> tuple[list[C
                     cells=cells,
                     source=p.source,
                     protocol=dict(p.protocol),
-                    protocol_diff=diffs,
+                    protocol_diff=diffs if anchor else [],
                     not_stated=unknown,
+                    compared=anchor is not None,
                 )  # fmt: skip
             )
     out += [r for r in rows if r.dataset not in datasets]

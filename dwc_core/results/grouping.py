@@ -81,24 +81,17 @@ def label(ident: dict[str, object], keys: list[str]) -> str:
 
 
 def with_overrides(text: str, config: dict) -> str:
-    """``text`` (what sets a run apart from the runs listed with it) and the run's recorded ``--set`` overrides
-    that it does not already name (the seed has its own column): a lone ``--set trainer.lr=0.1`` run shows it."""
-    shown = {part.partition("=")[0] for part in text.split()}
-    extra = [
-        o for o in config.get("overrides") or []
-        if (key := o.partition("=")[0].strip()) not in shown and key != "trainer.seed"
-    ]  # fmt: skip
-    return " ".join([text, *extra]).strip()
-
-
-def variant_text(row: dict) -> str:
-    """What a run's listing shows as its variant: grid values (without the seed) and recorded ``--set`` overrides."""
-    parts = [f"{k}={fmt_value(v)}" for k, v in (row.get("variant") or {}).items() if k != "seed"]
-    config = row.get("config") or {}
-    overrides = config.get("overrides") or row.get("overrides") or []
-    if isinstance(overrides, dict):
-        overrides = [f"{k}={fmt_value(v)}" for k, v in overrides.items()]
-    parts += [f"--set {o}" for o in overrides]
+    """``text`` (what sets a run apart from the runs listed with it), then the run's grid variant values and its
+    recorded ``--set`` overrides that it does not already name, all as ``key=value`` (the seed has its own
+    column): a lone ``--set trainer.lr=0.1`` run, or a lone grid variant, still shows what it is."""
+    parts = text.split()
+    shown = {part.partition("=")[0] for part in parts}
+    grid = [f"{k}={fmt_value(v)}" for k, v in (config.get("variant") or {}).items() if k != "seed"]
+    for item in [*grid, *(str(o) for o in config.get("overrides") or [])]:
+        key = item.partition("=")[0].strip()
+        if key not in shown and key not in ("seed", "trainer.seed"):
+            parts.append(item.strip())
+            shown.add(key)
     return " ".join(parts)
 
 

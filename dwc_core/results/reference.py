@@ -91,7 +91,7 @@ def run_protocol(config: dict) -> dict[str, object]:
     return proto
 
 
-def _show(value: object) -> str:
+def show_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -105,5 +105,5 @@ def protocol_difference(ours: dict[str, object], theirs: dict[str, object]) -> t
         if other is None:
             unknown.append(key)
         elif mine is not None and mine != other:
-            diffs.append(f"{key}: {_show(mine)} vs {_show(other)}")
+            diffs.append(f"{key}: {show_value(mine)} vs {show_value(other)}")
     return diffs, unknown

@@ -20,7 +20,7 @@ from dwc_tui.cli.app import (
     app,
     handle_errors,
 )
-from dwc_tui.cli.output import COMPARE_FORMATS, emit, err, is_headline, metric_order, print_wide
+from dwc_tui.cli.output import COMPARE_FORMATS, emit, err, is_headline, metric_order, out, print_wide
 
 
 # ------------------------------------------------------------------------------------------------------ compare
@@ -96,21 +96,46 @@ def _print_compare(table) -> None:
     for m in table.metrics:
         t.add_column(escape(header(m)), justify="right")
     if table.reference:
-        t.add_column("protocol")
+        t.add_column(escape("protocol [source]"))
+    sources = _source_numbers(table)
     for r in table.rows:
         cells = [Text(_info(table, r, c)) for c in info]
         for m in table.metrics:
             c = r.cells.get(m)
             cells.append(Text(cell_text(c) or "–", style="bold green" if c is not None and c.best else ""))
         if table.reference:
-            cells.append(Text(_protocol_flag(r)))
+            flag = _protocol_flag(r)
+            cells.append(Text(f"{flag} [{sources[r.source]}]" if r.kind == "published" else flag))
         t.add_row(*cells, style="dim" if r.kind == "published" else None)
     print_wide(t)
+    _print_footnotes(table, sources)
     for note in table.notes:
         err.print(escape(note), highlight=False)
+
+
+def _source_numbers(table) -> dict[str, int]:
+    """Each distinct source of the published rows → its footnote number, in table order."""
+    numbers: dict[str, int] = {}
     for r in table.rows:
-        if r.kind == "published" and (r.protocol_diff or r.not_stated):
-            err.print(f"  {escape(r.key)}: {escape(r.protocol_text)} — {escape(r.source)}", highlight=False)
+        if r.kind == "published" and r.source not in numbers:
+            numbers[r.source] = len(numbers) + 1
+    return numbers
+
+
+def _print_footnotes(table, sources: dict[str, int]) -> None:
+    """Under the table: every published row's source (numbered as in the protocol column), then the protocol of
+    each row that is not "same" as ours (the difference, ours first; or its own protocol when no run compares)."""
+    if not sources:
+        return
+    out.print("sources:", highlight=False)
+    for source, n in sources.items():
+        out.print(f"  [{n}] {escape(source)}", highlight=False, soft_wrap=True)
+    details = [r for r in table.rows if r.kind == "published" and r.protocol_text != "same"]
+    if details:
+        ours = all(r.compared for r in details)
+        out.print("protocol (ours vs published):" if ours else "protocol:", highlight=False)
+    for r in details:
+        out.print(f"  {escape(r.key)}: {escape(r.protocol_text)}", highlight=False, soft_wrap=True)
 
 
 def _info(table, row, col: str) -> str:
@@ -122,6 +147,8 @@ def _info(table, row, col: str) -> str:
 def _protocol_flag(row) -> str:
     if row.kind != "published":
         return ""
+    if not row.compared:
+        return "see below"  # no run of ours on the dataset: its own protocol is listed under the table
     if row.protocol_diff:
         return "differs"
     return "not stated" if row.not_stated else "same"
