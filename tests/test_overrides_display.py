@@ -42,3 +42,25 @@ def test_compare_runs_labels_a_run_by_its_overrides(tmp_path):
     seed_run(reg, tmp_path, "tiny", cfg, {"R@1": 3.0, "mean": 3.0})
     (row,) = compare_rows(reg, per_run=True).rows
     assert "trainer.lr=0.1" in row.label
+
+
+def test_a_lone_grid_variant_and_a_set_run_through_the_cli(tmp_path):
+    # one run of a grid experiment (its sibling variant not run yet) and one `--set` run: both say what they are
+    from helpers import invoke
+
+    (tmp_path / "experiments.yaml").write_text("experiments: {}\n")
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    grid = config(model={"embed_dim": 128}, variant={"model.embed_dim": 128, "seed": 1})
+    seed_run(reg, tmp_path, "abl", grid, {"R@1": 3.0, "mean": 3.0})
+    cfg = config(trainer={"lr": 0.1})
+    cfg["overrides"] = ["trainer.lr=0.1"]
+    seed_run(reg, tmp_path, "tiny", cfg, {"R@1": 4.0, "mean": 4.0})
+    reg.close()
+    listed = {
+        r["experiment"]: r["variant"] for r in json.loads(invoke(tmp_path, "runs", "-f", "json").stdout)
+    }
+    assert listed == {"abl": "model.embed_dim=128", "tiny": "trainer.lr=0.1"}
+    table = invoke(tmp_path, "compare", "--runs").stdout
+    assert "model.embed_dim=128 seed=1" in table and "trainer.lr=0.1 seed=1" in table
+    rows = json.loads(invoke(tmp_path, "compare", "-f", "json").stdout)
+    assert {r["experiment"]: r["variant"] for r in rows} == listed

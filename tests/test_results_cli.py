@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -137,7 +138,10 @@ def test_runs_listing_machine_formats_variants_and_filters(proj):
     assert [r["id"] for r in rows] == ["1", "2", "3", str(lr)]
     assert [r["variant"] for r in rows] == ["trainer.lr=0.001", "trainer.lr=0.001", "", "trainer.lr=0.5"]
     first = rows[0]
-    assert first["R@1"] == "10.0" and first["mean"] == "25.0" and first["error"] == "" and first["tags"] == ""
+    # metrics at compare's precision: the same text as `dwc compare -f csv` writes
+    assert (
+        first["R@1"] == "10.00" and first["mean"] == "25.00" and first["error"] == "" and first["tags"] == ""
+    )
     assert "recall" not in first and "{" not in ",".join(first.values())
     data = json.loads(invoke(proj, "runs", "-f", "json").stdout)
     assert data[0]["started"] is None and data[0]["duration_s"] is None  # never started: nulls, not "–"
@@ -240,3 +244,69 @@ def test_browse_k_beyond_the_stored_lists_exits_2(proj):
     assert res.exit_code == 2, res.output
     assert "stored each query's top 12 only" in res.output and "Traceback" not in res.output
     assert invoke(proj, "browse", "1", "--misses", "--k", "12").exit_code == 0
+
+
+def test_compare_table_marks_the_best_in_text_when_piped(proj):
+    # no terminal, so no bold/colour: the best value per column carries a "*", explained under the table
+    res = invoke(proj, "compare")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    other = next(line for line in lines if line.startswith("other"))
+    mine = next(line for line in lines if line.startswith("my_exp"))
+    # R@1 and mean: other (30.00, 32.50); R@10: my_exp (41.00 ± 1.41 beats 35.00); nothing else marked
+    assert re.findall(r"[0-9.]+(?: ± [0-9.]+)?\*", other) == ["30.00*", "32.50*"]
+    assert re.findall(r"[0-9.]+(?: ± [0-9.]+)?\*", mine) == ["41.00 ± 1.41*"]
+    assert "* best in its column" in res.stdout
+    for fmt in ("csv", "md", "latex"):
+        assert "*" not in invoke(proj, "compare", "-f", fmt).stdout.replace("**", "")
+
+
+def test_runs_metrics_have_compares_precision_in_every_machine_format(proj):
+    reg = Registry(proj / "runs" / "registry.db")
+    seed_run(
+        reg, proj, "prec", config(seed=9, trainer={"lr": 0.2}), {"R@1": 75.4, "R@10": 80.0, "mean": 77.7}
+    )
+    reg.close()
+    run = next(
+        r
+        for r in csv.DictReader(io.StringIO(invoke(proj, "runs", "-f", "csv").stdout))
+        if r["experiment"] == "prec"
+    )
+    cmp = next(r for r in csv.DictReader(io.StringIO(invoke(proj, "compare", "prec", "-f", "csv").stdout)))
+    assert (
+        (run["R@1"], run["R@10"], run["mean"])
+        == (cmp["R@1"], cmp["R@10"], cmp["mean"])
+        == ("75.40", "80.00", "77.70")
+    )
+    md = invoke(proj, "runs", "prec", "-f", "md").stdout
+    assert "| 75.40 |" in md
+    data = json.loads(invoke(proj, "runs", "prec", "-f", "json").stdout)
+    assert (
+        data[0]["R@1"] == 75.4 == json.loads(invoke(proj, "compare", "prec", "-f", "json").stdout)[0]["R@1"]
+    )
+
+
+def test_held_and_deleted_runs_are_marked(proj):
+    from dwc_core.runs.control import remove, set_hold
+
+    reg = Registry(proj / "runs" / "registry.db")
+    held = reg.create_run("waits", config(), proj / "runs")["id"]
+    queued = reg.create_run("waits", config(seed=2), proj / "runs")["id"]
+    set_hold(reg, [held], True)
+    remove(reg, [3])  # "other", done
+    reg.close()
+    data = {r["id"]: r for r in json.loads(invoke(proj, "runs", "--all", "-f", "json").stdout)}
+    assert (data[held]["status"], data[held]["held"], data[held]["deleted"]) == ("queued", True, False)
+    assert (data[queued]["held"], data[3]["deleted"], data[3]["held"]) == (False, True, False)
+    rows = {
+        r["id"]: r for r in csv.DictReader(io.StringIO(invoke(proj, "runs", "--all", "-f", "csv").stdout))
+    }
+    assert (rows[str(held)]["held"], rows["3"]["deleted"], rows["1"]["deleted"]) == ("true", "true", "false")
+    table = invoke(proj, "runs", "--all").stdout
+    line = {int(x.split()[0]): x for x in table.splitlines() if x.split() and x.split()[0].isdigit()}
+    assert "queued (held)" in line[held] and "(held)" not in line[queued] and "queued" in line[queued]
+    assert "done (deleted)" in line[3] and "deleted" not in line[1]
+    assert 3 not in {r["id"] for r in json.loads(invoke(proj, "runs", "-f", "json").stdout)}
+    assert "status queued (held)" in invoke(proj, "show", str(held)).stdout
+    assert "status done (deleted)" in invoke(proj, "show", "3").stdout
+    assert "status queued  seed" in invoke(proj, "show", str(queued)).stdout

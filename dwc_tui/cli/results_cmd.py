@@ -98,16 +98,22 @@ def _print_compare(table) -> None:
     if table.reference:
         t.add_column(escape("protocol [source]"))
     sources = _source_numbers(table)
+    # piped / no terminal: no bold or colour, so the best gets a text mark (the others a space: columns align)
+    marked = out.color_system is None and any(c.best for r in table.rows for c in r.cells.values())
     for r in table.rows:
         cells = [Text(_info(table, r, c)) for c in info]
         for m in table.metrics:
             c = r.cells.get(m)
-            cells.append(Text(cell_text(c) or "–", style="bold green" if c is not None and c.best else ""))
+            best = c is not None and c.best
+            text = (cell_text(c) or "–") + (("*" if best else " ") if marked else "")
+            cells.append(Text(text, style="bold green" if best else ""))
         if table.reference:
             flag = _protocol_flag(r)
             cells.append(Text(f"{flag} [{sources[r.source]}]" if r.kind == "published" else flag))
         t.add_row(*cells, style="dim" if r.kind == "published" else None)
     print_wide(t)
+    if marked:
+        out.print("* best in its column (per dataset)", highlight=False)
     _print_footnotes(table, sources)
     for note in table.notes:
         err.print(escape(note), highlight=False)

@@ -161,9 +161,10 @@ WATCH_S = 2.0
 
 
 def _run_record(r: dict, variant: str, disk: int | None = None, slurm: bool = False) -> dict:
-    """A run's listing row as values: metrics one column each, ISO-8601 times, seconds as numbers; with
-    ``slurm``, the raw Slurm columns (job, bare state, reason, nodes, requeues)."""
-    from dwc_core.results.compare import run_metrics, run_tags
+    """A run's listing row as values: metrics one column each (at compare's precision), ISO-8601 times, seconds
+    as numbers, ``held`` (queued but held: no worker takes it) and ``deleted`` (soft-deleted, listed by --all);
+    with ``slurm``, the raw Slurm columns (job, bare state, reason, nodes, requeues)."""
+    from dwc_core.results.compare import PRECISION, run_metrics, run_tags
     from dwc_core.results.formats import iso
 
     best = run_metrics(r, "best")
@@ -173,12 +174,14 @@ def _run_record(r: dict, variant: str, disk: int | None = None, slurm: bool = Fa
         "experiment": r["experiment"],
         "variant": variant,
         "status": r["status"],
+        "held": _held(r),
+        "deleted": bool(r.get("deleted")),
         "epoch": r["epoch"] or (r.get("progress") or {}).get("epoch", 0),
         "epochs": r["epochs"],
         "best_epoch": r.get("best_epoch"),
         "seed": r["seed"],
         "tags": run_tags(r),
-        **{k: round(best[k], 2) for k in sorted(best, key=metric_order) if is_headline(k)},
+        **{k: round(best[k], PRECISION) for k in sorted(best, key=metric_order) if is_headline(k)},
         "started": iso(r["started"]),
         "ended": iso(r["ended"]),
         "duration_s": round(end - r["started"], 1) if r["started"] and end else None,
@@ -191,6 +194,31 @@ def _run_record(r: dict, variant: str, disk: int | None = None, slurm: bool = Fa
     if disk is not None:
         rec["disk_bytes"] = disk
     return rec
+
+
+def _held(row: dict) -> bool:
+    """Queued but held (`dwc hold`, or a foreground `dwc run` keeping its runs): no worker takes it."""
+    return row["status"] == "queued" and bool(row.get("hold"))
+
+
+def _status_text(status: str, held: bool, deleted: bool) -> str:
+    """``queued (held)``, ``done (deleted)``: what the bare status does not say."""
+    marks = [m for m, on in (("held", held), ("deleted", deleted)) if on]
+    return f"{status} ({', '.join(marks)})" if marks else status
+
+
+def _machine_rows(recs: list[dict], fmt: str) -> list[dict]:
+    """csv / md cells of the metric columns at compare's precision ("75.40", as `dwc compare -f csv` writes
+    them); json keeps numbers (75.4, as `dwc compare -f json` does)."""
+    if fmt == "json":
+        return recs
+    from dwc_core.results.formats import number
+
+    return [
+        {k: number(v) if is_headline(k) and isinstance(v, int | float) and not isinstance(v, bool) else v
+         for k, v in r.items()}
+        for r in recs
+    ]  # fmt: skip
 
 
 def _sorted(recs: list[dict], column: str) -> list[dict]:
@@ -256,6 +284,7 @@ def _table_rows(recs: list[dict], disk: bool) -> tuple[list[dict], list[str]]:
         rows.append(
             {
                 **rec,
+                "status": _status_text(rec["status"], rec["held"], rec["deleted"]),
                 "epoch": f"{rec['epoch']}/{rec['epochs']}",
                 "R@10": rec.get("R@10", rec.get("avg/R@10")),
                 "started": when(_ts(rec["started"])),
@@ -332,7 +361,7 @@ def runs_cmd(
     recs, anything = _listing(experiment, status, tag, all_, sort, limit, disk)
     if fmt != "table":
         cols = list(dict.fromkeys(k for r in recs for k in r)) or ["id"]
-        emit(recs, cols, fmt)
+        emit(_machine_rows(recs, fmt), cols, fmt)
         return
     if not recs:
         if anything:
@@ -398,7 +427,8 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
     table = results_table(registry, run_id) if evals else None
     train = _train_metric_summary(registry.metrics(run_id, split="train"))
     info = [
-        f"[bold]{escape(row['experiment'])}[/] #{row['id']}  status [bold]{row['status']}[/]  seed {row['seed']}",
+        f"[bold]{escape(row['experiment'])}[/] #{row['id']}  status "
+        f"[bold]{_status_text(row['status'], _held(row), bool(row.get('deleted')))}[/]  seed {row['seed']}",
         f"run dir {escape(str(row['run_dir']))}",
         f"host {escape(str(row['host'] or '–'))}  device {escape(str(row['device'] or '–'))}  pid {row['pid'] or '–'}",
         f"git {escape(_git_text(row))}",
