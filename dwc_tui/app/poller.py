@@ -114,7 +114,10 @@ class Poller:
             self._reconcile_dead()
         now = time.time()
         shown = {rid: r for rid, r in self.runs.items() if not r["deleted"]}
-        ids = shown if full else {rid for rid in changed if rid in shown}
+        first = (
+            self.polls == 1
+        )  # the first snapshot carries every row; later ones what changed (and `removed`)
+        ids = shown if first else {rid for rid in changed if rid in shown}
         # elapsed / ETA move for active runs even without a new row
         ids = set(ids) | {rid for rid, r in shown.items() if r["status"] in ("running", "starting")}
         rows = {rid: fmt.display_row(shown[rid], list(self.tails.get(rid, ())), now) for rid in ids}
@@ -122,7 +125,7 @@ class Poller:
         return Snapshot(
             rows=rows,
             removed=removed,
-            full=full,
+            full=first,
             counts=fmt.counts(shown),
             workers=workers,
             gpus=self._gpus,
@@ -191,6 +194,8 @@ class Poller:
             if old is not None and not old["deleted"] and r["deleted"]:
                 removed.add(rid)
             self.runs[rid] = r
+            if full and old == r:
+                continue  # a full re-read catches plain column updates: only rows that differ are re-drawn
             changed.add(rid)
             self.max_run_id = max(self.max_run_id, rid)
             self.max_heartbeat = max(self.max_heartbeat, r["heartbeat"] or 0.0)
