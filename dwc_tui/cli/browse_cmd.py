@@ -43,7 +43,12 @@ def browse(
         bool, typer.Option("--misses", help="only queries whose target is not in the top K")
     ] = False,
     hits: Annotated[bool, typer.Option("--hits", help="only queries whose target is in the top K")] = False,
-    k: Annotated[int, typer.Option("--k", help="K of hits/misses and of --against")] = 10,
+    k: Annotated[
+        int,
+        typer.Option(
+            "--k", help="K of hits/misses and of --against (at most the stored top-K, eval.store_topk)"
+        ),
+    ] = 10,
     rank_above: Annotated[
         int | None,
         typer.Option("--rank-above", help="only queries whose first correct item ranks worse than N"),
