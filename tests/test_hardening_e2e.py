@@ -4,6 +4,7 @@ smaller than K."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -133,13 +134,22 @@ def test_resume_without_a_usable_last_pt_never_records_an_epoch_twice(proj):
     assert_no_duplicate_metrics(reg, 1)
 
 
-# ------------------------------------------------------------------------------------------------------ item 7
-def test_disk_full_fails_the_run_with_a_clear_message(tmp_path, shared_cache):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)]).returncode != 0:
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``folder`` for the test (skips where mounting is not allowed)."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root); tests/test_hardening.py injects ENOSPC instead")
     try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+# ------------------------------------------------------------------------------------------------------ item 7
+def test_disk_full_fails_the_run_with_a_clear_message(tmp_path, shared_cache):
+    with small_disk(tmp_path / "disk", "20m") as disk:
         (disk / "experiments.yaml").write_text(TINY)
         (disk / "runs").mkdir()
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
@@ -156,19 +166,12 @@ def test_disk_full_fails_the_run_with_a_clear_message(tmp_path, shared_cache):
         assert not any(e["is_best"] for e in reg.evaluations(1))  # best is marked only once the file exists
         assert not list(Path(row["run_dir"]).glob(".*.tmp*"))
         reg.close()
-    finally:
-        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_disk_full_during_the_cache_build_fails_the_run_naming_the_cache(tmp_path):
     """The decoded-image cache is a memory-mapped file: written sparse on a full disk, the trainer died of SIGBUS
     ("killed by SIGBUS", nothing about space). Its blocks are reserved first now: a clear "disk full at" instead."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_disk(tmp_path / "disk", "8m") as disk:
         (tmp_path / "experiments.yaml").write_text(TINY)
         # the cache (images × 32 × 32 × 3) is more than 8 MB for 1,600 training images + the test gallery
         res = dwc(
@@ -183,9 +186,6 @@ def test_disk_full_during_the_cache_build_fails_the_run_naming_the_cache(tmp_pat
         assert not [n for n in left if "images" in n or ".tmp" in n], (
             left
         )  # neither a half cache nor its temp
-    finally:
-        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 # ------------------------------------------------------------------------------------------------------ item 11
