@@ -141,6 +141,24 @@ def test_k_beyond_the_stored_top_k_is_refused(reg, tmp_path):
     assert len(browse.queries(reg, small, misses=True, k=1000, describe=False).queries) == 1
 
 
+def test_default_k_is_10_or_the_stored_depth_where_fewer_were_stored(reg, tmp_path):
+    """Without --k, hits/misses are "within 10" — or within the stored depth when eval.store_topk kept fewer (the
+    TUI's browse screen asks without a K): never a refusal the user did not provoke."""
+    rid = seed_run(reg, tmp_path, "demo", config(), {"R@1": 1.0})
+    rows = [
+        qrow(i, f"make object {i} red", f"g{i}", _ranking(f"g{i}", r, n=5))
+        for i, r in enumerate([1, 5, None])
+    ]
+    add_eval(reg, rid, rows, gallery_size=500)
+    view = browse.queries(reg, rid, misses=True, describe=False)
+    assert view.k == 5 and [q.qidx for q in view.queries] == [2]
+    with pytest.raises(UsageError, match="top 5 only"):
+        browse.queries(reg, rid, misses=True, k=10, describe=False)  # asked for: refused
+    deep = _run(reg, tmp_path, [1, 12, None], gallery_size=500)
+    assert browse.queries(reg, deep, misses=True, describe=False).k == 10
+    assert browse.against(reg, rid, deep, describe=False).k == 5
+
+
 def test_available_evaluations_are_named_once(reg, tmp_path):
     rid = seed_run(reg, tmp_path, "demo", config(), {"R@1": 1.0})
     eid = add_eval(reg, rid, [qrow(0, "t", "g0", _ranking("g0", 1))], epoch=3, best=True)

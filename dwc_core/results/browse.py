@@ -111,6 +111,9 @@ def _eval_text(ev: dict) -> str:
     return f"{ev['kind']}, epoch {ev['epoch']}"
 
 
+DEFAULT_K = 10  # hits/misses "within K" when no K is given (at most the stored depth)
+
+
 def stored_depth(evaluation: dict, rows: list[dict]) -> int | None:
     """How deep the evaluation's per-query rankings were stored (``eval.store_topk``): the rank of the first
     correct item is known only up to this rank (``target_rank`` is None beyond it). None when the whole gallery
@@ -193,10 +196,11 @@ def queries(
     grep: str | None = None,
     limit: int | None = None,
     sort: str = "index",
-    k: int = 10,
+    k: int | None = None,
     describe: bool = True,
 ) -> BrowseView:
-    """The per-query results of one evaluation of ``run_id``, filtered and sorted."""
+    """The per-query results of one evaluation of ``run_id``, filtered and sorted. ``k`` (hits/misses): by default
+    10, or the stored depth where fewer were stored; a ``k`` asked for beyond the stored depth is refused."""
     if misses and hits:
         raise UsageError("--misses and --hits exclude each other: give one of them.")
     if sort not in SORTS:
@@ -208,6 +212,8 @@ def queries(
     ev = pick_evaluation(registry, run_id, eval_id, last)
     rows = registry.query_results(ev["id"])
     depth = stored_depth(ev, rows)
+    if k is None:
+        k = DEFAULT_K if depth is None else min(DEFAULT_K, depth)
     if misses or hits:
         _check_depth("--k", k, depth, run_id, ev)
     if rank_above is not None:
@@ -259,20 +265,24 @@ def against(
     registry,
     run_a: int,
     run_b: int,
-    k: int = 10,
+    k: int | None = None,
     eval_a: int | None = None,
     eval_b: int | None = None,
     last: bool = False,
     describe: bool = True,
 ) -> AgainstView:
-    """Queries that run A gets within ``k`` and run B does not, and the reverse, with both rankings."""
-    if k < 1:
+    """Queries that run A gets within ``k`` and run B does not, and the reverse, with both rankings (``k``: by
+    default 10, or the shallower stored depth of the two)."""
+    if k is not None and k < 1:
         raise UsageError(f"--k {k}: must be a positive number.")
     ra, rb = registry.get(run_a), registry.get(run_b)
     ea = pick_evaluation(registry, run_a, eval_a, last)
     eb = pick_evaluation(registry, run_b, eval_b, last)
     problems = _same_set_problems(ea, eb, ra, rb)
     rows_a, rows_b = registry.query_results(ea["id"]), registry.query_results(eb["id"])
+    if k is None:
+        depths = [d for d in (stored_depth(ea, rows_a), stored_depth(eb, rows_b)) if d is not None]
+        k = min([DEFAULT_K, *depths])
     if not problems:
         _check_depth("--k", k, stored_depth(ea, rows_a), run_a, ea)
         _check_depth("--k", k, stored_depth(eb, rows_b), run_b, eb)

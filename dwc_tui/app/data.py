@@ -72,7 +72,7 @@ def browse_view(registry_path: Path, run_id: int, against: int | None, filters: 
     reg = _registry(registry_path)
     try:
         if against is not None:
-            return browse.against(reg, run_id, against, k=filters.get("k", 10))
+            return browse.against(reg, run_id, against, k=filters.get("k"))
         return browse.queries(
             reg,
             run_id,

@@ -44,11 +44,13 @@ def browse(
     ] = False,
     hits: Annotated[bool, typer.Option("--hits", help="only queries whose target is in the top K")] = False,
     k: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--k", help="K of hits/misses and of --against (at most the stored top-K, eval.store_topk)"
+            "--k",
+            help="K of hits/misses and of --against (default 10, or the stored top-K where fewer were stored; at "
+            "most the stored top-K, eval.store_topk)",
         ),
-    ] = 10,
+    ] = None,
     rank_above: Annotated[
         int | None,
         typer.Option("--rank-above", help="only queries whose first correct item ranks worse than N"),
