@@ -620,3 +620,240 @@ def test_header_counts_live_workers_not_runs_held_by_a_foreground_dwc_run(tmp_pa
     finally:
         lock.release()
     assert p.poll().workers == 0
+
+
+# ------------------------------------------------------------------------------------- audit at 80×24 (issue 11)
+def _status_segments(app, width: int) -> list:
+    """The screen's segments after the app's own filters (ANSI colours to the theme's RGB, NO_COLOR's greys)."""
+    from textual.color import Color
+
+    lines = app.screen._compositor.render_update(
+        full=True, screen_stack=app._background_screens, simplify=True
+    )
+    console = Console(width=width, file=io.StringIO(), force_terminal=True, color_system="truecolor")
+    segments = list(console.render(lines))
+    for f in app._filters:
+        segments = f.apply(segments, Color(0, 0, 0))
+    return segments
+
+
+def _contrast(fg, bg) -> float:
+    def luminance(c) -> float:
+        r, g, b = (v / 255 for v in c.get_truecolor())
+        lin = [x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4 for x in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.fixture
+def every_status(project):
+    """The seeded project plus a running, a lost and a cancelled run."""
+    p, ids = project
+    reg = Registry(p / "runs" / "registry.db")
+    for status in ("running", "lost", "cancelled"):
+        ids[status] = add_run(reg, p, "demo", status, losses=[2.0, 1.5])
+    reg.close()
+    return p, ids
+
+
+async def test_16_colours_give_running_failed_lost_and_cancelled_distinct_meaningful_colours(every_status):
+    """TERM=xterm: Textual maps named colours through its theme's RGB and then to the nearest of 16, so "yellow"
+    (running) came out bright red and red/magenta (failed, lost, cancelled) all one magenta."""
+    from dwc_tui.app.rows import status_style
+
+    p, ids = every_status
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.pause(0.1)
+        colour = {}
+        runs = app.dashboard.query_one("#runs")
+        table, cursor_y = runs.region, runs.region.y + 1 + runs.cursor_row
+        y = 0
+        for seg in _status_segments(app, 120):
+            y += seg.text == "\n"
+            word = seg.text.strip()
+            # the table's status cells (the header's labels are plain; the cursor row has the cursor's colours)
+            if not table.y < y < table.bottom or y == cursor_y:
+                continue
+            if word in ("running", "failed", "lost", "cancelled", "done", "queued") and seg.style is not None:
+                assert seg.style.color is not None, word
+                colour.setdefault(word, set()).add(seg.style.color.downgrade(ColorSystem.STANDARD).number)
+    assert all(len(c) == 1 for c in colour.values()), colour
+    std = {w: c.pop() for w, c in colour.items()}
+    assert std["failed"] in (1, 9)  # red
+    assert std["running"] in (2, 10, 6, 14)  # green or cyan
+    assert std["lost"] in (3, 11, 5, 13)  # yellow or magenta
+    assert std["cancelled"] in (7, 15, 8)  # grey/white: readable, not loud
+    assert len({std[w] for w in ("running", "failed", "lost", "cancelled")}) == 4, std
+    assert std["running"] != std["done"] and std["queued"] not in (std["running"], std["failed"])
+    # the header counts share the words' styles
+    assert status_style("failed") != status_style("lost") != status_style("running")
+
+
+async def test_no_color_statuses_and_counts_carry_attributes_not_dim_greys(every_status, monkeypatch):
+    """NO_COLOR: failed, lost and cancelled (and the header's failed/lost counts) are drawn with bold, reverse or
+    underline, in the terminal's own colours or at a readable contrast; never dim."""
+    p, ids = every_status
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.pause(0.1)
+        segments = _status_segments(app, 120)
+    seen = set()
+    header_counts = []
+    y = 0
+    for i, seg in enumerate(segments):
+        y += seg.text == "\n"
+        word = seg.text.strip()
+        if seg.style is None:
+            continue
+        if (
+            word in ("failed", "lost", "cancelled") and y > 0
+        ):  # in the header the label is plain, its count styled
+            seen.add(word)
+        elif y == 0 and word.isdigit() and segments[i - 1].text.rstrip().endswith(("failed", "lost")):
+            header_counts.append(seg)
+        else:
+            continue
+        style = seg.style
+        assert not style.dim, (word, style)
+        assert style.bold or style.reverse or style.underline, (word, style)
+        if style.color is not None and style.bgcolor is not None:
+            assert _contrast(style.color, style.bgcolor) >= 4.5, (word, style)
+    assert seen == {"failed", "lost", "cancelled"}
+    assert len(header_counts) == 2, header_counts
+
+
+async def test_browse_rank_box_is_on_screen_filters_as_typed_and_the_title_names_the_filters(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["demo"])
+        await pilot.press("b")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None
+        )
+        screen = app.screen
+        for box_id in ("#browse-grep", "#browse-rank"):
+            region = screen.query_one(box_id).region
+            assert region.width >= 10 and region.right <= 80 and region.y + region.height <= 24, (
+                box_id,
+                region,
+            )
+        assert "rank worse than N" in text_of(app)
+        await pilot.press("greater_than_sign")
+        assert app.focused is screen.query_one("#browse-rank")
+        await pilot.press("2")  # no enter: the list follows the number
+        await until(pilot, lambda: "3/4 queries [all · rank > 2]" in text_of(app), what="rank filter")
+        assert len(screen.items) == 3 and all(
+            q.target_rank is None or q.target_rank > 2 for _, q, _ in screen.items
+        )
+        await pilot.press("enter", "slash", *"shape 2", "enter")  # enter: back to the list, where / is a key
+        await until(pilot, lambda: "[all · text 'shape 2' · rank > 2]" in text_of(app), what="both filters")
+        assert len(screen.items) == 1
+
+
+async def test_browse_list_items_are_one_line_each_with_long_captions(tmp_path, monkeypatch):
+    monkeypatch.setenv("DWC_FAKE_GPUS", "2")
+    p = make_project(tmp_path)
+    reg = Registry(p / "runs" / "registry.db")
+    rid = add_run(reg, p, "demo", "done", recalls=[recall(1, 2, 3, 9), recall(50, 70, 80, 95)], queries=True)
+    caption = "is shorter and more colorful, with thin straps and a flowing skirt that reaches the knees " * 2
+    with reg.write() as c:
+        c.execute("UPDATE query_results SET text = ? || qidx WHERE run_id = ?", (caption, rid))
+    reg.close()
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("b")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None
+        )
+        await pilot.pause(0.1)
+        ol = app.screen.query_one("#browse-list")
+        assert ol.option_count == 4
+        assert ol.virtual_size.height == 4  # one line each
+        assert text_of(app).count("is shorter and m…") == 4
+
+
+async def test_queue_list_keeps_a_long_experiment_name_on_one_line(tmp_path, monkeypatch):
+    from test_tui import EXPERIMENTS
+
+    monkeypatch.setenv("DWC_FAKE_GPUS", "2")
+    p = make_project(tmp_path)
+    long_name = "fiq-dress-dwc-clip4cir-protocol"
+    (p / "experiments.yaml").write_text(EXPERIMENTS + f"  {long_name}:\n    extends: demo\n")
+    seed_registry(p)
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("q")
+        ol = app.screen.query_one("#queue-list")
+        await until(pilot, lambda: ol.option_count == 3, what="experiments listed")
+        await pilot.pause(0.1)
+        assert ol.virtual_size.height == 3  # one line each: a wrapped name looked like two experiments
+        screen = text_of(app)
+        assert "fiq-dress-dwc-clip4" in screen and "…" in screen and "protocol" not in screen.split("▎")[0]
+        await pilot.press("down", "down")
+        await until(pilot, lambda: long_name in text_of(app), what="the whole name beside the list")
+
+
+def test_epoch_axis_ticks_are_whole_epochs_labelled_as_placed():
+    from dwc_tui.app.widgets.plots import EpochFormatter, epoch_axis
+
+    labels = EpochFormatter().get_labels_for_ticks
+    assert epoch_axis(0, 3) == (0, 3, [0.0, 1.0, 2.0, 3.0])
+    lo, hi, ticks = epoch_axis(0, 2)
+    assert ticks == [0, 1, 2] and labels(ticks) == ["0", "1", "2"]  # was 0, 1.5 ("2"), 2
+    lo, hi, ticks = epoch_axis(-0.01, 0.0)  # a single evaluation at epoch 0, drawn as a short flat segment
+    assert labels(ticks) == ["0"] and lo <= ticks[0] <= hi  # was "-0"
+    assert epoch_axis(0.33, 2.0)[2] == [1.0, 2.0]
+    assert epoch_axis(0.1, 0.9) == (0, 1, [0.0, 1.0])  # within the first epoch: its whole epoch
+    assert epoch_axis(0.5, 1.0) == (0, 1, [0.0, 1.0])  # not a lone "1" at the right end
+    for lo, hi in ((0, 7), (0, 100), (3, 250), (0.5, 9999.5)):
+        _lo, _hi, ticks = epoch_axis(lo, hi)
+        assert 2 <= len(ticks) <= 4 and all(t == int(t) and lo <= t <= hi for t in ticks), (lo, hi, ticks)
+        assert labels(ticks) == [str(int(t)) for t in ticks]
+
+
+async def test_recall_plot_axis_reads_whole_epochs(project):
+    """Three evaluations (epochs 0, 1, 2): the axis reads "0 1 2", no "1.5" or a middle "2"."""
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["demo"])
+        await until(pilot, lambda: app.dashboard.plots and app.dashboard.focus_version, what="plots")
+        await pilot.pause(0.3)
+        plot = app.dashboard.plots["recall-plot"]
+        assert plot._x_ticks == [0.0, 1.0, 2.0]
+        lines = [line[plot.region.x : plot.region.right] for line in text_of(app).splitlines()]
+        axis = lines[plot.region.bottom - 2]  # the labels, under the frame (then a blank margin line)
+        assert axis.split() == ["0", "1", "2"], "\n".join(lines[plot.region.y : plot.region.bottom])
+
+
+def test_log_tail_drops_the_clock_time_keeps_the_message():
+    from dwc_tui.app.rows import log_message
+
+    assert log_message("[14:23:29] loading dataset fashioniq") == "loading dataset fashioniq"
+    assert log_message("=== 2026-11-23 16:11:22 start run 5 ===") == "=== start run 5 ==="
+    assert log_message("[2026-11-23 16:11:22,123] INFO x: y") == "INFO x: y"
+    assert log_message("epoch 1 done: 12:00:00 left") == "epoch 1 done: 12:00:00 left"
+
+
+async def test_dashboard_log_tail_at_80_columns_shows_messages_not_times(tmp_path, monkeypatch):
+    monkeypatch.setenv("DWC_FAKE_GPUS", "2")
+    p = make_project(tmp_path)
+    reg = Registry(p / "runs" / "registry.db")
+    add_run(reg, p, "demo", "done", losses=[2.0, 1.0], log="[14:23:29] loading dataset synthetic\n")
+    reg.close()
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await until(pilot, lambda: "loading dataset synth" in text_of(app), what="log tail")
+        assert "14:23:29" not in text_of(app)

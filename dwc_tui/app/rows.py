@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from contextlib import suppress
 
@@ -26,14 +27,17 @@ COLUMNS = (
     ("eta", "ETA"),
 )
 COLUMN_KEYS = tuple(k for k, _ in COLUMNS)
+#: Colours given as RGB: Textual turns named ANSI colours into its theme's (Monokai's) RGB and a 16-colour terminal
+#: gets the nearest of its 16, so "yellow" came out bright red and red, magenta and bright red all one magenta. These
+#: are each near one of the 16 (shown), so running, failed, lost and cancelled stay distinct there too.
 STATUS_STYLE = {
-    "queued": "cyan",
-    "starting": "yellow",
-    "running": "bold yellow",
-    "done": "green",
-    "failed": "bold red",
-    "cancelled": "magenta",
-    "lost": "red",
+    "queued": "#8787ff",  # bright blue
+    "starting": "#ffd75f",  # bright yellow
+    "running": "bold #5fd7ff",  # bright cyan
+    "done": "#5fd75f",  # bright green
+    "failed": "bold #ff5f5f",  # bright red
+    "cancelled": "#a8a8a8",  # light grey (white): readable, not loud
+    "lost": "bold #ff87ff",  # bright magenta
 }
 #: NO_COLOR: Textual draws colours as greys by their brightness, and red or magenta on the dark background came out
 #: grey on grey (failed, lost, cancelled: the statuses that matter most). Text attributes instead of colours there.
@@ -170,6 +174,16 @@ def clip(text: Text, width: int) -> Text:
     out = text.copy()
     out.truncate(width, overflow="ellipsis")
     return out
+
+
+#: a log line's clock time: "[14:23:29] ", "2026-11-23 14:23:29 ", "=== 2026-11-23 14:23:29 start run 5 ==="
+LOG_TIME = re.compile(r"^(=== )?\[?(?:\d{4}-\d{2}-\d{2}[ T])?\d{2}:\d{2}:\d{2}(?:[.,]\d+)?\]? +")
+
+
+def log_message(line: str) -> str:
+    """A log line without its leading date and time: the dashboard's log tail is a third of the screen wide, and at
+    80 columns the time took most of it ("[14:23:29] loading datas…"); the Run screen's log keeps them."""
+    return LOG_TIME.sub(r"\1", line, count=1)
 
 
 def recall_of(metrics: dict | None, k: str = "R@10"):

@@ -51,6 +51,7 @@ class BrowseScreen(Screen):
         self.mode = "all"
         self.view = None
         self.items: list = []
+        self.shown_filters: dict = {}  # the filters of the view being loaded or shown
 
     def compose(self) -> ComposeResult:
         what = f"#{self.run_id} against #{self.against}" if self.against else f"#{self.run_id}"
@@ -81,12 +82,14 @@ class BrowseScreen(Screen):
             f["rank_above"] = rank
         return f
 
-    def reload(self) -> None:
+    def reload(self, quiet: bool = False) -> None:
         try:
             f = self.filters()
         except ValueError as exc:
-            self.app.notify(str(exc), severity="error")
+            if not quiet:
+                self.app.notify(str(exc), severity="error")
             return
+        self.shown_filters = f
         path, rid, other = self.app.registry_path, self.run_id, self.against
         self.run_worker(
             lambda: data.browse_view(path, rid, other, f), thread=True, group="browse", exclusive=True,
@@ -102,6 +105,10 @@ class BrowseScreen(Screen):
 
     def action_focus_rank(self) -> None:
         self.query_one("#browse-rank", Input).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "browse-rank":  # a number filters as it is typed; a wrong one is named on enter
+            self.reload(quiet=True)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.reload()
@@ -140,8 +147,9 @@ class BrowseScreen(Screen):
             self.query_one("#browse-title", Static).update(
                 Text.assemble(
                     (f"browse #{self.run_id} {view.run['experiment']}", "bold"),
-                    f"  evaluation {view.evaluation['id']} (epoch {view.evaluation['epoch']})  "
-                    f"{view.matched}/{view.total} queries  [{self.mode}]",
+                    f"  {view.matched}/{view.total} queries ",
+                    (f"[{filters_text(self.mode, self.shown_filters)}]", "bold"),
+                    f"  evaluation {view.evaluation['id']} (epoch {view.evaluation['epoch']})",
                 )
             )
             self.items = [("", q, None) for q in view.queries]
@@ -164,6 +172,16 @@ class BrowseScreen(Screen):
         if len(parts) > 1:
             parts.insert(1, Text(""))
         self.query_one("#browse-query", Static).update(Group(*parts))
+
+
+def filters_text(mode: str, f: dict) -> str:
+    """The active filters in the title: "misses · text 'red' · rank > 5" (the mode alone when nothing else)."""
+    parts = [mode]
+    if f.get("grep"):
+        parts.append(f"text {f['grep']!r}")
+    if f.get("rank_above") is not None:
+        parts.append(f"rank > {f['rank_above']}")
+    return " · ".join(parts)
 
 
 def describe(q, who: str) -> Group:

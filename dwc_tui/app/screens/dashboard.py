@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Input, Static
 from textual.worker import Worker, WorkerState
 
 from dwc_tui.app.poller import Focus, Snapshot
-from dwc_tui.app.rows import COLUMNS, COUNTED, status_style
+from dwc_tui.app.rows import COLUMNS, COUNTED, log_message, status_style
 from dwc_tui.app.widgets.keybar import KeyBar
 
 MARK = "●"
@@ -341,7 +341,8 @@ class DashboardScreen(Screen):
             self.plots["recall-plot"].show(recall)
             for plot_id, plot in self.plots.items():
                 self.query_one(f"#{plot_id}-box .plot-title", Static).update(plot.title_text())
-        tail = Text("\n".join(focus.log_tail[-12:]), style="dim", no_wrap=True, overflow="ellipsis")
+        lines = map(log_message, focus.log_tail[-12:])  # without their clock times: the pane is narrow
+        tail = Text("\n".join(lines), style="dim", no_wrap=True, overflow="ellipsis")
         self.query_one("#log-tail", Static).update(tail)
 
     def _show_phase(self, rid: int | None) -> None:

@@ -6,8 +6,11 @@ their own ("o", "+", "x", "*") drawn over their line at up to MAX_MARKS points; 
 
 from __future__ import annotations
 
+import math
+
 from rich.text import Text
 from textual_plot import HiResMode, PlotWidget
+from textual_plot.axis_formatter import NumericAxisFormatter
 
 MAX_POINTS = 240  # a terminal plot is at most a few hundred braille columns wide
 COLOURS = (
@@ -31,6 +34,31 @@ def mark_points(xs: list[float], ys: list[float], most: int = MAX_MARKS) -> tupl
         return list(xs), list(ys)
     idx = sorted({round(j * (n - 1) / (most - 1)) for j in range(most)})
     return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+def epoch_axis(lo: float, hi: float, most: int = 4) -> tuple[float, float, list[float]]:
+    """The x range and ticks of an epoch axis: ticks on whole epochs only (at most ``most``, every 1, 2, 5, 10, 20…
+    epochs), so each label is its position ("0 1 2 3", never a middle 1.5 labelled "2", never "-0"). A range with
+    fewer than two whole epochs inside is widened to the whole epochs around it (a lone point stays as it is)."""
+    first, last = math.ceil(lo - 1e-9), math.floor(hi + 1e-9)
+    if (
+        first >= last and hi - lo > 0.05
+    ):  # under two whole epochs inside (a loss from 0.5 to 1): the epochs around
+        lo, hi = math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
+        first, last = lo, hi
+    for step in (m * 10**e for e in range(16) for m in (1, 2, 5)):
+        start = -(-first // step) * step  # on a multiple of the step: 0 5 10, not 1 6 11
+        if (last - start) // step + 1 <= most:
+            break
+    ticks = [float(t) + 0.0 for t in range(start, last + 1, step)]  # + 0.0: never -0.0
+    return lo, hi, ticks
+
+
+class EpochFormatter(NumericAxisFormatter):
+    """Whole-epoch labels: "3", not "3.0" nor "-0"."""
+
+    def get_labels_for_ticks(self, ticks):
+        return [str(round(t) + 0) for t in ticks]
 
 
 def legend(names: list[str]) -> tuple[str, list[str]]:
@@ -74,6 +102,7 @@ class Curves(PlotWidget):
         self.margin_left = 6
         self.margin_bottom = 2
         self.margin_top = 0
+        self.set_x_formatter(EpochFormatter())
         self.border_title = self.title
 
     def show(self, series: dict[str, tuple[list[float], list[float]]]) -> None:
@@ -107,9 +136,9 @@ class Curves(PlotWidget):
             self.set_ylimits(None, None)
         xs_all = [x for dx, _ in drawn for x in dx]
         if xs_all:
-            lo, hi = min(xs_all), max(xs_all)
-            self.set_xlimits(lo, hi + (hi - lo) * EDGE_ROOM) if marked else self.set_xlimits(None, None)
-            self.set_xticks(sorted({round(lo, 1), round((lo + hi) / 2, 1), round(hi, 1)}))
+            lo, hi, ticks = epoch_axis(min(xs_all), max(xs_all))
+            self.set_xlimits(lo, hi + (hi - lo) * EDGE_ROOM if marked else hi)
+            self.set_xticks(ticks)
         # an overlaid legend covers the curves of a terminal-sized plot: the names go in the title line instead
         self.show_legend(is_visible=False)
 
