@@ -263,3 +263,43 @@ def test_preemption_cancel_mode_with_grace_time_resubmits_from_last_pt(project, 
         "resumed from last.pt",
     )  # fmt: skip
     assert row["slurm_job"] != job and int(row["slurm_requeues"]) == 1
+
+
+def test_a_held_job_is_never_lost_nor_doubled_and_cancel_scancels_it(project):
+    """A job waiting in Slurm's queue (here held from the start: as after `scontrol requeue` + `scontrol hold`)
+    is judged by the Slurm worker following it, not by heartbeat age; once nobody follows it, `dwc resume` is
+    refused while Slurm still has the job, and `dwc cancel` scancels it."""
+    from typer.testing import CliRunner
+
+    from dwc_core.runs import control, launcher
+    from dwc_tui.cli import app
+
+    run_id = queue(project)
+    reg = Registry(project / "runs" / "registry.db")
+    w = slurm.SlurmWorker(
+        reg.path, slurm.SlurmOptions(poll_s=0.2, sbatch_args=["--hold"]), log=lambda m: None
+    )
+    w.register()
+    try:
+        assert w.submit_queued() == [run_id]
+        job = reg.get(run_id)["slurm_job"]
+        w.poll()
+        assert reg.get(run_id)["slurm_state"].startswith("PENDING ("), reg.get(run_id)["slurm_state"]
+        assert launcher.reap_lost(reg, "elsewhere", stale_s=0) == []
+        # last seen running, heartbeat long gone (the trainer was requeued): its live worker still judges it
+        reg.update(run_id, status="running", slurm_state="RUNNING on vm", heartbeat=1.0)
+        assert launcher.reap_lost(reg, "elsewhere") == []
+    finally:
+        w.unregister()
+    assert launcher.reap_lost(reg, "elsewhere") == [run_id]  # nobody follows it now
+    res = CliRunner().invoke(app, ["--project", str(project), "resume", str(run_id)])
+    text = " ".join(res.output.split())
+    assert (
+        res.exit_code == 2 and f"slurm job {job} is still PENDING" in text and f"dwc cancel {run_id}" in text
+    )
+    assert reg.get(run_id)["slurm_job"] == job and reg.get(run_id)["status"] == "lost"  # no second job
+    assert f"scancel {job}" in control.cancel(reg, run_id)
+    assert reg.get(run_id)["status"] == "cancelled"
+    wait_for(lambda: not slurm.job_states([job])[job].active, what="the job to leave Slurm's queue")
+    assert control.resume(reg, run_id)["status"] == "queued"  # now it may be submitted again
+    control.cancel(reg, run_id)

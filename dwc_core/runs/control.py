@@ -155,6 +155,10 @@ def cancel(registry: Registry, run_id: int) -> str:
     (it checkpoints and ends as ``cancelled``) when it runs on this host, and the cancellation flag either way.
     Returns what happened, in words. Use :func:`wait_cancelled` to enforce a grace period."""
     row = registry.get(run_id)
+    if row.get("slurm_job") and row["status"] == "lost":
+        said = _cancel_lost_slurm_job(registry, row)
+        if said:
+            return said
     registry.request_cancel(run_id)
     if row.get("slurm_job") and row["status"] in ACTIVE:  # a run handed to Slurm: scancel its job
         from dwc_core.runs import slurm
@@ -167,6 +171,23 @@ def cancel(registry: Registry, run_id: int) -> str:
     if row["status"] in ACTIVE and _signal_group(row, signal.SIGTERM):
         return f"run {run_id}: asked to stop (SIGTERM to process group {row['pgid']}); it saves a checkpoint first"
     return f"run {run_id}: cancellation requested (the training process reads it at its next heartbeat)"
+
+
+def _cancel_lost_slurm_job(registry: Registry, row: dict) -> str | None:
+    """A run marked lost (no worker followed it) whose job Slurm still has: scancel the job and record the run
+    cancelled. None when Slurm no longer has the job (nothing to cancel)."""
+    from dwc_core.runs import slurm
+
+    job = str(row["slurm_job"])
+    info = slurm.job_states([job]).get(job)
+    if info is None or not info.active:
+        return None
+    slurm.scancel(job)
+    why = f"cancelled: scancel {job} (it was {info.describe()} in Slurm while the run was lost)"
+    registry.update(row["id"], cancel_requested=1)
+    registry.event(row["id"], "cancel", f"scancel {job}")
+    registry.set_status(row["id"], "cancelled", why, only_from=("lost",), error=why, slurm_state="CANCELLED")
+    return f"run {row['id']}: scancel {job} (it was {info.describe()}); the run is cancelled"
 
 
 def _signal_group(row: dict, sig: int) -> bool:
@@ -232,8 +253,8 @@ def _refuse_live_slurm_job(row: dict) -> None:
     if alive:
         raise UsageError(
             f"run {row['id']}'s slurm job {job} is still {state} in Slurm: a resume would start a second job beside "
-            f"it. A Slurm worker follows it again (`dwc worker --slurm`), or cancel it first (`scancel {job}`) and "
-            "then resume."
+            f"it. A Slurm worker follows it again (`dwc worker --slurm`), or cancel it first (`dwc cancel "
+            f"{row['id']}`, which runs `scancel {job}`) and then resume."
         )
 
 

@@ -162,6 +162,7 @@ SLURM_WAITING = {
     "REQUEUE_HOLD",
     "RESV_DEL_HOLD",
     "SUSPENDED",
+    "STOPPED",
 }
 
 
@@ -172,16 +173,38 @@ def reap_lost(
     exclude: set[int] | frozenset = frozenset(),
 ) -> list[int]:
     """Mark active runs as ``lost`` when their process on this host is gone or their heartbeat is stale.
-    ``exclude``: runs whose end the caller reconciles itself (a worker's own children)."""
+    ``exclude``: runs whose end the caller reconciles itself (a worker's own children).
+
+    A run handed to Slurm is judged by the Slurm worker that follows it, never by heartbeat age here: its heartbeat
+    moves only while its job runs and a worker ingests it. It is lost only when no live worker follows it and its
+    job was last seen running (a new ``dwc worker --slurm`` adopts it again; ``dwc resume`` asks Slurm first)."""
     lost = []
     now = time.time()
     if getattr(registry, "readonly", False):  # a read-only registry is shown as it is
         return lost
+    followers: dict[str, bool] = {}
     for row in registry.runs(statuses=list(ACTIVE)):
         if row["id"] in exclude:
             continue
-        if row.get("slurm_job") and (row.get("slurm_state") or "PENDING").split(" ")[0] in SLURM_WAITING:
-            continue  # waiting in Slurm's queue (pending, held, requeued): no heartbeat is expected, none is lost
+        if row.get("slurm_job"):
+            if (row.get("slurm_state") or "PENDING").split(" ")[0] in SLURM_WAITING:
+                continue  # waiting in Slurm's queue (pending, held, requeued): no heartbeat is expected
+            worker = row.get("worker") or ""
+            if worker not in followers:
+                followers[worker] = _worker_alive(registry, worker)
+            if followers[worker]:
+                continue  # its Slurm worker follows the job and settles the run when Slurm ends it
+            stale = row["status"] == "running" and row["heartbeat"] and now - row["heartbeat"] > stale_s
+            reason = (
+                f"no heartbeat for {now - row['heartbeat']:.0f}s and no live Slurm worker follows slurm job "
+                f"{row['slurm_job']} (last seen {row.get('slurm_state') or 'submitted'}); `dwc worker --slurm` "
+                "adopts it"
+                if stale
+                else None
+            )
+            if reason and registry.set_status(row["id"], "lost", reason, only_from=ACTIVE, error=reason):
+                lost.append(row["id"])
+            continue
         reason = None
         here = row["host"] == host
         alive = bool(here and row["pid"] and pid_alive(row["pid"]))
@@ -206,6 +229,22 @@ def reap_lost(
         if reason and registry.set_status(row["id"], "lost", reason, only_from=ACTIVE, error=reason):
             lost.append(row["id"])
     return lost
+
+
+def _worker_alive(registry: Registry, name: str) -> bool:
+    """Whether the worker ``name`` (``runs/workers/<name>.json`` beside the registry) is alive now."""
+    if not name or getattr(registry, "path", None) is None:
+        return False
+    import json
+
+    from dwc_core.runs import control  # control imports this module
+
+    path = Path(registry.path).parent / control.WORKERS_DIR / f"{name}.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and control.worker_alive(info, path)
 
 
 def _warn_stalled(registry: Registry, row: dict, now: float) -> None:

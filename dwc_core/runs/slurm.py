@@ -15,7 +15,15 @@ where accounting is off), ingests the run directories' report files into the reg
   ``scontrol requeue``) keeps its id and stays followed: it restarts from ``last.pt`` (bounded by Slurm's
   MaxBatchRequeue, not by ``max_requeues``);
 - CANCELLED (``scancel``) → ``cancelled`` with Slurm's reason;
-- FAILED / NODE_FAIL / OUT_OF_MEMORY / … → ``failed`` with Slurm's state, reason and the log's last lines.
+- FAILED / NODE_FAIL / OUT_OF_MEMORY / … → ``failed`` with Slurm's state, reason, exit code (a trainer killed by
+  signal N makes the batch script exit 128+N) and the log's last lines;
+- unknown to Slurm (squeue, sacct and scontrol answer that they do not know it, e.g. purged after MinJobAge while
+  no worker followed it) and no final status in the run directory, ``UNKNOWN_POLLS`` polls in a row → ``failed``,
+  resumable. Polls where Slurm did not answer (controller unreachable) do not count.
+
+A run is one job at a time: each submission writes a token (``slurm_attempt``) that the job gets as an argument,
+and a job of an earlier submission that Slurm starts late exits without touching the run directory; ``dwc resume``
+of a run whose job Slurm still has is refused.
 
 Plain ``sbatch``/``squeue``/``sacct``/``scontrol``/``scancel`` rather than submitit: submitit pickles Python
 callables into jobs and keeps its own job folders and state, while a run here is a command line whose state lives in
@@ -131,7 +139,22 @@ def available() -> str | None:
     return None
 
 
-def _squeue(job_ids: list[str]) -> dict[str, JobInfo]:
+class JobStates(dict):
+    """``job_states``' answer: job id → JobInfo, and ``forgotten``: the asked jobs Slurm answered it does not know
+    (squeue and scontrol said so, sacct had nothing) — unlike a job it could not be asked about (controller down)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forgotten: set[str] = set()
+
+
+def _invalid_id(res: subprocess.CompletedProcess) -> bool:
+    """Slurm answered and does not know the job (``slurm_load_jobs error: Invalid job id specified``)."""
+    return "invalid job id" in f"{res.stderr} {res.stdout}".lower()
+
+
+def _squeue(job_ids: list[str]) -> tuple[dict[str, JobInfo], bool]:
+    """squeue's view of the jobs, and whether it answered (an unknown single job id is an answer too)."""
     res = _slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%N"])
     out = {}
     if res.returncode == 0:
@@ -139,7 +162,7 @@ def _squeue(job_ids: list[str]) -> dict[str, JobInfo]:
             parts = line.strip().split("|")
             if len(parts) == 4:
                 out[parts[0]] = JobInfo(parts[0], parts[1], parts[2], parts[3], source="squeue")
-    return out
+    return out, res.returncode == 0 or _invalid_id(res)
 
 
 def _sacct(job_ids: list[str]) -> dict[str, JobInfo]:
@@ -155,16 +178,21 @@ def _sacct(job_ids: list[str]) -> dict[str, JobInfo]:
 
 
 def _scontrol(job_id: str) -> JobInfo | None:
+    return _scontrol_query(job_id)[0]
+
+
+def _scontrol_query(job_id: str) -> tuple[JobInfo | None, bool]:
+    """``scontrol show job``'s view of the job, and whether scontrol answered that it does not know it."""
     res = _slurm(["scontrol", "show", "job", "-o", job_id])
     if res.returncode != 0 or "JobState=" not in res.stdout:
-        return None
+        return None, _invalid_id(res)
     fields = dict(item.split("=", 1) for item in res.stdout.split() if "=" in item)
     return JobInfo(
         job_id, fields.get("JobState", "UNKNOWN"), fields.get("Reason", ""), fields.get("NodeList", ""),
         fields.get("ExitCode", ""), source="scontrol",
         preempted=fields.get("PreemptTime", "None") not in ("", "None", "Unknown", "(null)"),
         restarts=int(fields["Restarts"]) if fields.get("Restarts", "").isdigit() else 0,
-    )  # fmt: skip
+    ), False  # fmt: skip
 
 
 def _read_signal(run_dir: Path) -> dict:
@@ -176,22 +204,27 @@ def _read_signal(run_dir: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def job_states(job_ids: list[str]) -> dict[str, JobInfo]:
+def job_states(job_ids: list[str]) -> JobStates:
     """Slurm's view of the given jobs: squeue, then sacct for the ones it no longer lists, then ``scontrol show
-    job`` (clusters without accounting storage). A job nobody knows any more is absent from the result."""
+    job`` (clusters without accounting storage). A job nobody knows any more is absent from the result, and in its
+    ``forgotten`` set when Slurm answered so (not when a command failed, e.g. the controller was unreachable)."""
     ids = [j for j in dict.fromkeys(job_ids) if j]
+    out = JobStates()
     if not ids:
-        return {}
-    out = _squeue(ids)
+        return out
+    listed, squeue_answered = _squeue(ids)
+    out.update(listed)
     # squeue still lists a job for a while after it ended: prefer sacct/scontrol for its final state details
     missing = [j for j in ids if j not in out or not out[j].active]
     if missing:
         out.update(_sacct(missing))
         for j in missing:
             if j not in out or out[j].source == "squeue":
-                info = _scontrol(j)
+                info, unknown = _scontrol_query(j)
                 if info is not None:
                     out[j] = info
+                elif j not in out and unknown and squeue_answered:
+                    out.forgotten.add(j)
     return out
 
 
@@ -399,10 +432,20 @@ class SlurmWorker:
                     if info.state != (row.get("slurm_state") or "").split(" ")[0]:
                         self.registry.event(run_id, "slurm", f"slurm job {job}: {desc}")
                 if info.active:
+                    self.unknown.pop(run_id, None)
+                    if row["status"] == "lost":  # marked lost while nobody followed it: Slurm still has it
+                        self.registry.set_status(
+                            run_id, "running", f"slurm job {job} is {desc}; followed by {self.name}",
+                            only_from=("lost",),
+                        )  # fmt: skip
                     continue
             elif read_final(Path(row["run_dir"])) is None:
                 # not known to Slurm (yet, or any more) and no final word: look again next time — a bounded
-                # number of times (a job that ended unseen and that Slurm has forgotten would be followed forever)
+                # number of times (a job that ended unseen and that Slurm has forgotten would be followed forever).
+                # Only polls where Slurm answered count: an unreachable controller forgets nothing.
+                forgotten = getattr(states, "forgotten", None)
+                if forgotten is not None and job not in forgotten:
+                    continue
                 self.unknown[run_id] = self.unknown.get(run_id, 0) + 1
                 if self.unknown[run_id] >= self.unknown_polls:
                     self._forgotten(run_id, job)
@@ -417,15 +460,16 @@ class SlurmWorker:
 
     def _forgotten(self, run_id: int, job: str) -> None:
         why = (
-            f"slurm job {job} is unknown to Slurm (squeue, sacct and scontrol) and left no final status in the run "
-            f"directory after {self.unknown_polls} polls: it ended while no worker followed it and Slurm has "
-            f"forgotten it (MinJobAge). `dwc resume {run_id}` continues it from last.pt."
+            f"slurm job {job} is unknown to Slurm and left no final status (it may have been purged after "
+            f"MinJobAge while no worker followed it; squeue, sacct and scontrol knew nothing of it in "
+            f"{self.unknown_polls} polls). `dwc resume {run_id}` continues it from last.pt."
         )
         tail = log_tail(Path(self.registry.get(run_id)["run_dir"]) / "train.log")
         message = why + ("\nlast lines of train.log:\n" + "\n".join(tail) if tail else "")
         self.registry.set_status(
-            run_id, "failed", why, only_from=(*ACTIVE, "lost"), error=message, exit_code=1
-        )
+            run_id, "failed", why, only_from=(*ACTIVE, "lost"), error=message, exit_code=1,
+            slurm_state="UNKNOWN (forgotten by Slurm)", slurm_reason=None, slurm_nodes=None,
+        )  # fmt: skip
         self.log(f"run {run_id}: {why}")
 
     def settle(self, run_id: int, job: str, info: JobInfo | None, row: dict) -> bool:
@@ -482,7 +526,7 @@ class SlurmWorker:
             if final is not None and final["status"] == "failed":
                 why = final.get("error") or final.get("message") or "failed"
             else:
-                code = f", exit code {info.exit_code}" if info and info.exit_code else ""
+                code = f", exit code {exit_words(info.exit_code)}" if info and info.exit_code else ""
                 reason = f": {info.reason}" if info and info.reason not in ("", "None") else ""
                 why = f"slurm job {job} ended {state}{code}{reason}"
             tail = log_tail(run_dir / "train.log")
@@ -676,9 +720,42 @@ def job_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, forward)
     while True:
         try:
-            return proc.wait()
+            code = proc.wait()
+            break
         except KeyboardInterrupt:  # pragma: no cover — forwarded above
             continue
+    return batch_exit_code(code, job)
+
+
+def batch_exit_code(code: int, job: str = "?") -> int:
+    """The batch script's exit code for the trainer's: a trainer killed by signal N (Popen's -N) exits 128+N, as a
+    shell reports it — Slurm would otherwise show ``SystemExit(-9)``'s status 247 ("exit code 247:0")."""
+    if code >= 0:
+        return code
+    print(
+        f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} slurm job {job}: the trainer was killed by {_signame(-code)}",
+        flush=True,
+    )
+    return 128 - code
+
+
+def exit_words(exit_code: str) -> str:
+    """Slurm's ``ExitCode`` (``code:signal``) in words: ``137:0`` → ``137:0 (the trainer was killed by SIGKILL)``."""
+    code, _, sig = (exit_code or "").partition(":")
+    extra = ""
+    with contextlib.suppress(ValueError):
+        if sig and int(sig):
+            extra = f"the batch script was killed by {_signame(int(sig))}"
+        elif 128 < int(code) <= 128 + 64:
+            extra = f"the trainer was killed by {_signame(int(code) - 128)}"
+    return f"{exit_code} ({extra})" if extra else exit_code
+
+
+def _signame(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
 
 
 # ------------------------------------------------------------------------------------------- entry point
