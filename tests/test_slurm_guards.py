@@ -104,3 +104,13 @@ def test_a_job_that_slurm_and_the_run_directory_forgot_ends_failed(reg, tmp_path
         and "unknown to Slurm" in row["error"]
         and f"dwc resume {rid}" in row["error"]
     )
+
+
+def test_queue_failed_leaves_a_run_whose_job_slurm_still_holds(reg, tmp_path, monkeypatch):
+    held = _slurm_run(reg, tmp_path, "lost", "RUNNING on node1")
+    gone = _slurm_run(reg, tmp_path, "lost", "RUNNING on node1", job="4712")
+    monkeypatch.setattr(
+        slurm, "job_states", lambda ids: {"4711": slurm.JobInfo("4711", "PENDING")} if "4711" in ids else {}
+    )
+    assert control.queue_failed(reg, "synth") == [gone]
+    assert reg.get(held)["status"] == "lost" and reg.get(gone)["status"] == "queued"

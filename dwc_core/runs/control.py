@@ -134,9 +134,14 @@ def reconcile(registry: Registry) -> list[int]:
 
 
 def queue_failed(registry: Registry, name: str) -> list[int]:
-    """Re-queue the failed / lost / cancelled runs of experiment ``name`` (each resumes from its last.pt)."""
+    """Re-queue the failed / lost / cancelled runs of experiment ``name`` (each resumes from its last.pt); a run
+    whose Slurm job Slurm still holds is left alone (a Slurm worker follows it again), never given a second job."""
     reconcile(registry)
-    ids = [r["id"] for r in registry.runs([name], list(RESUMABLE))]
+    ids = []
+    for row in registry.runs([name], list(RESUMABLE)):
+        with contextlib.suppress(UsageError):
+            _refuse_live_slurm_job(row)
+            ids.append(row["id"])
     for rid in ids:
         registry.requeue(rid, f"re-queued with the failed runs of {name}")
         _unhold(registry, rid)
