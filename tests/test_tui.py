@@ -451,3 +451,106 @@ async def test_help_and_command_palette(project):
         await pilot.press("ctrl+p")
         await pilot.pause(0.3)
         assert type(app.screen).__name__ == "CommandPalette"
+
+
+# ------------------------------------------------------------------------------- cheap full re-reads, live screens
+def test_full_reread_decodes_only_changed_rows_and_still_catches_plain_updates(project, monkeypatch):
+    """Every FULL_EVERY-th poll compares each run's raw columns and reads whole, decodes and formats only the rows
+    that differ; a soft-delete and a plain column update (no heartbeat, no event) still show within FULL_EVERY
+    polls, and a row that did not change is not sent to the UI again."""
+    import json
+
+    from dwc_tui.app import poller as poller_mod
+
+    p, ids = project
+    db = p / "runs" / "registry.db"
+    poller = poller_mod.Poller(db)
+    first = poller.poll()
+    assert first.full and set(first.rows) == set(ids.values())  # every row, once
+    decoded = []
+    real = poller_mod.fmt.decode_run
+    monkeypatch.setattr(poller_mod.fmt, "decode_run", lambda row: decoded.append(row["id"]) or real(row))
+    with Registry(db, create=False).write() as c:  # plain updates: no heartbeat, no event
+        best = {**recall(10, 20, 33, 40), "epoch": 1}
+        c.execute(
+            "UPDATE runs SET best_metrics = ?, best_value = ? WHERE id = ?",
+            (json.dumps(best), best["mean"], ids["grid1"]),
+        )
+        c.execute("UPDATE runs SET deleted = 1 WHERE id = ?", (ids["failed"],))
+    snaps = [poller.poll() for _ in range(poller_mod.FULL_EVERY)]
+    assert poller.polls % poller_mod.FULL_EVERY == 1  # the last of them was the full re-read
+    rows = {rid: r for s in snaps for rid, r in s.rows.items()}
+    assert rows[ids["grid1"]]["cells"]["r10"].plain == "33.00"
+    assert ids["failed"] in set().union(*(s.removed for s in snaps))
+    assert sorted(decoded) == sorted([ids["grid1"], ids["failed"]])  # not the 3 rows that did not change
+    assert set(rows) == {ids["grid1"]}  # the deleted one is removed, the unchanged ones are not re-sent
+    decoded.clear()
+    poller.polls = poller_mod.FULL_EVERY  # another full re-read with nothing changed: nothing decoded or sent
+    snap = poller.poll()
+    assert decoded == [] and snap.rows == {} and snap.removed == set()
+
+
+async def test_compare_switches_between_best_and_last_metrics(project):
+    p, ids = project
+    reg = Registry(p / "runs" / "registry.db", create=False)
+    for rid, r10 in ((ids["demo"], 11.0), (ids["grid1"], 21.0), (ids["grid2"], 25.0)):
+        reg.update(rid, last_metrics={**recall(1, 2, r10, 50), "epoch": 2})
+    reg.close()
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        for rid in (ids["demo"], ids["grid1"], ids["grid2"]):
+            await select(pilot, rid)
+            await pilot.press("space")
+        await pilot.press("C")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "CompareScreen" and app.screen.table is not None
+        )
+        screen = text_of(app)
+        assert "best metrics" in screen and "72.00 ± 2.83" in screen  # grid's best R@10 (70, 74)
+        await pilot.press("w")
+        await until(pilot, lambda: app.screen.table is not None and app.screen.table.which == "last")
+        screen = text_of(app)
+        assert "last metrics" in screen and "23.00 ± 2.83" in screen  # grid's last R@10 (21, 25)
+        assert "72.00" not in screen
+        await pilot.press("w")
+        await until(pilot, lambda: app.screen.table is not None and app.screen.table.which == "best")
+        assert "72.00 ± 2.83" in text_of(app)
+
+
+async def test_run_screen_refreshes_an_active_run(project, monkeypatch):
+    """The Run screen of a running run re-reads it: a new evaluation, event and status show without reopening."""
+    from dwc_tui.app.screens import run as run_mod
+
+    monkeypatch.setattr(run_mod, "REFRESH_S", 0.2, raising=False)
+    loads = []
+    real_load = run_mod.data.load_run
+    monkeypatch.setattr(run_mod.data, "load_run", lambda *a: loads.append(a) or real_load(*a))
+    p, _ids = project
+    reg = Registry(p / "runs" / "registry.db", create=False)
+    rid = add_run(
+        reg, p, "demo", "running", losses=[2.0, 1.5], recalls=[recall(1, 2, 3, 9), recall(30, 40, 50, 60)]
+    )
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await open_run(pilot, rid)
+        evals = app.screen.query_one("#run-evals")
+        assert evals.row_count == 2
+        reg.add_evaluation(
+            rid, epoch=2, step=20, kind="epoch", split="test", checkpoint="epoch 2",
+            protocol={"name": "synthetic"}, metrics=recall(41, 52, 63, 74), num_queries=4, gallery_size=8,
+            skipped_queries=0,
+        )  # fmt: skip
+        await until(pilot, lambda: evals.row_count == 3, what="the new evaluation")
+        await pilot.press("e")
+        assert "63.00" in text_of(app)
+        reg.set_status(rid, "done", "finished in the test", ended=T0 + 300)
+        await until(pilot, lambda: app.screen.info["run"]["status"] == "done", what="the run ended")
+        await pilot.press("v")
+        assert "finished in the test" in text_of(app)
+        await pilot.pause(0.3)
+        before = len(loads)
+        await pilot.pause(0.6)  # ended: no more re-reads
+        assert len(loads) == before
+    reg.close()

@@ -53,14 +53,15 @@ def when(ts: float | None) -> str:
     return time.strftime("%m-%d %H:%M:%S", time.localtime(ts)) if ts else "–"
 
 
-def compare_table(registry_path: Path, run_ids: list[int]):
-    """The compare table of the marked runs (grouped across seeds, only the config keys that differ)."""
+def compare_table(registry_path: Path, run_ids: list[int], which: str = "best"):
+    """The compare table of the marked runs (grouped across seeds, only the config keys that differ), from each
+    run's best or last evaluation (``which``)."""
     from dwc_core.results.compare import compare_rows
 
     reg = _registry(registry_path)
     try:
         runs = [reg.get(i) for i in run_ids]
-        return compare_rows(reg, runs=runs, only_changed=True, group_by="experiment")
+        return compare_rows(reg, runs=runs, only_changed=True, group_by="experiment", which=which)
     finally:
         reg.close()
 

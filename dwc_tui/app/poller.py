@@ -5,7 +5,8 @@ It keeps the state it has seen (run rows, loss tails, the focused run's curves) 
 changed since the last poll:
 
 * runs: new ids, rows whose ``heartbeat`` moved, rows named by new ``events`` (every status change writes one),
-  and every ``FULL_EVERY`` polls all rows (catches plain column updates such as soft-deletes);
+  and every ``FULL_EVERY`` polls all rows' raw columns (catches plain column updates such as soft-deletes; only
+  the rows whose raw values changed are then decoded, formatted and sent to the UI);
 * metrics: rows with an id above the last one seen (the table's primary key), appended to loss tails and to the
   focused run's curves.
 
@@ -35,12 +36,19 @@ MAX_INCREMENT = 200_000  # more new metric rows than this at once: re-read tails
 LOG_TAIL_BYTES = 16_384
 WORKERS_EVERY_S = 3.0  # how often the header's worker count is re-read
 
-RUN_COLUMNS = (
+# the columns a full re-read compares, raw (the JSON ones as their text; the config, frozen at creation, by its
+# length alone): only the rows whose raw values differ from the last ones seen are read whole, decoded and formatted
+SIG_COLUMNS = (
     "id, experiment, status, variant, seed, created, started, ended, heartbeat, epoch, epochs, step, total_steps, "
     "progress, best_value, best_epoch, best_metrics, last_metrics, deleted, error, run_dir, worker, host, gpus, "
-    "slurm_job, slurm_state, slurm_reason, slurm_nodes, slurm_requeues, pid, "
+    "slurm_job, slurm_state, slurm_reason, slurm_nodes, slurm_requeues, pid, length(config)"
+)
+N_SIG = SIG_COLUMNS.count(",") + 1
+RUN_COLUMNS = (
+    f"{SIG_COLUMNS}, "
     "json_extract(config, '$.model.name') AS method, json_extract(config, '$.dataset.name') AS dataset"
 )
+IN_CHUNK = 500  # ids per "id IN (...)" (SQLite allows 999 parameters on old builds)
 
 
 @dataclass
@@ -71,6 +79,9 @@ class Poller:
     def __init__(self, registry_path: Path, visible_gpus=None):
         self.registry_path = Path(registry_path)
         self.runs: dict[int, dict] = {}
+        self._sigs: dict[
+            int, tuple
+        ] = {}  # run id → its raw SIG_COLUMNS when last read (full re-reads compare them)
         self.tails: dict[int, deque] = {}
         self.max_run_id = 0
         self.max_heartbeat = 0.0
@@ -175,34 +186,48 @@ class Poller:
     # ----------------------------------------------------------------------------------------------- runs
     def _poll_runs(self, conn: sqlite3.Connection, full: bool) -> tuple[set[int], set[int]]:
         max_event = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-        if full:
-            sql, params = f"SELECT {RUN_COLUMNS} FROM runs", ()
-        else:
-            sql = (
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE id > ? OR heartbeat > ? "
-                "OR id IN (SELECT run_id FROM events WHERE id > ?)"
-            )
-            params = (self.max_run_id, self.max_heartbeat, self.max_event_id)
         changed: set[int] = set()
         removed: set[int] = set()
-        seen: set[int] = set()
-        for row in conn.execute(sql, params):
-            r = fmt.decode_run(dict(row))
-            rid = r["id"]
-            seen.add(rid)
-            old = self.runs.get(rid)
-            if old is not None and not old["deleted"] and r["deleted"]:
-                removed.add(rid)
-            self.runs[rid] = r
-            if full and old == r:
-                continue  # a full re-read catches plain column updates: only rows that differ are re-drawn
-            changed.add(rid)
-            self.max_run_id = max(self.max_run_id, rid)
-            self.max_heartbeat = max(self.max_heartbeat, r["heartbeat"] or 0.0)
-        if full:  # rows gone from the file (a registry replaced under us)
-            for rid in set(self.runs) - seen:
+        if full:
+            # every row's raw columns (no JSON decoded, no config read): only those that differ are read whole
+            raw = conn.cursor()
+            raw.row_factory = None
+            seen: set[int] = set()
+            differ: list[int] = []
+            for sig in raw.execute(f"SELECT {SIG_COLUMNS} FROM runs"):
+                seen.add(sig[0])
+                if self._sigs.get(sig[0]) != sig:
+                    differ.append(sig[0])
+            for rid in set(self.runs) - seen:  # rows gone from the file (a registry replaced under us)
                 removed.add(rid)
                 del self.runs[rid]
+                self._sigs.pop(rid, None)
+            queries = [
+                (f"SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                for chunk in (differ[i : i + IN_CHUNK] for i in range(0, len(differ), IN_CHUNK))
+            ]
+        else:
+            queries = [
+                (
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE id > ? OR heartbeat > ? "
+                    "OR id IN (SELECT run_id FROM events WHERE id > ?)",
+                    (self.max_run_id, self.max_heartbeat, self.max_event_id),
+                )
+            ]
+        for sql, params in queries:
+            for row in conn.execute(sql, params):
+                self._sigs[row[0]] = tuple(row)[:N_SIG]
+                r = fmt.decode_run(dict(row))
+                rid = r["id"]
+                old = self.runs.get(rid)
+                if old is not None and not old["deleted"] and r["deleted"]:
+                    removed.add(rid)
+                self.runs[rid] = r
+                if full and old == r:
+                    continue  # only rows that differ are re-drawn
+                changed.add(rid)
+                self.max_run_id = max(self.max_run_id, rid)
+                self.max_heartbeat = max(self.max_heartbeat, r["heartbeat"] or 0.0)
         self.max_event_id = max_event
         return changed, removed
 

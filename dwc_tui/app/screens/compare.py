@@ -1,4 +1,5 @@
-"""The marked runs side by side: best metrics, mean ± std across seeds, only the config keys that differ.
+"""The marked runs side by side: best or last metrics (`w` switches), mean ± std across seeds, only the config keys
+that differ.
 
 The table comes from ``dwc_core.results.compare`` (the same one `dwc compare` prints); this screen only shows it.
 """
@@ -17,32 +18,49 @@ from dwc_tui.app.widgets.keybar import KeyBar
 
 
 class CompareScreen(Screen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
-    KEYS = (("esc", "back", 0), ("← →", "scroll sideways", 1))
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("w", "switch_which", "Best/last"),
+    ]
+    KEYS = (("esc", "back", 0), ("w", "best/last", 1), ("← →", "scroll sideways", 1))
+    WHICH = ("best", "last")
 
     def __init__(self, run_ids: list[int]):
         super().__init__()
         self.run_ids = run_ids
         self.table = None
+        self.which = "best"  # each run's best evaluation, or its last one
 
     def compose(self) -> ComposeResult:
-        yield Static(
-            f"compare runs {', '.join(f'#{i}' for i in self.run_ids)} — loading…", id="compare-title"
-        )
+        yield Static(self._loading_title(), id="compare-title")
         yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="compare-notes")
         yield KeyBar()
 
+    def _loading_title(self) -> str:
+        return f"compare runs {', '.join(f'#{i}' for i in self.run_ids)} — {self.which} metrics, loading…"
+
     def on_mount(self) -> None:
-        path, ids = self.app.registry_path, self.run_ids
+        self._load()
+
+    def _load(self) -> None:
+        path, ids, which = self.app.registry_path, self.run_ids, self.which
         self.run_worker(
-            lambda: data.compare_table(path, ids), thread=True, group="compare", exit_on_error=False
-        )
+            lambda: data.compare_table(path, ids, which),
+            thread=True, group="compare", exclusive=True, exit_on_error=False,
+        )  # fmt: skip
+
+    def action_switch_which(self) -> None:
+        """Best metrics ↔ last metrics (the title says which)."""
+        self.which = self.WHICH[1 - self.WHICH.index(self.which)]
+        self.table = None
+        self.query_one("#compare-title", Static).update(self._loading_title())
+        self._load()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if not self.is_attached:  # the app is shutting down: this screen's widgets may be gone
             return
-        if event.worker.group != "compare":
+        if event.worker.group != "compare" or event.worker.is_cancelled:
             return
         title = self.query_one("#compare-title", Static)
         if event.state == WorkerState.ERROR:
@@ -57,8 +75,14 @@ class CompareScreen(Screen):
 
         self.table = table
         ids = ", ".join(f"#{i}" for i in self.run_ids)
+        other = self.WHICH[1 - self.WHICH.index(table.which)]
         self.query_one("#compare-title", Static).update(
-            Text.assemble((f"compare {ids}", "bold"), "\n", table.title)
+            Text.assemble(
+                (f"compare {ids} — {table.which} metrics", "bold"),
+                (f"  (w: {other})", "dim"),
+                "\n",
+                table.title,
+            )
         )
         dt = self.query_one("#compare-table", DataTable)
         dt.clear(columns=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
@@ -28,6 +30,20 @@ def _load_curves():
     from dwc_tui.app.widgets.plots import Curves
 
     return Curves
+
+
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Once per process, when the first table and the plots are up: move what exists now (modules, the first
+    snapshot's rows) out of the garbage collector's scans. With 1,000 runs a full (gen-2) collection took ~110-140 ms
+    every ~10 polls, holding the GIL and so stalling a poll and the UI; the rows replaced later are still freed as
+    usual (by reference count), only cycles among what is frozen now would never be collected."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
 
 
 def visible_columns(width: int) -> tuple[tuple[str, str], ...]:
@@ -186,6 +202,7 @@ class DashboardScreen(Screen):
                 await box.mount(plot)
             self.plots = plots  # only now: a plot fed before it is mounted draws nothing
             self.focus_version = None
+            freeze_startup_objects()
             if self.app.last_snapshot is not None:
                 self.call_after_refresh(self._apply_focus, self.app.last_snapshot.focus)
         elif event.state == WorkerState.ERROR:  # no plots: the rest of the dashboard still works

@@ -20,6 +20,8 @@ from dwc_tui.app.rows import number, status_style
 from dwc_tui.app.widgets.keybar import KeyBar
 
 LOG_FOLLOW_S = 1.0
+REFRESH_S = 2.0  # an active run's status, evaluations, events and checkpoints are re-read this often
+ACTIVE = ("queued", "starting", "running")
 MAIN_VERSIONS = ("python", "torch", "cuda", "precision", "dwc")  # one line; the rest is folded
 ENV_LABEL_WIDTH = 8  # "versions"
 
@@ -102,10 +104,20 @@ class RunScreen(Screen):
         yield KeyBar()
 
     def on_mount(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
+        """Read the run on a thread worker (the first time, and every REFRESH_S while it is active)."""
+        if not self.is_attached:
+            return
+        path, rid = self.app.registry_path, self.run_id
         self.run_worker(
-            lambda: data.load_run(self.app.registry_path, self.run_id),
-            thread=True, group="run-load", exit_on_error=False,
-        )  # fmt: skip
+            lambda: data.load_run(path, rid),
+            thread=True,
+            group="run-load",
+            exclusive=True,
+            exit_on_error=False,
+        )
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#run-tabs", TabbedContent).active = tab
@@ -121,10 +133,17 @@ class RunScreen(Screen):
         group = event.worker.group
         if group == "run-load":
             if event.state == WorkerState.SUCCESS:
-                self.show(event.worker.result)
+                info = event.worker.result
+                self.show(info)
+                if (
+                    info["run"]["status"] in ACTIVE
+                ):  # it moves on: read it again (the last read shows it ended)
+                    self.set_timer(REFRESH_S, self._load)
             elif event.state == WorkerState.ERROR:
                 msg = getattr(event.worker.error, "message", str(event.worker.error))
                 self.query_one("#run-title", Static).update(Text(msg, style="bold red"))
+                if self.info is not None and self.info["run"]["status"] in ACTIVE:
+                    self.set_timer(REFRESH_S, self._load)  # a passing error (registry busy): try again
         elif group == "run-log" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
             if event.state == WorkerState.SUCCESS:
                 text, self.log_offset = event.worker.result
@@ -143,7 +162,8 @@ class RunScreen(Screen):
         )  # fmt: skip
 
     def show(self, info: dict) -> None:
-        self.info = info
+        """The whole screen the first time; later (an active run re-read) only the parts that changed."""
+        old, self.info = self.info, info
         r = info["run"]
         # one line at any width: what matters first, Slurm's view last (the overview has it in full)
         title = Text.assemble(
@@ -155,8 +175,20 @@ class RunScreen(Screen):
             overflow="ellipsis",
         )
         self.query_one("#run-title", Static).update(title)
-        self._show_env(r)
-        self._show_rest(info)
+        if old is None or old["run"] != r:
+            self._show_env(r)
+        if old is None:
+            self._show_rest(info)
+            return
+        if old["evaluations"] != info["evaluations"]:
+            self._fill_evals(info["evaluations"])
+        if old["events"] != info["events"]:
+            self._fill_events(info["events"])
+        if old["checkpoints"] != info["checkpoints"]:
+            self._fill_checkpoints(info["checkpoints"])
+        if self.log_path is None and r.get("run_dir"):
+            self.log_path = Path(r["run_dir"]) / "train.log"
+            self._read_log()
 
     def on_resize(self, event) -> None:
         if self.info is not None:  # how many versions fit on the versions line
@@ -209,22 +241,33 @@ class RunScreen(Screen):
             )
         )
         self._fill_evals(info["evaluations"])
-        events = self.query_one("#run-events", DataTable)
-        events.clear(columns=True)
-        events.add_columns("time", "kind", "message")
-        for e in info["events"]:
-            events.add_row(data.when(e["time"]), e["kind"], Text(str(e["message"])))
-        ck = self.query_one("#run-checkpoints", DataTable)
-        ck.clear(columns=True)
-        ck.add_columns("file", "MB", "modified")
-        for c in info["checkpoints"]:
-            ck.add_row(c["file"], f"{c['size_mb']:.1f}", data.when(c["modified"]))
+        self._fill_events(info["events"])
+        self._fill_checkpoints(info["checkpoints"])
         if r.get("run_dir"):
             self.log_path = Path(r["run_dir"]) / "train.log"
             self._read_log()
 
+    def _fill_events(self, events: list[dict]) -> None:
+        table = self.query_one("#run-events", DataTable)
+        row = table.cursor_row
+        table.clear(columns=True)
+        table.add_columns("time", "kind", "message")
+        for e in events:
+            table.add_row(data.when(e["time"]), e["kind"], Text(str(e["message"])))
+        table.move_cursor(row=row, animate=False)  # a refresh keeps the row the reader was on
+
+    def _fill_checkpoints(self, checkpoints: list[dict]) -> None:
+        table = self.query_one("#run-checkpoints", DataTable)
+        row = table.cursor_row
+        table.clear(columns=True)
+        table.add_columns("file", "MB", "modified")
+        for c in checkpoints:
+            table.add_row(c["file"], f"{c['size_mb']:.1f}", data.when(c["modified"]))
+        table.move_cursor(row=row, animate=False)
+
     def _fill_evals(self, evals: list[dict]) -> None:
         table = self.query_one("#run-evals", DataTable)
+        row = table.cursor_row
         table.clear(columns=True)
         names: list[str] = []
         for e in evals:
@@ -240,3 +283,4 @@ class RunScreen(Screen):
                 f"{e['epoch']}{mark}", e["kind"], e["split"], *(number(m.get(k)) for k in names),
                 str(e.get("num_queries") or "–"),
             )  # fmt: skip
+        table.move_cursor(row=row, animate=False)
