@@ -144,7 +144,8 @@ def test_sigkill_worker_run_finishes_and_is_adopted_then_lost_run_resumes(proj):
 
     # worker and trainer both killed: the run is lost, then resumes from last.pt without duplicated steps
     (b,) = queue(proj, "medium")
-    w3 = worker(proj, "--cpu")
+    # slow steps (test-only delay): the run cannot finish between passing the first epoch and the SIGKILL
+    w3 = worker(proj, "--cpu", env={"DWC_TEST_PHASE_DELAY": "step=0.5"})
     wait_for(lambda: reg.get(b)["epoch"] >= 1 and max(loss_steps(reg, b), default=0) > 120 // 8 + 2, timeout=240,
              what="past the first epoch")  # fmt: skip
     w3.kill()
