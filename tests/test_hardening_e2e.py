@@ -183,9 +183,8 @@ def test_disk_full_during_the_cache_build_fails_the_run_naming_the_cache(tmp_pat
         row = Registry(tmp_path / "runs" / "registry.db").get(1)
         assert row["status"] == "failed" and row["error"].startswith("disk full at"), row["error"]
         left = [p.name for p in disk.rglob("*") if p.is_file()]
-        assert not [n for n in left if "images" in n or ".tmp" in n], (
-            left
-        )  # neither a half cache nor its temp
+        # neither a half cache nor its temp file
+        assert not [n for n in left if "images" in n or ".tmp" in n], left
 
 
 # ------------------------------------------------------------------------------------------------------ item 11

@@ -120,9 +120,8 @@ def reevaluate(
     }
     protocol["overrides"] = list(overrides or [])
     foreign = state.get("run_uid") and state["run_uid"] != row.get("uid")
-    if (
-        foreign
-    ):  # allowed on purpose (an explicit PATH), never silently: the evaluation says whose weights it holds
+    # another run's weights: allowed on purpose (an explicit PATH), never silently — the evaluation says whose
+    if foreign:
         protocol["checkpoint_run_uid"] = state["run_uid"]
     eval_id = registry.add_evaluation(
         run_id, epoch=int(state.get("epoch", -1)), step=int(state.get("step", -1)), kind="reeval", split="test",

@@ -79,9 +79,8 @@ class Poller:
     def __init__(self, registry_path: Path, visible_gpus=None):
         self.registry_path = Path(registry_path)
         self.runs: dict[int, dict] = {}
-        self._sigs: dict[
-            int, tuple
-        ] = {}  # run id → its raw SIG_COLUMNS when last read (full re-reads compare them)
+        # run id → its raw SIG_COLUMNS when last read (full re-reads compare them)
+        self._sigs: dict[int, tuple] = {}
         self.tails: dict[int, deque] = {}
         self.max_run_id = 0
         self.max_heartbeat = 0.0
@@ -125,9 +124,8 @@ class Poller:
             self._reconcile_dead()
         now = time.time()
         shown = {rid: r for rid, r in self.runs.items() if not r["deleted"]}
-        first = (
-            self.polls == 1
-        )  # the first snapshot carries every row; later ones what changed (and `removed`)
+        # the first snapshot carries every row; later ones what changed (and `removed`)
+        first = self.polls == 1
         ids = shown if first else {rid for rid in changed if rid in shown}
         # elapsed / ETA move for active runs even without a new row
         ids = set(ids) | {rid for rid, r in shown.items() if r["status"] in ("running", "starting")}

@@ -144,9 +144,8 @@ def number(v, digits: int = 2) -> str:
 def fraction_done(r: dict) -> float:
     p = r.get("progress") or {}
     epochs = r.get("epochs") or 0
-    if (
-        r["status"] == "done"
-    ):  # a run its time budget stopped early shows the epochs it trained (3/100), not a full bar
+    # a done run its time budget stopped early shows the epochs it trained (3/100), not a full bar
+    if r["status"] == "done":
         return min(1.0, (r.get("epoch") or 0) / epochs) if epochs else 1.0
     if p.get("epoch_steps") and epochs and r["status"] in ("running", "starting"):
         return ((p.get("epoch", 1) - 1) + p.get("epoch_step", 0) / p["epoch_steps"]) / epochs
