@@ -237,3 +237,67 @@ def test_queued_run_whose_dataset_vanished_fails_with_the_preflight_message(proj
     row = Registry(proj / "runs" / "registry.db").get(1)
     assert row["status"] == "failed" and row["error"] == info.value.message and row["exit_code"] == 2
     assert "Traceback" not in res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------------------------------------------ item 2
+def test_resume_refuses_the_last_pt_of_another_run(proj):
+    """Checkpoints record their run's uid and config hash; a resume that finds another run's last.pt in its run dir
+    fails naming both uids, and records nothing with those weights."""
+    torch = pytest.importorskip("torch")
+    from dwc_core.engine import checkpoint
+
+    for _ in range(2):  # the same config twice: only the run uid tells the checkpoints apart
+        res = dwc(proj, "run", "tiny")
+        assert res.returncode == 0, res.stdout + res.stderr
+    reg = Registry(proj / "runs" / "registry.db")
+    a, b = reg.get(1), reg.get(2)
+    assert a["uid"] and b["uid"] and a["uid"] != b["uid"]
+    dir_a, dir_b = Path(a["run_dir"]), Path(b["run_dir"])
+    for name in ("last.pt", "best.pt"):  # what the trainer writes into each checkpoint
+        state = torch.load(dir_a / name, weights_only=True)
+        assert state["run_uid"] == a["uid"] and state["config_hash"] == checkpoint.config_hash(a["config"])
+    assert checkpoint.config_hash(a["config"]) == checkpoint.config_hash(b["config"])
+    before = reg.evaluations(2)
+    best_b = (dir_b / "best.pt").read_bytes()
+    losses_b = reg.metrics(2, split="train", name="loss")
+    reg.set_status(2, "failed", "simulated kill")  # resumable
+    (dir_b / "last.pt").write_bytes((dir_a / "last.pt").read_bytes())
+    res = dwc(proj, "resume", "2", "--now")
+    assert res.returncode == 1, res.stdout + res.stderr  # the run failed
+    assert "Traceback" not in res.stderr
+    err = " ".join(res.stderr.split())
+    assert a["uid"] in err and b["uid"] in err and "another run" in err, res.stderr
+    row = reg.get(2)
+    assert row["status"] == "failed" and row["exit_code"] == 2
+    assert a["uid"] in row["error"] and b["uid"] in row["error"]
+    assert str(dir_b / "last.pt") in row["error"]
+    # nothing recorded from run A's weights: B's evaluations, losses and best.pt are as they were
+    assert reg.evaluations(2) == before
+    assert reg.metrics(2, split="train", name="loss") == losses_b
+    assert (dir_b / "best.pt").read_bytes() == best_b
+    assert "resume" not in [e["kind"] for e in reg.events(2)]
+    assert "resumed from last.pt" not in (dir_b / "train.log").read_text()
+
+
+# ------------------------------------------------------------------------------------------------------ item 13
+def test_validation_split_below_the_minimum_fails_before_training(proj):
+    """select_on: val_split with a val_fraction that holds out fewer queries than trainer.val_min_queries (50 by
+    default): the trainer refuses it once the data is loaded, naming both sizes, before a single step."""
+    res = dwc(
+        proj, "run", "tiny", "--set", "trainer.select_on=val_split", "--set", "trainer.val_fraction=0.05"
+    )
+    assert res.returncode == 2, res.stdout + res.stderr  # a config error found by the trainer before training
+    assert "Traceback" not in res.stderr
+    text = " ".join(res.stderr.split())
+    # 320 training triplets × 0.05 = 16 held out
+    assert "trainer.val_fraction = 0.05 holds out only 16 validation queries (minimum 50)" in text, res.stderr
+    assert "trainer.val_min_queries" in text
+    # the cause is the split's size, not its gallery (32 images, also below K = 50): no advice about num_test
+    assert "num_test" not in text
+    reg = Registry(proj / "runs" / "registry.db")
+    row = reg.get(1)
+    assert row["status"] == "failed" and row["exit_code"] == 2
+    assert "only 16 validation queries (minimum 50)" in row["error"]
+    # nothing trained or evaluated, no checkpoint written
+    assert reg.metrics(1) == [] and reg.evaluations(1) == [] and row["step"] == 0
+    assert not (Path(row["run_dir"]) / "last.pt").exists() and not (Path(row["run_dir"]) / "best.pt").exists()
