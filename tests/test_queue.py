@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import dwc, start, wait_for, write_project
+from helpers import dwc, invoke, start, wait_for, write_project
 
 from dwc_core.errors import UsageError
 from dwc_core.runs import control
@@ -521,3 +521,101 @@ def test_gpus_without_a_gpu_says_so_in_one_line(proj):
     assert res.returncode == 0 and res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("no GPU: "), res.stderr
+
+
+# ------------------------------------------------------------------- show / logs / cancel see a dead process
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been waited for): nothing runs under it now."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def _running_here(reg, run_id: int, pid: int) -> None:
+    import socket
+
+    reg.set_status(run_id, "running", "running", pid=pid, pgid=pid, host=socket.gethostname())
+
+
+def test_show_logs_and_cancel_see_a_run_whose_process_died_unrecorded(proj, reg):
+    """Trainer and worker both killed: the row still says running. `dwc show`, `dwc logs` and `dwc cancel`
+    reconcile it as `dwc runs` does, and `dwc logs -f` ends instead of following a dead run forever."""
+    a, b, c = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2, 3])
+    dead = _dead_pid()
+    _running_here(reg, a["id"], dead)
+    res = dwc(proj, "show", str(a["id"]))
+    assert res.returncode == 0, res.stderr
+    assert "status lost" in " ".join(res.stdout.split())
+    assert reg.get(a["id"])["status"] == "lost" and f"process {dead}" in reg.get(a["id"])["error"]
+
+    _running_here(reg, b["id"], dead)
+    (Path(b["run_dir"]) / "train.log").write_text("epoch 1 step 2 loss 0.9\n")
+    t0 = time.time()
+    res = dwc(proj, "logs", str(b["id"]), "-f", timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert time.time() - t0 < 30
+    assert res.stdout.splitlines() == ["epoch 1 step 2 loss 0.9"]
+    said = " ".join(res.stderr.split())
+    assert f"run {b['id']} is lost: process {dead}" in said and f"dwc resume {b['id']}" in said
+    assert reg.get(b["id"])["status"] == "lost"
+
+    _running_here(reg, c["id"], dead)
+    res = dwc(proj, "cancel", str(c["id"]))
+    assert res.returncode == 2 and "already lost" in res.stderr, res.stderr
+    assert reg.get(c["id"])["status"] == "lost"  # what happened to it, not "cancelled"
+
+
+def test_logs_follow_ends_when_the_followed_trainer_dies_meanwhile(proj, reg):
+    """The process dies while `dwc logs -f` follows it: the follower reconciles every few seconds and ends,
+    saying the run is lost."""
+    (a,) = control.queue_experiment(reg, proj, "tiny")
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _running_here(reg, a["id"], trainer.pid)
+        log = Path(a["run_dir"]) / "train.log"
+        log.write_text("first\n")
+        follower = start(proj, "logs", str(a["id"]), "-f")
+        time.sleep(2.0)
+        with open(log, "a") as fh:
+            fh.write("second\n")
+        time.sleep(1.0)
+        assert follower.poll() is None  # the process is alive: still following
+        assert reg.get(a["id"])["status"] == "running"
+        trainer.kill()
+        trainer.wait()
+        t0 = time.time()
+        try:
+            out, errs = follower.communicate(timeout=30)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+        assert time.time() - t0 < 15  # a reconcile every 3 s, a second to linger
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert follower.returncode == 0, errs
+    assert out.splitlines() == ["first", "second"]
+    assert f"run {a['id']} is lost" in " ".join(errs.split())
+    assert reg.get(a["id"])["status"] == "lost"
+
+
+def test_show_and_logs_leave_a_read_only_registry_as_it_is(proj, reg, monkeypatch):
+    from dwc_tui.cli.app import State
+
+    monkeypatch.setattr(State, "readonly_noted", False)  # the note is printed once per process
+    (a,) = control.queue_experiment(reg, proj, "tiny")
+    _running_here(reg, a["id"], _dead_pid())
+    (Path(a["run_dir"]) / "train.log").write_text("a line\n")
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: mode != os.W_OK and real_access(path, mode, **kw)
+    )
+    res = invoke(proj, "show", str(a["id"]))
+    assert res.exit_code == 0, res.output
+    assert "read-only" in res.output and "status running" in " ".join(res.output.split())
+    res = invoke(proj, "logs", str(a["id"]))
+    assert res.exit_code == 0 and "a line" in res.output, res.output
+    assert reg.get(a["id"])["status"] == "running"  # nothing was written
+    monkeypatch.undo()
+    assert invoke(proj, "show", str(a["id"])).exit_code == 0
+    assert reg.get(a["id"])["status"] == "lost"  # writable again: reconciled

@@ -310,3 +310,85 @@ def test_held_and_deleted_runs_are_marked(proj):
     assert "status queued (held)" in invoke(proj, "show", str(held)).stdout
     assert "status done (deleted)" in invoke(proj, "show", "3").stdout
     assert "status queued  seed" in invoke(proj, "show", str(queued)).stdout
+
+
+# ----------------------------------------------------------------------- machine formats: times and durations
+def _started_and_ended(proj) -> tuple[int, dict]:
+    """A run that started, heartbeat and ended at known times (sub-second parts included), done."""
+    import time
+
+    reg = Registry(proj / "runs" / "registry.db")
+    rid = seed_run(reg, proj, "timed", config(seed=5, trainer={"lr": 0.3}), {"R@1": 50.0, "R@10": 60.0})
+    t0 = time.time() - 3600.25
+    reg.update(rid, claimed=t0 - 2.5, started=t0, heartbeat=t0 + 120.0, ended=t0 + 125.37)
+    reg.update(rid, versions={"dwc": "9.8.7", "python": "3.11.2", "torch": "2.4.0", "platform": "Linux-x"})
+    reg.event(rid, "note", "a recorded event")
+    row = reg.get(rid)
+    reg.close()
+    return rid, row
+
+
+def _parsed(text: str):
+    from datetime import datetime
+
+    value = datetime.fromisoformat(text)
+    assert value.tzinfo is not None, text  # an aware time: its zone is part of it
+    return value
+
+
+def test_show_json_gives_iso_times_with_zone_and_the_duration_in_seconds(proj):
+    rid, row = _started_and_ended(proj)
+    res = invoke(proj, "show", str(rid), "-f", "json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    run = data["run"]
+    for key in ("created", "claimed", "started", "heartbeat", "ended"):
+        assert isinstance(run[key], str), (key, run[key])
+        assert abs(_parsed(run[key]).timestamp() - row[key]) < 1, key  # the same instant, to the second
+    assert run["deleted_at"] is None
+    assert run["duration_s"] == pytest.approx(row["ended"] - row["started"], abs=0.05)
+    assert run["duration_s"] == pytest.approx(125.4)
+    assert (_parsed(run["ended"]) - _parsed(run["started"])).total_seconds() == pytest.approx(125, abs=1)
+    # every column of the registry row is still there, the others as they are
+    assert set(row) <= set(run)
+    for key in ("config", "variant", "versions", "best_metrics", "status", "run_dir", "seed", "error"):
+        assert run[key] == row[key], key
+    # the `dwc runs -f json` record's fields too, with the same values
+    listed = next(r for r in json.loads(invoke(proj, "runs", "-f", "json").stdout) if r["id"] == rid)
+    for key in ("started", "ended", "duration_s", "held", "R@1", "R@10"):
+        assert run[key] == listed[key], key
+    assert data["events"] and all(_parsed(e["time"]) for e in data["events"])
+    assert "a recorded event" in [e["message"] for e in data["events"]]
+
+
+def test_show_json_of_a_queued_run_has_null_times(proj):
+    reg = Registry(proj / "runs" / "registry.db")
+    rid = reg.create_run("waits", config(seed=4), proj / "runs")["id"]
+    reg.close()
+    run = json.loads(invoke(proj, "show", str(rid), "-f", "json").stdout)["run"]
+    assert run["started"] is None and run["ended"] is None and run["duration_s"] is None
+    assert _parsed(run["created"])
+
+
+def test_runs_json_and_csv_give_iso_times_with_zone_and_duration_s(proj):
+    rid, row = _started_and_ended(proj)
+    (rec,) = [r for r in json.loads(invoke(proj, "runs", "-f", "json").stdout) if r["id"] == rid]
+    assert abs(_parsed(rec["started"]).timestamp() - row["started"]) < 1
+    assert abs(_parsed(rec["ended"]).timestamp() - row["ended"]) < 1
+    assert rec["duration_s"] == pytest.approx(row["ended"] - row["started"], abs=0.05)
+    (line,) = [
+        r
+        for r in csv.DictReader(io.StringIO(invoke(proj, "runs", "-f", "csv").stdout))
+        if r["id"] == str(rid)
+    ]
+    assert line["started"] == rec["started"] and line["ended"] == rec["ended"]
+    assert float(line["duration_s"]) == pytest.approx(row["ended"] - row["started"], abs=0.05)
+
+
+def test_show_names_the_dwc_version_on_the_versions_line(proj):
+    rid, _ = _started_and_ended(proj)
+    res = invoke(proj, "show", str(rid))
+    assert res.exit_code == 0, res.output
+    (line,) = [x for x in res.stdout.splitlines() if "versions " in x]
+    assert "versions dwc 9.8.7, python 3.11.2, torch 2.4.0" in line
+    assert "platform" not in line  # the long ones stay in `dwc show -f json`

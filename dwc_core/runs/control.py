@@ -158,7 +158,9 @@ def _unhold(registry: Registry, run_id: int) -> None:
 def cancel(registry: Registry, run_id: int) -> str:
     """Ask a run to stop: a queued run leaves the queue at once; a running one gets SIGTERM to its process group
     (it checkpoints and ends as ``cancelled``) when it runs on this host, and the cancellation flag either way.
-    Returns what happened, in words. Use :func:`wait_cancelled` to enforce a grace period."""
+    Returns what happened, in words. Use :func:`wait_cancelled` to enforce a grace period. A run whose process
+    died unrecorded is reconciled first (it is ``lost``, not running: there is nothing left to stop)."""
+    reconcile(registry)
     row = registry.get(run_id)
     if row.get("slurm_job") and row["status"] == "lost":
         said = _cancel_lost_slurm_job(registry, row)
@@ -535,17 +537,28 @@ def log_tail(row: dict, n: int = 20) -> list[str]:
 
 
 def follow_log(
-    registry: Registry, run_id: int, n: int = 20, poll_s: float = 0.3, linger_s: float = 1.0
+    registry: Registry,
+    run_id: int,
+    n: int = 20,
+    poll_s: float = 0.3,
+    linger_s: float = 1.0,
+    reconcile_s: float = 3.0,
 ) -> Iterator[str]:
     """Yield the last ``n`` lines of the run's log, then new lines as they are written, until the run is no longer
-    queued or active (plus ``linger_s`` to catch its last words)."""
+    queued or active (plus ``linger_s`` to catch its last words). Every ``reconcile_s`` seconds the runs of this
+    host are reconciled (:func:`reconcile`): a run whose trainer died with nobody left to record it (its worker
+    killed too) ends the follow as ``lost`` instead of being followed forever."""
     row = registry.get(run_id)
     path = log_path(row)
     yield from log_tail(row, n)
     pos = path.stat().st_size if path.exists() else 0
     buf = b""
     ended_at: float | None = None
+    reconciled_at = time.monotonic()
     while True:
+        if time.monotonic() - reconciled_at >= reconcile_s:
+            reconcile(registry)  # a read-only registry is left as it is
+            reconciled_at = time.monotonic()
         if path.exists():
             with open(path, "rb") as fh:
                 fh.seek(pos)

@@ -414,6 +414,7 @@ def logs(
     from dwc_core.runs import control
 
     registry = _registry(create=False)
+    control.reconcile(registry)  # a run whose process died unrecorded is lost, as `dwc runs` shows it
     row = registry.get(run_id)
     if not control.log_path(row).exists() and not follow:
         err.print(f"run {run_id} has no log yet ({row['status']})")
@@ -422,6 +423,20 @@ def logs(
     for line in source:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+    if follow:
+        _say_how_it_ended(registry.get(run_id))
+
+
+def _say_how_it_ended(row: dict) -> None:
+    """After `dwc logs -f`: a run that did not end `done` says so, with why (its log may not: a killed trainer
+    writes no last words)."""
+    if row["status"] == "done":
+        return
+    first = (str(row.get("error") or "").strip().splitlines() or [""])[0].rstrip(". ")
+    why = f": {first}" if first else ""
+    resumable = row["status"] in ("failed", "cancelled", "lost")
+    hint = f" `dwc resume {row['id']}` continues it." if resumable else ""
+    err.print(f"run {row['id']} is {row['status']}{escape(why)}.{hint}", soft_wrap=True)
 
 
 # -------------------------------------------------------------------------------------------------- experiments

@@ -405,8 +405,12 @@ def _watch(experiment, status, tag, all_, sort, limit, disk) -> None:
 @handle_errors
 def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt = "table") -> None:
     """One run: its frozen config, environment, evaluations, metrics and events."""
+    from dwc_core.runs.control import reconcile
+
     _check_format(fmt, ("table", "json"))
     registry = _registry(create=False)
+    # a run whose process died unrecorded shows as lost, as in `dwc runs` (a read-only registry: as it is)
+    reconcile(registry)
     # everything is read before anything is printed: a registry that fails half-way prints one error, no half page
     row = registry.get(run_id)
     evals = registry.evaluations(run_id)
@@ -414,7 +418,7 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
     if fmt == "json":
         import json
 
-        print(json.dumps({"run": row, "evaluations": evals, "events": events}, indent=2, default=str))
+        print(json.dumps(_show_record(row, evals, events), indent=2, default=str))
         return
     import yaml
     from rich.panel import Panel
@@ -432,7 +436,7 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
         f"run dir {escape(str(row['run_dir']))}",
         f"host {escape(str(row['host'] or '–'))}  device {escape(str(row['device'] or '–'))}  pid {row['pid'] or '–'}",
         f"git {escape(_git_text(row))}",
-        f"versions {escape(', '.join(f'{k} {v}' for k, v in (row['versions'] or {}).items() if k in ('python', 'torch', 'cuda', 'precision')))}",
+        f"versions {escape(_versions_text(row))}",
     ]
     info += variant
     slurm = slurm_line(row)
@@ -456,6 +460,34 @@ def show(run_id: Annotated[int, typer.Argument(help="run id")], fmt: FormatOpt =
         emit(train, ["metric", "first", "last", "min", "max", "points"], "table", title="training metrics")
     emit([{"time": when(e["time"]), "kind": e["kind"], "message": e["message"]} for e in events[-15:]],
          ["time", "kind", "message"], "table", title="events")  # fmt: skip
+
+
+# the run columns the registry holds as epoch seconds
+RUN_TIMES = ("created", "claimed", "started", "ended", "heartbeat", "deleted_at")
+SHOWN_VERSIONS = ("dwc", "python", "torch", "cuda", "precision")
+
+
+def _show_record(row: dict, evals: list[dict], events: list[dict]) -> dict:
+    """`dwc show -f json`: every column of the run's registry row, with the machine-format rule of `dwc runs -f json`
+    (:func:`_run_record`): times ISO-8601 with their zone, the duration in seconds; the listing's other fields
+    (held, headline metrics, ...) are added beside the row's own. Evaluation and event times are ISO-8601 too."""
+    from dwc_core.results.formats import iso
+
+    listing = _run_record(row, "", slurm=bool(row.get("slurm_job")))
+    run = {k: iso(v) if k in RUN_TIMES else v for k, v in row.items()}
+    for k, v in listing.items():
+        run.setdefault(k, v)  # the row's own value wins (its variant as a dict, its raw Slurm columns)
+    return {
+        "run": run,
+        "evaluations": [{**e, "time": iso(e.get("time"))} for e in evals],
+        "events": [{**e, "time": iso(e.get("time"))} for e in events],
+    }
+
+
+def _versions_text(row: dict) -> str:
+    """The recorded versions worth a glance: dwc's own first, then python, torch, cuda and the precision."""
+    versions = row.get("versions") or {}
+    return ", ".join(f"{k} {versions[k]}" for k in SHOWN_VERSIONS if k in versions)
 
 
 def _git_text(row: dict) -> str:
