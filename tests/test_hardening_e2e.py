@@ -107,6 +107,12 @@ def test_resume_without_a_usable_last_pt_never_records_an_epoch_twice(proj):
     assert dwc(proj, "run", "tiny").returncode == 0
     reg = Registry(proj / "runs" / "registry.db")
     run_dir = Path(reg.get(1)["run_dir"])
+    # a re-evaluation after the epochs (kept by a restart; it also keeps the new epochs from reusing the old ids)
+    assert dwc(proj, "eval", "1").returncode == 0
+    old_ids = {e["id"] for e in reg.evaluations(1, kind="epoch")}
+    (reeval,) = reg.evaluations(1, kind="reeval")
+    reeval_rows = reg.query_results(reeval["id"])
+    assert old_ids & reg.evaluations_with_query_results(1) and reeval_rows
     # killed before its first last.pt (here: deleted), with epochs already recorded
     reg.set_status(1, "failed", "simulated kill")
     (run_dir / "last.pt").unlink()
@@ -114,6 +120,13 @@ def test_resume_without_a_usable_last_pt_never_records_an_epoch_twice(proj):
     res = dwc(proj, "resume", "1", "--now")
     assert res.returncode == 0, res.stdout + res.stderr
     assert epochs(reg, 1) == [0, 1]
+    # the old attempt's per-query results went with its evaluations; the re-evaluation's stay
+    new_ids = {e["id"] for e in reg.evaluations(1, kind="epoch")}
+    assert not new_ids & old_ids
+    with_rows = reg.evaluations_with_query_results(1)
+    assert not with_rows & old_ids and reeval["id"] in with_rows and with_rows & new_ids
+    assert not [r for i in old_ids for r in reg.query_results(i)]
+    assert reg.query_results(reeval["id"]) == reeval_rows
     kinds = [e["kind"] for e in reg.events(1)]
     assert "restart" in kinds and "cleanup" in kinds
     assert not (run_dir / ".last.pt.tmp99999").exists()
@@ -301,3 +314,48 @@ def test_validation_split_below_the_minimum_fails_before_training(proj):
     # nothing trained or evaluated, no checkpoint written
     assert reg.metrics(1) == [] and reg.evaluations(1) == [] and row["step"] == 0
     assert not (Path(row["run_dir"]) / "last.pt").exists() and not (Path(row["run_dir"]) / "best.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------------------ item 10
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` bind-mounted read-only onto itself for the test (same paths; skips where mounting is not
+    allowed)."""
+    res = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip("cannot bind-mount read-only here (needs root)")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_read_only_project_compares_and_browses(tmp_path):
+    """A trained project on a read-only mount (its cache under runs/ too): compare, compare --runs and browse read
+    the registry read-only, say so once, and exit 0."""
+    (tmp_path / "proj").mkdir()
+    proj = write_project(tmp_path / "proj", TINY)
+    res = dwc(proj, "run", "tiny")
+    assert res.returncode == 0, res.stdout + res.stderr
+    best = Registry(proj / "runs" / "registry.db").get(1)["best_metrics"]
+    with read_only(proj):
+        assert not os.access(proj / "runs" / "registry.db", os.W_OK)
+        res = dwc(proj, "compare")  # the terminal table
+        assert res.returncode == 0 and "tiny" in res.stdout, res.stdout + res.stderr
+        assert res.stderr.count("read-only") == 1 and "Traceback" not in res.stderr, res.stderr
+        for args in (["compare", "--format", "json"], ["compare", "--runs", "--format", "json"]):
+            res = dwc(proj, *args)
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert res.stderr.count("read-only") == 1 and "Traceback" not in res.stderr, res.stderr
+            (row,) = json.loads(res.stdout)
+            assert row["experiment"] == "tiny" and row["runs"] == [1] and row["n"] == 1
+            assert row["R@10"] == pytest.approx(best["R@10"], abs=0.006)
+        res = dwc(proj, "browse", "1", "--limit", "3")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stderr.count("read-only") == 1 and "Traceback" not in res.stderr, res.stderr
+        assert "run 1 tiny" in res.stdout and "48 queries" in res.stdout, res.stdout
+        assert res.stdout.count("\n#") == 3 and "target  scene" in res.stdout  # described from the cache
+        res = dwc(proj, "browse", "1", "--format", "jsonl")
+        assert res.returncode == 0 and len(res.stdout.splitlines()) == 48, res.stderr
+        assert res.stderr.count("read-only") == 1
