@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_results_registry import add_eval, config, qrow, seed_run
 
@@ -165,3 +167,57 @@ def test_available_evaluations_are_named_once(reg, tmp_path):
     with pytest.raises(UsageError) as exc:
         browse.queries(reg, rid, eval_id=999)
     assert f"{eid} (epoch 3, best)" in str(exc.value) and "epoch epoch" not in str(exc.value)
+
+
+def test_rank_range_keeps_ranks_strictly_between_the_bounds(reg, tmp_path):
+    """--rank-above N and --rank-below M: N < rank < M, each alone an open end (--rank-above also keeps the
+    queries whose target is not in the stored top-K; --rank-below never does)."""
+    ranks = [1, 12, None, 3, None, 10, 11, 2]
+    rid = _run(reg, tmp_path, ranks, gallery_size=500)  # 60 stored of 500: ranks beyond 60 are unknown
+    below = browse.queries(reg, rid, rank_below=10, describe=False)
+    assert [q.target_rank for q in below.queries] == [1, 3, 2]
+    between = browse.queries(reg, rid, rank_above=2, rank_below=12, describe=False)
+    assert [q.target_rank for q in between.queries] == [3, 10, 11]
+    assert between.matched == 3 and between.total == 8
+    tight = browse.queries(reg, rid, rank_above=10, rank_below=12, describe=False)
+    assert [q.target_rank for q in tight.queries] == [11]
+    # with the other filters: misses within 5 that still rank better than 12
+    missed = browse.queries(reg, rid, misses=True, k=5, rank_below=12, describe=False)
+    assert [q.qidx for q in missed.queries] == [5, 6]
+    # one more than the stored depth is exact (a target beyond the top 60 ranks 61 or worse)
+    assert len(browse.queries(reg, rid, rank_below=61, describe=False).queries) == 6
+
+
+def test_rank_below_refuses_empty_ranges_and_depths_it_cannot_know(reg, tmp_path):
+    rid = _run(reg, tmp_path, [1, 3, None], gallery_size=500)
+    with pytest.raises(UsageError, match="--rank-below 1: no rank is better than 1; give 2 or more"):
+        browse.queries(reg, rid, rank_below=1, describe=False)
+    for above, below in ((3, 4), (3, 3), (9, 2)):
+        with pytest.raises(UsageError, match=f"--rank-above {above} --rank-below {below}: no rank is both"):
+            browse.queries(reg, rid, rank_above=above, rank_below=below, describe=False)
+    with pytest.raises(UsageError, match="stored each query's top 60 only.*Allowed: --rank-below 2 to 61"):
+        browse.queries(reg, rid, rank_below=62, describe=False)
+    # the whole gallery stored: every rank is known, any bound is exact
+    whole = _run(reg, tmp_path, [1, 30], gallery_size=60)
+    assert [q.target_rank for q in browse.queries(reg, whole, rank_below=1000, describe=False).queries] == [
+        1,
+        30,
+    ]
+
+
+def test_cli_rank_range(tmp_path):
+    from helpers import invoke
+
+    (tmp_path / "experiments.yaml").write_text("experiments: {}\n")
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    rid = _run(reg, tmp_path, [1, 12, None, 3, 10], gallery_size=500)
+    reg.close()
+    res = invoke(tmp_path, "browse", str(rid), "--rank-above", "2", "--rank-below", "11")
+    assert res.exit_code == 0, res.output
+    assert "5 queries · 2 match rank>2 rank<11" in res.output
+    assert [line.split()[0] for line in res.output.splitlines() if line.startswith("#")] == ["#3", "#4"]
+    res = invoke(tmp_path, "browse", str(rid), "--rank-below", "4", "-f", "jsonl")
+    assert [json.loads(x)["target_rank"] for x in res.output.splitlines()] == [1, 3]
+    res = invoke(tmp_path, "browse", str(rid), "--rank-above", "5", "--rank-below", "6")
+    assert res.exit_code == 2 and "no rank is both worse than 5 and better than 6" in res.output
+    assert "Traceback" not in res.output

@@ -495,6 +495,7 @@ FOOTER_TO_BINDING = {
     "esc": "escape",
     "/": "slash",
     ">": "greater_than_sign",
+    "<": "less_than_sign",
     "?": "question_mark",
     "^": "ctrl+",
 }
@@ -756,6 +757,44 @@ async def test_browse_rank_box_is_on_screen_filters_as_typed_and_the_title_names
         await pilot.press("enter", "slash", *"shape 2", "enter")  # enter: back to the list, where / is a key
         await until(pilot, lambda: "[all · text 'shape 2' · rank > 2]" in text_of(app), what="both filters")
         assert len(screen.items) == 1
+
+
+async def test_browse_rank_range_boxes_fit_80x24_and_filter_between_the_bounds(project):
+    """The better-than box beside the worse-than box: together a rank range (N < rank < M), both on screen at
+    80×24 with their keys on the footer; the list and the title follow the numbers as they are typed."""
+    p, ids = project  # the demo run's queries rank 1, 3, 12 and beyond the stored top-5
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["demo"])
+        await pilot.press("b")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None
+        )
+        screen = app.screen
+        regions = [screen.query_one(b).region for b in ("#browse-grep", "#browse-rank", "#browse-rank-below")]
+        for region in regions:
+            assert region.width >= 20 and region.right <= 80 and region.y + region.height <= 24, region
+        assert (
+            regions[0].right <= regions[1].x and regions[1].right <= regions[2].x
+        )  # side by side, no overlap
+        shown = text_of(app)
+        assert "rank worse than N" in shown and "rank better than N" in shown
+        assert "> rank >" in shown.splitlines()[-1] and "< rank <" in shown.splitlines()[-1]
+        await pilot.press("less_than_sign")
+        assert app.focused is screen.query_one("#browse-rank-below")
+        await pilot.press("6")  # no enter: the list follows the number
+        await until(pilot, lambda: "2/4 queries [all · rank < 6]" in text_of(app), what="upper bound")
+        assert [q.target_rank for _, q, _ in screen.items] == [1, 3]
+        await pilot.press("enter", "greater_than_sign", "1")
+        await until(pilot, lambda: "1/4 queries [all · 1 < rank < 6]" in text_of(app), what="the range")
+        assert [q.target_rank for _, q, _ in screen.items] == [3]
+        await pilot.press("backspace", "enter", "less_than_sign", "backspace", "enter")  # both boxes emptied
+        await until(pilot, lambda: "4/4 queries [all]" in text_of(app), what="no rank filter")
+        await pilot.press("greater_than_sign", "5", "enter", "less_than_sign", "3", "enter")  # empty: refused
+        await until(
+            pilot, lambda: "no rank is both worse than 5 and better than 3" in text_of(app), what="error"
+        )
 
 
 async def test_browse_list_items_are_one_line_each_with_long_captions(tmp_path, monkeypatch):

@@ -70,7 +70,8 @@ def test_help(snap_compare, app, size):
     assert snap_compare(app, terminal_size=size, run_before=_then("question_mark"))
 
 
-def test_queue_80x24(snap_compare, app):
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_queue(snap_compare, app, size):
     async def run(pilot) -> None:
         await _settled(pilot)
         await pilot.press("q")
@@ -80,7 +81,7 @@ def test_queue_80x24(snap_compare, app):
                 break
         await pilot.pause(0.2)
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=run)
+    assert snap_compare(app, terminal_size=size, run_before=run)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
@@ -118,7 +119,8 @@ def test_run_evaluations(snap_compare, app, size):
     assert snap_compare(app, terminal_size=size, run_before=run)
 
 
-def test_browse_80x24(snap_compare, app):
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_browse(snap_compare, app, size):
     async def run(pilot) -> None:
         await _settled(pilot)
         await pilot.press("b")
@@ -128,7 +130,7 @@ def test_browse_80x24(snap_compare, app):
                 break
         await pilot.pause(0.2)
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=run)
+    assert snap_compare(app, terminal_size=size, run_before=run)
 
 
 def test_dashboard_no_color_80x24(snap_compare, tmp_path, monkeypatch):

@@ -5,9 +5,10 @@ re-evaluation), each query's reference, text, target(s), top-K gallery ids with 
 correct item (``None`` when it is not in the stored top-K). Ranks here are 1-based.
 
 Filters: ``misses`` / ``hits`` = the first correct item is not / is within the top ``k`` (default 10);
-``rank_above=N`` = the first correct item ranks worse than N (or is not in the stored top-K); ``grep`` = a
-case-insensitive substring of the modification text. Ranks are known only within the stored top-K
-(``eval.store_topk``, 50 by default), so ``k``, ``rank_above`` and the ``--against`` K above it are refused rather
+``rank_above=N`` = the first correct item ranks worse than N (or is not in the stored top-K); ``rank_below=M`` =
+it ranks better than M; both together = a rank range, N < rank < M; ``grep`` = a case-insensitive substring of the
+modification text. Ranks are known only within the stored top-K (``eval.store_topk``, 50 by default), so ``k``,
+``rank_above`` and the ``--against`` K above it, and a ``rank_below`` more than one above it, are refused rather
 than counting the unknown ranks as misses.
 """
 
@@ -193,6 +194,7 @@ def queries(
     misses: bool = False,
     hits: bool = False,
     rank_above: int | None = None,
+    rank_below: int | None = None,
     grep: str | None = None,
     limit: int | None = None,
     sort: str = "index",
@@ -208,6 +210,13 @@ def queries(
     for name, value in (("--limit", limit), ("--rank-above", rank_above), ("--k", k)):
         if value is not None and value < (0 if name == "--rank-above" else 1):
             raise UsageError(f"{name} {value}: must be a positive number.")
+    if rank_below is not None and rank_below < 2:
+        raise UsageError(f"--rank-below {rank_below}: no rank is better than {rank_below}; give 2 or more.")
+    if rank_above is not None and rank_below is not None and rank_below - rank_above < 2:
+        raise UsageError(
+            f"--rank-above {rank_above} --rank-below {rank_below}: no rank is both worse than {rank_above} and "
+            f"better than {rank_below} (the range is N < rank < M: give M at least N + 2)."
+        )
     run = registry.get(run_id)
     ev = pick_evaluation(registry, run_id, eval_id, last)
     rows = registry.query_results(ev["id"])
@@ -218,6 +227,13 @@ def queries(
         _check_depth("--k", k, depth, run_id, ev)
     if rank_above is not None:
         _check_depth("--rank-above", rank_above, depth, run_id, ev)
+    if rank_below is not None and depth is not None and rank_below > depth + 1:
+        raise UsageError(
+            f"--rank-below {rank_below}: evaluation {ev['id']} of run {run_id} stored each query's top {depth} "
+            f"only (eval.store_topk), so whether the first correct item ranks better than {rank_below} is not "
+            f"known. Allowed: --rank-below 2 to {depth + 1}; `dwc eval {run_id} --set eval.store_topk=N` re-scores "
+            "the run with longer lists."
+        )
     total = len(rows)
     views = _views(rows, _displays(run) if describe else {})
     if misses:
@@ -226,6 +242,8 @@ def queries(
         views = [v for v in views if v.within(k)]
     if rank_above is not None:
         views = [v for v in views if not v.within(rank_above)]
+    if rank_below is not None:
+        views = [v for v in views if v.within(rank_below - 1)]
     if grep:
         needle = grep.lower()
         views = [v for v in views if needle in v.text.lower()]

@@ -78,7 +78,11 @@ def browse_view(registry_path: Path, run_id: int, against: int | None, filters: 
             reg,
             run_id,
             limit=filters.get("limit", 500),
-            **{k: v for k, v in filters.items() if k in ("misses", "hits", "rank_above", "grep", "k")},
+            **{
+                k: v
+                for k, v in filters.items()
+                if k in ("misses", "hits", "rank_above", "rank_below", "grep", "k")
+            },
         )
     finally:
         reg.close()

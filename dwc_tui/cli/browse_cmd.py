@@ -55,6 +55,13 @@ def browse(
         int | None,
         typer.Option("--rank-above", help="only queries whose first correct item ranks worse than N"),
     ] = None,
+    rank_below: Annotated[
+        int | None,
+        typer.Option(
+            "--rank-below",
+            help="only queries whose first correct item ranks better than N (with --rank-above A: A < rank < N)",
+        ),
+    ] = None,
     grep: Annotated[str | None, typer.Option("--grep", help="only queries whose text contains this")] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="show at most N queries")] = None,
     sort: Annotated[str, typer.Option("--sort", help="index | rank (worst first)")] = "index",
@@ -92,7 +99,7 @@ def browse(
         return
     view = data.queries(
         registry, run_id, eval_id=eval_id, last=last, misses=misses, hits=hits, rank_above=rank_above,
-        grep=grep, limit=limit, sort=sort, k=k,
+        rank_below=rank_below, grep=grep, limit=limit, sort=sort, k=k,
     )  # fmt: skip
     if fmt == "jsonl":
         print(data.jsonl(view.queries), end="")
@@ -100,7 +107,7 @@ def browse(
     ev = view.evaluation
     filters = [
         f for f, on in ((f"misses@{k}", misses), (f"hits@{k}", hits), (f"rank>{rank_above}", rank_above is not None),
-                        (f"text~{grep!r}", bool(grep))) if on
+                        (f"rank<{rank_below}", rank_below is not None), (f"text~{grep!r}", bool(grep))) if on
     ]  # fmt: skip
     out.print(
         Text(

@@ -1,6 +1,6 @@
-"""Per-query results of a run (``dwc_core.results.browse``): filters (all / hits / misses, rank range, text) and
-the --against view of two runs. Each query as text: reference, modification text, target, top-K with scores and
-hits marked."""
+"""Per-query results of a run (``dwc_core.results.browse``): filters (all / hits / misses, rank range: worse than N
+and better than M, text) and the --against view of two runs. Each query as text: reference, modification text,
+target, top-K with scores and hits marked."""
 
 from __future__ import annotations
 
@@ -23,13 +23,16 @@ MODES = ("all", "misses", "hits")
 ONE_LINE = {"no_wrap": True, "overflow": "ellipsis"}  # a query in the list: its whole text is in the detail
 
 
-def parse_rank(text: str) -> int | None:
-    text = text.strip().lstrip(">").strip()
+def parse_rank(text: str, bound: str = ">") -> int | None:
+    """The number in a rank box ("5", or "> 5" in the worse-than box, "< 5" in the better-than box); None when
+    empty."""
+    text = text.strip().lstrip(bound).strip()
     if not text:
         return None
     if not text.isdigit() or int(text) < 0:
+        what = "worse" if bound == ">" else "better"
         raise ValueError(
-            f"rank filter {text!r}: write a whole number N (queries whose target ranks worse than N)."
+            f"rank filter {text!r}: write a whole number N (queries whose target ranks {what} than N)."
         )
     return int(text)
 
@@ -40,8 +43,12 @@ class BrowseScreen(Screen):
         Binding("m", "mode", "All/misses/hits"),
         Binding("slash", "focus_text", "Text"),
         Binding("greater_than_sign", "focus_rank", "Rank >"),
+        Binding("less_than_sign", "focus_rank_below", "Rank <"),
     ]
-    KEYS = (("esc", "back", 0), ("m", "all/misses/hits", 1), ("/", "text", 1), (">", "rank worse than", 1))
+    # the two rank boxes together are a range: worse than N and better than M
+    KEYS = (
+        ("esc", "back", 0), ("m", "all/misses/hits", 1), ("/", "text", 1), (">", "rank >", 1), ("<", "rank <", 1),
+    )  # fmt: skip
     INPUT_KEYS = (("enter", "apply", 1), ("esc", "back", 0))
 
     def __init__(self, run_id: int, against: int | None = None):
@@ -59,6 +66,7 @@ class BrowseScreen(Screen):
         with Horizontal(id="browse-filters"):
             yield Input(placeholder="text in the modification", id="browse-grep")
             yield Input(placeholder="rank worse than N", id="browse-rank")
+            yield Input(placeholder="rank better than N", id="browse-rank-below")
         with Horizontal(id="browse-body"):
             yield OptionList(id="browse-list")
             with VerticalScroll(id="browse-detail"):
@@ -80,6 +88,9 @@ class BrowseScreen(Screen):
         rank = parse_rank(self.query_one("#browse-rank", Input).value)
         if rank is not None:
             f["rank_above"] = rank
+        below = parse_rank(self.query_one("#browse-rank-below", Input).value, "<")
+        if below is not None:
+            f["rank_below"] = below
         return f
 
     def reload(self, quiet: bool = False) -> None:
@@ -106,8 +117,14 @@ class BrowseScreen(Screen):
     def action_focus_rank(self) -> None:
         self.query_one("#browse-rank", Input).focus()
 
+    def action_focus_rank_below(self) -> None:
+        self.query_one("#browse-rank-below", Input).focus()
+
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "browse-rank":  # a number filters as it is typed; a wrong one is named on enter
+        if event.input.id in (
+            "browse-rank",
+            "browse-rank-below",
+        ):  # a number filters as it is typed; a wrong one is named on enter
             self.reload(quiet=True)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -175,12 +192,18 @@ class BrowseScreen(Screen):
 
 
 def filters_text(mode: str, f: dict) -> str:
-    """The active filters in the title: "misses · text 'red' · rank > 5" (the mode alone when nothing else)."""
+    """The active filters in the title: "misses · text 'red' · rank > 5", "all · 5 < rank < 20" (the mode alone when
+    nothing else)."""
     parts = [mode]
     if f.get("grep"):
         parts.append(f"text {f['grep']!r}")
-    if f.get("rank_above") is not None:
-        parts.append(f"rank > {f['rank_above']}")
+    above, below = f.get("rank_above"), f.get("rank_below")
+    if above is not None and below is not None:
+        parts.append(f"{above} < rank < {below}")
+    elif above is not None:
+        parts.append(f"rank > {above}")
+    elif below is not None:
+        parts.append(f"rank < {below}")
     return " · ".join(parts)
 
 

@@ -30,7 +30,8 @@ of each screen shows the keys that fit its width; all of them are here.
 [b]Queue[/b]   pick an experiment, type overrides (key=value …), enter queues;
         ctrl+w starts a detached worker when none is alive.
 [b]Run[/b]     o overview · e evals · v events · l log · f follow · k checkpoints
-[b]Browse[/b]  m all / misses / hits · / text · > rank worse than N"""
+[b]Browse[/b]  m all / misses / hits · / text · > rank worse than N
+        < rank better than M (with > a range: N < rank < M)"""
 
 
 class HelpScreen(ModalScreen):
