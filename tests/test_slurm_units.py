@@ -16,6 +16,7 @@ from test_results_registry import config, seed_run
 from typer.testing import CliRunner
 
 from dwc_core.runs import control, launcher, slurm
+from dwc_core.runs.ingest import STATUS_FILE
 from dwc_core.runs.registry import Registry
 from dwc_tui.cli import app
 
@@ -36,8 +37,8 @@ def _slurm_run(reg, tmp_path, status="running", state="RUNNING on node1", job="4
     return rid
 
 
-def _worker(reg, **kw) -> slurm.SlurmWorker:
-    return slurm.SlurmWorker(reg.path, slurm.SlurmOptions(poll_s=0.01, **kw), name="w", log=lambda m: None)
+def _worker(reg, log=lambda m: None, **kw) -> slurm.SlurmWorker:
+    return slurm.SlurmWorker(reg.path, slurm.SlurmOptions(poll_s=0.01, **kw), name="w", log=log)
 
 
 def _completed(args, rc=0, out="", err=""):
@@ -45,25 +46,56 @@ def _completed(args, rc=0, out="", err=""):
 
 
 class FakeSlurm:
-    """Answers ``_slurm`` calls: squeue/sacct/scontrol as a cluster that does not know any job (or cannot be
-    reached, with ``down``); records every command, and answers sbatch / scancel."""
+    """Answers ``_slurm`` calls: squeue/sacct/scontrol as a cluster that knows only the jobs in ``jobs`` (id →
+    state; none by default), or cannot be reached (``down``: the controller answers nothing, as its clients say it),
+    or does not answer at all for the next ``hang`` calls (each raises what ``_slurm`` raises on a timeout). sbatch
+    submits job 555, 556, ... (recorded in ``jobs`` as PENDING under its job name), or fails with
+    ``sbatch_error`` (return code 1 and that error output). Records every command."""
 
-    def __init__(self, down=False):
+    def __init__(self, down=False, hang=0, jobs=None, sbatch_error=None):
         self.down = down
+        self.hang = hang
+        self.jobs: dict[str, str] = dict(jobs or {})
+        self.names: dict[str, str] = {}  # job id → job name
+        self.sbatch_error = sbatch_error
+        self.next_job = 555
         self.calls: list[list[str]] = []
 
     def __call__(self, args, timeout=60.0):
         self.calls.append(list(args))
         tool = args[0]
-        if self.down and tool in ("squeue", "scontrol", "sacct"):
+        if self.hang:
+            self.hang -= 1
+            raise slurm.SlurmUnreachable(f"`{' '.join(args)}` did not answer within {timeout:.0f}s.")
+        if self.down and tool in ("squeue", "scontrol", "sacct", "sinfo", "sbatch"):
             return _completed(args, 1, err="slurm_load_jobs error: Unable to contact slurm controller")
+        if tool == "squeue" and "--name" in args:
+            name = args[args.index("--name") + 1]
+            lines = [f"{j}|{self.jobs[j]}" for j, n in self.names.items() if n == name]
+            return _completed(args, 0, out="".join(f"{line}\n" for line in lines))
+        if tool == "squeue":
+            known = [j for j in args[args.index("-j") + 1].split(",") if j in self.jobs]
+            if known:
+                return _completed(args, 0, out="".join(f"{j}|{self.jobs[j]}|None|node1\n" for j in known))
+        if tool == "scontrol" and args[-1] in self.jobs:
+            j = args[-1]
+            return _completed(args, 0, out=f"JobId={j} JobState={self.jobs[j]} Reason=None NodeList=node1\n")
         if tool in ("squeue", "scontrol"):
             return _completed(args, 1, err="slurm_load_jobs error: Invalid job id specified")
         if tool == "sacct":
             return _completed(args, 1, err="Slurm accounting storage is disabled")
         if tool == "sbatch":
-            return _completed(args, 0, out="555\n")
+            if self.sbatch_error:
+                return _completed(args, 1, err=self.sbatch_error)
+            job = str(self.next_job)
+            self.next_job += 1
+            self.jobs[job] = "PENDING"
+            self.names[job] = next(a.split("=", 1)[1] for a in args if a.startswith("--job-name="))
+            return _completed(args, 0, out=f"{job}\n")
         return _completed(args, 0)
+
+    def count(self, tool: str) -> int:
+        return sum(1 for c in self.calls if c[0] == tool)
 
 
 # --------------------------------------------------------------------------------------- lost / resume / cancel
@@ -257,3 +289,177 @@ def test_job_command_runs_torchrun_on_every_node_for_several_nodes(reg, tmp_path
     ]  # fmt: skip
     single = slurm.job_command(reg.get(_slurm_run(reg, tmp_path)), reg.path, run_dir)
     assert single[:3] == [sys.executable, "-m", "dwc_core.engine.train"] and "srun" not in single
+
+
+# ----------------------------------------------------------------------------------- Slurm does not answer
+def _queued(reg, tmp_path, **trainer) -> int:
+    return seed_run(reg, tmp_path, "synth", config(seed=1, trainer=trainer), {"mean": 1.0}, status="queued")
+
+
+def _final(reg, rid, status="done", **fields) -> None:
+    run_dir = Path(reg.get(rid)["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / STATUS_FILE).write_text(json.dumps({"status": status, "message": status, **fields}))
+
+
+@pytest.mark.parametrize("silence", ["timeout", "unreachable"])
+def test_a_slurm_that_does_not_answer_settles_nothing_and_is_logged_once(reg, tmp_path, monkeypatch, silence):
+    alive = _slurm_run(reg, tmp_path, job="31")
+    finished = _slurm_run(reg, tmp_path, job="32")
+    _final(reg, finished)  # its trainer wrote "done": still, nothing is settled on Slurm's silence
+    fake = FakeSlurm(hang=10**6) if silence == "timeout" else FakeSlurm(down=True)
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    logs: list[str] = []
+    w = _worker(reg, log=logs.append)
+    w.unknown_polls = 2
+    w.followed.update({alive: "31", finished: "32"})
+    for _ in range(5):
+        assert w.poll() == []
+    assert reg.get(alive)["status"] == "running" and reg.get(finished)["status"] == "running"
+    assert w.followed == {alive: "31", finished: "32"} and w.unknown == {}
+    said = [m for m in logs if "Slurm does not answer" in m]
+    assert len(said) == 1, logs
+    assert (
+        "did not answer within" if silence == "timeout" else "Unable to contact slurm controller"
+    ) in said[0]
+    # Slurm answers again: the ended job is settled from its run directory, the live one stays followed
+    fake.hang, fake.down = 0, False
+    fake.jobs.update({"31": "RUNNING", "32": "COMPLETED"})
+    assert w.poll() == [finished]
+    assert reg.get(finished)["status"] == "done" and reg.get(alive)["status"] == "running"
+    assert logs.count("Slurm answers again") == 1 and w.outage is None
+
+
+def test_the_worker_loop_survives_a_squeue_that_times_out(reg, tmp_path, monkeypatch):
+    rid = _slurm_run(reg, tmp_path, job="33")
+    _final(reg, rid)
+    fake = FakeSlurm(hang=4, jobs={"33": "COMPLETED"})  # squeue (and the sinfo probe) time out a while
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    logs: list[str] = []
+    w = _worker(reg, log=logs.append)
+    t0 = time.time()
+    assert w.run(once=True) == 0 and time.time() - t0 < 30  # adopts it, waits out the silence, settles it
+    assert reg.get(rid)["status"] == "done"
+    assert fake.count("squeue") >= 2  # asked again after the timeout
+    assert sum("Slurm does not answer" in m for m in logs) == 1 and "Slurm answers again" in logs
+
+
+@pytest.mark.parametrize(
+    "silence", ["timeout", "sbatch: error: Batch job submission failed: Unable to contact slurm controller"]
+)
+def test_sbatch_without_an_answer_leaves_the_run_queued_and_its_job_is_found_later(
+    reg, tmp_path, monkeypatch, silence
+):
+    rid = _queued(reg, tmp_path)
+    fake = FakeSlurm(hang=10**6) if silence == "timeout" else FakeSlurm(sbatch_error=silence)
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    logs: list[str] = []
+    w = _worker(reg, log=logs.append)
+    assert w.submit_queued() == [] and not w.followed
+    row = reg.get(rid)
+    assert row["status"] == "queued" and row["error"] is None, row
+    assert any("back in the queue: sbatch got no answer" in e["message"] for e in reg.events(rid))
+    assert w.outage is not None and sum("Slurm does not answer" in m for m in logs) == 1
+    # still no answer: sinfo says so, nothing is claimed again (no event per poll)
+    if silence != "timeout":
+        fake.down = True
+    events, sbatches = len(reg.events(rid)), fake.count("sbatch")
+    assert w.submit_queued() == []
+    assert len(reg.events(rid)) == events and fake.count("sbatch") == sbatches and fake.count("sinfo") == 1
+    # Slurm answers, and has a job of the run's name (the lost sbatch did submit it): followed, not submitted again
+    fake.hang, fake.down, fake.sbatch_error = 0, False, None
+    fake.jobs["777"], fake.names["777"] = "PENDING", f"dwc-{rid}-synth"
+    assert w.submit_queued() == [rid] and w.followed == {rid: "777"}
+    assert fake.count("sbatch") == sbatches and reg.get(rid)["slurm_job"] == "777"
+    assert reg.get(rid)["status"] == "starting" and "Slurm answers again" in logs
+
+
+def test_sbatch_refusing_a_run_fails_it_with_sbatchs_message(reg, tmp_path, monkeypatch):
+    refused = _queued(reg, tmp_path)
+    fake = FakeSlurm(
+        sbatch_error="sbatch: error: Batch job submission failed: Invalid partition name specified"
+    )
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    w = _worker(reg, partition="nope")
+    assert w.submit_queued() == []
+    row = reg.get(refused)
+    assert row["status"] == "failed" and "Invalid partition name specified" in row["error"]
+    assert "--partition=nope" in row["error"] and w.outage is None  # an answer, not an outage
+
+
+def test_a_resubmission_without_an_answer_puts_the_run_back_in_the_queue(reg, tmp_path, monkeypatch):
+    rid = _slurm_run(reg, tmp_path, job="41")
+    fake = FakeSlurm(
+        jobs={"41": "TIMEOUT"}, sbatch_error="sbatch: error: Socket timed out on send/recv operation"
+    )
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    w = _worker(reg)
+    w.followed[rid] = "41"
+    assert w.poll() == [rid] and not w.followed
+    row = reg.get(rid)
+    assert row["status"] == "queued" and row["error"] is None and int(row["slurm_requeues"]) == 1
+    assert rid in w.unanswered and fake.count("sbatch") == 1
+
+
+# ----------------------------------------------------------------------------------- cancel, caps, requeues
+def test_dwc_cancel_of_a_running_slurm_run_scancels_its_job(reg, tmp_path, monkeypatch):
+    rid = _slurm_run(reg, tmp_path, job="4711")
+    reg.update(rid, heartbeat=time.time())  # its trainer beats: running, not lost
+    fake = FakeSlurm(jobs={"4711": "RUNNING"})
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    res = CliRunner().invoke(app, ["--project", str(tmp_path), "cancel", str(rid), "--no-wait"])
+    assert res.exit_code == 0, res.output
+    assert fake.calls == [["scancel", "4711"]]
+    assert "scancel 4711" in " ".join(res.output.split())
+    row = reg.get(rid)
+    # the worker records the outcome when Slurm reports the job cancelled
+    assert row["status"] == "running" and row["cancel_requested"] == 1
+    assert any(e["message"] == "scancel 4711" for e in reg.events(rid))
+
+
+def test_submit_queued_keeps_at_most_max_jobs_followed(reg, tmp_path, monkeypatch):
+    adopted = _slurm_run(reg, tmp_path, job="60")
+    queued = [_queued(reg, tmp_path) for _ in range(3)]
+    fake = FakeSlurm()
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    w = _worker(reg, max_jobs=3)
+    w.followed[adopted] = "60"  # already followed: counts toward the cap
+    assert w.submit_queued() == queued[:2] and fake.count("sbatch") == 2
+    assert reg.get(queued[2])["status"] == "queued"
+    assert w.submit_queued() == [] and fake.count("sbatch") == 2  # full: nothing more is claimed
+    w.followed.pop(adopted)  # one of its jobs ended
+    assert w.submit_queued() == [queued[2]] and len(w.followed) == 3
+
+
+def test_reaching_max_requeues_ends_the_run_failed_and_resumable(reg, tmp_path, monkeypatch):
+    below = _slurm_run(reg, tmp_path, job="51")
+    at_cap = _slurm_run(reg, tmp_path, job="52")
+    reg.update(below, slurm_requeues=2)
+    reg.update(at_cap, slurm_requeues=3)
+    fake = FakeSlurm(jobs={"51": "TIMEOUT", "52": "TIMEOUT"})
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    w = _worker(reg, max_requeues=3)
+    w.followed.update({below: "51", at_cap: "52"})
+    assert w.poll() == [at_cap]
+    assert fake.count("sbatch") == 1 and w.followed == {below: "555"}  # the one below the cap: re-submitted
+    assert reg.get(below)["status"] == "starting" and int(reg.get(below)["slurm_requeues"]) == 3
+    row = reg.get(at_cap)
+    assert row["status"] == "failed" and row["slurm_state"] == "TIMEOUT"
+    assert (
+        "slurm job 52 ended TIMEOUT after 3 re-submissions (--max-requeues 3): not re-submitted again. "
+        f"`dwc resume {at_cap}` continues it from last.pt (a longer --time may help)" == row["error"]
+    )
+    assert control.queue_failed(reg, "synth") == [at_cap]  # failed: `dwc queue --failed` takes it
+
+
+def test_a_job_slurm_forgot_whose_run_directory_says_done_ends_done(reg, tmp_path, monkeypatch):
+    rid = _slurm_run(reg, tmp_path, job="99998")
+    _final(reg, rid, exit_code=0)
+    fake = FakeSlurm()  # Slurm answers that it does not know the job
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    w = _worker(reg)
+    w.followed[rid] = "99998"
+    assert w.poll() == [rid] and not w.followed
+    row = reg.get(rid)
+    assert row["status"] == "done" and row["slurm_state"] == "UNKNOWN" and row["error"] is None
+    assert fake.count("squeue") == 1 and fake.count("scontrol") == 1  # it was asked, and answered

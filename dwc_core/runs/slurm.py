@@ -21,6 +21,11 @@ where accounting is off), ingests the run directories' report files into the reg
   no worker followed it) and no final status in the run directory, ``UNKNOWN_POLLS`` polls in a row → ``failed``,
   resumable. Polls where Slurm did not answer (controller unreachable) do not count.
 
+When Slurm does not answer (a command times out, the controller is unreachable) the worker says so once, settles,
+fails and forgets nothing, keeps ingesting the run directories, and asks again at the next poll. sbatch refusing a
+run fails that run with sbatch's message; sbatch getting no answer puts the run back in the queue, and its next
+submission first looks for a job of the run's name (sbatch may have submitted one before its answer was lost).
+
 A run is one job at a time: each submission writes a token (``slurm_attempt``) that the job gets as an argument,
 and a job of an earlier submission that Slurm starts late exits without touching the run directory; ``dwc resume``
 of a run whose job Slurm still has is refused.
@@ -79,6 +84,18 @@ class SlurmError(DwcError):
     """A Slurm command failed (the message quotes it and its error output)."""
 
 
+class SlurmUnreachable(SlurmError):
+    """A Slurm command got no answer (it timed out, or could not reach the controller): nothing can be concluded
+    from it, and asking again later may work — unlike a command Slurm answered with a refusal."""
+
+
+#: what Slurm's clients print when the controller does not answer (rather than refusing the request)
+UNREACHABLE_MARKS = (
+    "unable to contact slurm controller", "socket timed out", "connection refused", "zero bytes were transmitted",
+    "temporarily unable to accept job", "connection timed out",
+)  # fmt: skip
+
+
 @dataclass
 class SlurmOptions:
     partition: str | None = None
@@ -126,7 +143,7 @@ def _slurm(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProces
             "(sbatch, squeue, scontrol, scancel) on this node."
         ) from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"`{' '.join(args)}` did not answer within {timeout:.0f}s.") from None
+        raise SlurmUnreachable(f"`{' '.join(args)}` did not answer within {timeout:.0f}s.") from None
 
 
 def available() -> str | None:
@@ -141,11 +158,15 @@ def available() -> str | None:
 
 class JobStates(dict):
     """``job_states``' answer: job id → JobInfo, and ``forgotten``: the asked jobs Slurm answered it does not know
-    (squeue and scontrol said so, sacct had nothing) — unlike a job it could not be asked about (controller down)."""
+    (squeue and scontrol said so, sacct had nothing) — unlike a job it could not be asked about (controller down).
+    ``answered`` is False when squeue got no answer (``error`` says why): a job absent from such an answer may
+    well be alive."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.forgotten: set[str] = set()
+        self.answered = True
+        self.error = ""
 
 
 def _invalid_id(res: subprocess.CompletedProcess) -> bool:
@@ -153,16 +174,26 @@ def _invalid_id(res: subprocess.CompletedProcess) -> bool:
     return "invalid job id" in f"{res.stderr} {res.stdout}".lower()
 
 
-def _squeue(job_ids: list[str]) -> tuple[dict[str, JobInfo], bool]:
-    """squeue's view of the jobs, and whether it answered (an unknown single job id is an answer too)."""
-    res = _slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%N"])
+def _unreachable(res: subprocess.CompletedProcess) -> bool:
+    """The command failed because the controller did not answer (not because Slurm refused the request)."""
+    text = f"{res.stderr} {res.stdout}".lower()
+    return res.returncode != 0 and any(mark in text for mark in UNREACHABLE_MARKS)
+
+
+def _squeue(job_ids: list[str]) -> tuple[dict[str, JobInfo], bool, str]:
+    """squeue's view of the jobs, whether it answered (an unknown single job id is an answer too), and its error
+    output when it did not."""
+    cmd = ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r|%N"]
+    res = _slurm(cmd)
     out = {}
     if res.returncode == 0:
         for line in res.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 4:
                 out[parts[0]] = JobInfo(parts[0], parts[1], parts[2], parts[3], source="squeue")
-    return out, res.returncode == 0 or _invalid_id(res)
+    answered = res.returncode == 0 or _invalid_id(res)
+    why = (res.stderr or res.stdout).strip() or f"exit code {res.returncode}"
+    return out, answered, "" if answered else f"`{' '.join(cmd)}` failed: {why}"
 
 
 def _sacct(job_ids: list[str]) -> dict[str, JobInfo]:
@@ -207,12 +238,14 @@ def _read_signal(run_dir: Path) -> dict:
 def job_states(job_ids: list[str]) -> JobStates:
     """Slurm's view of the given jobs: squeue, then sacct for the ones it no longer lists, then ``scontrol show
     job`` (clusters without accounting storage). A job nobody knows any more is absent from the result, and in its
-    ``forgotten`` set when Slurm answered so (not when a command failed, e.g. the controller was unreachable)."""
+    ``forgotten`` set when Slurm answered so (not when a command failed, e.g. the controller was unreachable).
+    Raises :class:`SlurmError` when a command timed out or is missing."""
     ids = [j for j in dict.fromkeys(job_ids) if j]
     out = JobStates()
     if not ids:
         return out
-    listed, squeue_answered = _squeue(ids)
+    listed, squeue_answered, out.error = _squeue(ids)
+    out.answered = squeue_answered
     out.update(listed)
     # squeue still lists a job for a while after it ended: prefer sacct/scontrol for its final state details
     missing = [j for j in ids if j not in out or not out[j].active]
@@ -258,7 +291,7 @@ def sbatch_command(
     nodes, gpus = int(t.get("nodes", 1)), int(t.get("gpus", 1))
     run_dir = Path(run["run_dir"])
     cmd = [
-        "sbatch", "--parsable", f"--job-name=dwc-{run['id']}-{run['experiment']}", f"--nodes={nodes}",
+        "sbatch", "--parsable", f"--job-name={job_name(run)}", f"--nodes={nodes}",
         "--ntasks-per-node=1", f"--output={run_dir / 'train.log'}", "--open-mode=append",
         f"--chdir={registry_path.parent.parent}", f"--signal=B:TERM@{int(opts.grace_s)}", "--requeue",
         "--export=ALL",
@@ -276,8 +309,47 @@ def sbatch_command(
     return cmd
 
 
-def submit(registry: Registry, registry_path: Path, run: dict, opts: SlurmOptions, note: str = "") -> str:
-    """Submit a claimed run as a batch job; records the job id on the run and in its events."""
+def job_name(run: dict) -> str:
+    return f"dwc-{run['id']}-{run['experiment']}"
+
+
+def find_job(name: str) -> str | None:
+    """The id of a job named ``name`` that Slurm has and that has not ended (None when there is none)."""
+    cmd = ["squeue", "-h", "--name", name, "-o", "%i|%T"]
+    res = _slurm(cmd)
+    if res.returncode != 0:
+        error = SlurmUnreachable if _unreachable(res) else SlurmError
+        raise error(f"`{' '.join(cmd)}` failed: {(res.stderr or res.stdout).strip() or res.returncode}")
+    for line in res.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job and state in ACTIVE_STATES:
+            return job
+    return None
+
+
+def submit(
+    registry: Registry,
+    registry_path: Path,
+    run: dict,
+    opts: SlurmOptions,
+    note: str = "",
+    look_first: bool = False,
+) -> str:
+    """Submit a claimed run as a batch job; records the job id on the run and in its events. With ``look_first``
+    (an earlier sbatch of this run got no answer, so it may have submitted a job all the same), a job of the run's
+    name that Slurm has is followed instead of submitting a second one."""
+    if look_first:
+        found = find_job(job_name(run))
+        if found is not None:
+            registry.update(
+                run["id"], slurm_job=found, slurm_state="PENDING", slurm_reason=None, slurm_nodes=None
+            )
+            registry.event(
+                run["id"],
+                "slurm",
+                f"sbatch got no answer earlier, but Slurm has job {found} for this run: followed",
+            )
+            return found
     run_dir = Path(run["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)  # a new attempt: the last one's final word is stale
@@ -289,10 +361,13 @@ def submit(registry: Registry, registry_path: Path, run: dict, opts: SlurmOption
     attempt = secrets.token_hex(6)
     atomic_write_text(run_dir / ATTEMPT_FILE, attempt)
     cmd = sbatch_command(row, registry_path, opts, job_script(registry_path.parent.parent), attempt)
-    res = _slurm(cmd)
+    res = _slurm(cmd)  # a timeout raises SlurmUnreachable
     job_id = res.stdout.strip().split(";")[0] if res.returncode == 0 else ""
     if not job_id.isdigit():
-        raise SlurmError(
+        # the controller did not answer: a later try may work (it first looks for a job that this sbatch did
+        # submit before its answer was lost: see look_first)
+        error = SlurmUnreachable if _unreachable(res) else SlurmError
+        raise error(
             f"sbatch refused run {run['id']}: {(res.stderr or res.stdout).strip() or f'exit code {res.returncode}'} "
             f"(command: {' '.join(cmd)})"
         )
@@ -320,6 +395,10 @@ class SlurmWorker:
         self._lock = None
         self._info: dict = {}
         self._last_info = 0.0
+        # why Slurm does not answer, while it does not (logged once per outage)
+        self.outage: str | None = None
+        # runs whose last sbatch got no answer (it may have submitted a job all the same)
+        self.unanswered: set[int] = set()
 
     # -------------------------------------------------------------------------------- runs/workers/ entry
     def register(self) -> None:
@@ -387,19 +466,66 @@ class SlurmWorker:
                     )
         return [r["id"] for r in rows]
 
+    def _slurm_down(self, why: str) -> None:
+        """Slurm did not answer: say so once per outage (the worker keeps going and asks again at each poll)."""
+        if self.outage is None:
+            self.log(
+                f"Slurm does not answer: {why} — nothing is settled, failed or forgotten while it does not; "
+                f"asking again every {self.opts.poll_s:g}s"
+            )
+        self.outage = why
+
+    def _slurm_up(self) -> None:
+        if self.outage is not None:
+            self.log("Slurm answers again")
+        self.outage = None
+
+    def _slurm_answers(self) -> bool:
+        """During an outage, whether Slurm answers now (one ``sinfo``), before claiming queued runs again."""
+        try:
+            res = _slurm(["sinfo", "-h", "-o", "%P"], timeout=20)
+        except SlurmError as exc:
+            self._slurm_down(exc.message)
+            return False
+        if res.returncode != 0:
+            self._slurm_down(f"sinfo failed: {(res.stderr or res.stdout).strip() or res.returncode}")
+            return False
+        self._slurm_up()
+        return True
+
+    def _back_to_queue(self, run_id: int, why: str) -> None:
+        """sbatch got no answer: the run waits in the queue (not failed), and is submitted once Slurm answers."""
+        self.unanswered.add(run_id)
+        self.registry.set_status(
+            run_id, "queued", f"back in the queue: sbatch got no answer ({why}); submitted when Slurm answers",
+            only_from=ACTIVE,
+        )  # fmt: skip
+
     def submit_queued(self) -> list[int]:
+        """Claim queued runs and submit them, up to ``max_jobs`` followed at once. sbatch refusing a run (a bad
+        partition, account, time limit...) fails that run with sbatch's message: submitting it again would be
+        refused again. sbatch getting no answer puts the run back in the queue and stops submitting until Slurm
+        answers: failing it would fail the whole queue for a controller that was down for a minute."""
         started = []
+        if self.outage is not None and not self._slurm_answers():
+            return started
         while len(self.followed) < self.opts.max_jobs and not self.stop:
             run = self.registry.claim(self.name)
             if run is None:
                 break
+            look_first = run["id"] in self.unanswered
             try:
-                job = submit(self.registry, self.registry_path, run, self.opts)
+                job = submit(self.registry, self.registry_path, run, self.opts, look_first=look_first)
+            except SlurmUnreachable as exc:
+                self._back_to_queue(run["id"], exc.message)
+                self._slurm_down(exc.message)
+                break
             except (SlurmError, OSError) as exc:
                 msg = exc.message if isinstance(exc, DwcError) else f"cannot prepare run directory: {exc}"
                 self.registry.set_status(run["id"], "failed", msg, only_from=ACTIVE, error=msg)
                 self.log(f"run {run['id']}: {msg}")
                 continue
+            self.unanswered.discard(run["id"])
             self.followed[run["id"]] = job
             started.append(run["id"])
             self.log(f"run {run['id']} ({run['experiment']}): slurm job {job}")
@@ -409,7 +535,17 @@ class SlurmWorker:
         """Ingest, refresh Slurm's state, and settle the runs whose job ended; returns the runs that ended."""
         if not self.followed:
             return []
-        states = job_states(list(self.followed.values()))
+        try:
+            states = job_states(list(self.followed.values()))
+        # a command timed out (or vanished): a poll with no answer, asked again next time
+        except SlurmError as exc:
+            states = JobStates()
+            states.answered, states.error = False, exc.message
+        answered = getattr(states, "answered", True)
+        if answered:
+            self._slurm_up()
+        else:
+            self._slurm_down(getattr(states, "error", "") or "squeue got no answer")
         ended = []
         for run_id, job in list(self.followed.items()):
             info = states.get(job)
@@ -439,6 +575,10 @@ class SlurmWorker:
                             only_from=("lost",),
                         )  # fmt: skip
                     continue
+            elif not answered:
+                # Slurm did not answer (controller unreachable, a command timed out): its silence says nothing
+                # about the job, so nothing is settled, counted or re-submitted until it answers
+                continue
             elif read_final(Path(row["run_dir"])) is None:
                 # not known to Slurm (yet, or any more) and no final word: look again next time — a bounded
                 # number of times (a job that ended unseen and that Slurm has forgotten would be followed forever).
@@ -503,20 +643,35 @@ class SlurmWorker:
             )
             try:
                 self.followed[run_id] = submit(self.registry, self.registry_path, row, self.opts, note)
-            except SlurmError as exc:
-                self.registry.set_status(run_id, "failed", exc.message, only_from=ACTIVE, error=exc.message)
+            except SlurmUnreachable as exc:  # no answer: the run waits in the queue until Slurm answers
+                self._back_to_queue(run_id, exc.message)
+                self._slurm_down(exc.message)
+                return True
+            except (SlurmError, OSError) as exc:  # refused: submitting it again would be refused again
+                msg = exc.message if isinstance(exc, DwcError) else f"cannot prepare run directory: {exc}"
+                self.registry.set_status(run_id, "failed", msg, only_from=ACTIVE, error=msg)
+                self.log(f"run {run_id}: {msg}")
                 return True
             return False
         fields = {"slurm_state": state}
-        if state == "CANCELLED" or (state in RESUBMIT_STATES and stopped):
-            why = "cancelled by Slurm (scancel)" if state == "CANCELLED" else f"Slurm ended the job: {state}"
-            if state in RESUBMIT_STATES:
-                why += f" after {requeues} re-submissions (--max-requeues {self.opts.max_requeues})"
-            reason = f"slurm job {job}: {why}" + (
+        if state == "CANCELLED":
+            reason = f"slurm job {job}: cancelled by Slurm (scancel)" + (
                 f"; {final['message']}" if final and final.get("message") else ""
             )
             self.registry.set_status(
                 run_id, "cancelled", reason, only_from=(*ACTIVE, "lost"), error=reason, **fields
+            )
+        elif state in RESUBMIT_STATES and stopped:
+            # out of re-submissions: nobody asked the run to stop, it did not get to finish — failed (resumable,
+            # and `dwc queue --failed` takes it), not cancelled
+            hint = "a longer --time" if state == "TIMEOUT" else "a partition or QOS where it is not preempted"
+            why = (
+                f"slurm job {job} ended {state} after {requeues} re-submissions (--max-requeues "
+                f"{self.opts.max_requeues}): not re-submitted again. `dwc resume {run_id}` continues it from "
+                f"last.pt ({hint} may help)"
+            )
+            self.registry.set_status(
+                run_id, "failed", why, only_from=(*ACTIVE, "lost"), error=why, exit_code=1, **fields
             )
         elif final is not None and final["status"] == "done" and state in ("COMPLETED", "UNKNOWN"):
             extra = {k: final[k] for k in ("exit_code",) if k in final}
@@ -548,8 +703,12 @@ class SlurmWorker:
     def _loop(self, once: bool) -> int:
         self.adopt()
         while not self.stop:
-            self.submit_queued()
-            self.poll()
+            try:
+                self.submit_queued()
+                self.poll()
+            # both handle Slurm's silence themselves; anything else Slurm did: logged, and tried again next poll
+            except SlurmError as exc:
+                self._slurm_down(exc.message)
             self.heartbeat()
             if once and not self.followed and not self._claimable():
                 return 0
