@@ -359,3 +359,26 @@ def test_read_only_project_compares_and_browses(tmp_path):
         res = dwc(proj, "browse", "1", "--format", "jsonl")
         assert res.returncode == 0 and len(res.stdout.splitlines()) == 48, res.stderr
         assert res.stderr.count("read-only") == 1
+
+
+# ------------------------------------------------------------------------------------------------------ item 18
+def test_eval_of_a_random_clip_run_keeps_open_clips_warning_in_train_log(proj):
+    """DWC with a random-weight open_clip encoder (as the demo): `dwc eval` prints none of open_clip's "No pretrained
+    weights loaded"; the warning goes to the run's train.log, once per evaluation."""
+    text = (proj / "experiments.yaml").read_text() + (
+        "  tiny-dwc:\n    extends: tiny\n"
+        "    model: {name: dwc, embed_dim: 32, clip: {arch: tiny, pretrained: none},\n"
+        "            cnn: {arch: tiny, pretrained: none}, text: {word_dim: 16}}\n"
+        "    trainer: {max_steps_per_epoch: 1}\n"
+    )
+    (proj / "experiments.yaml").write_text(text)
+    res = dwc(proj, "run", "tiny-dwc")
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = Path(Registry(proj / "runs" / "registry.db").get(1)["run_dir"]) / "train.log"
+    warning = "No pretrained weights loaded"
+    before = log.read_text().count(warning)
+    assert before == 1  # the trainer built the random CLIP too (its output is train.log): once
+    res = dwc(proj, "eval", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pretrained" not in res.stdout + res.stderr and "WARNING" not in res.stderr
+    assert log.read_text().count(warning) == 2, log.read_text()[-2000:]
