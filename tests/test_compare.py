@@ -9,11 +9,12 @@ import re
 import statistics
 
 import pytest
+from helpers import invoke
 from test_results_registry import config, seed_run
 
 from dwc_core.errors import UsageError
 from dwc_core.results import formats
-from dwc_core.results.compare import compare_rows, metric_order
+from dwc_core.results.compare import compare_rows, metric_order, shared_summary
 from dwc_core.runs.registry import Registry
 
 
@@ -70,12 +71,134 @@ def test_only_changed_lists_differing_keys_as_columns(reg, tmp_path):
         {"model.embed_dim": 128, "trainer.lr": 0.001},
         {"model.embed_dim": 256, "trainer.lr": 0.5},
     ]
-    assert "model.embed_dim" in t.info_columns() and "other settings shared" in t.title
+    assert "model.embed_dim" in t.info_columns()
+    # the title says once what the rows share: config() sets dataset.num_test 100 (default 1000) and trainer.epochs
+    # 3 (default 30); dataset.image_size 64 and trainer.select_on test are the schema defaults
+    assert t.title == (
+        "best epoch per experiment · dataset synthetic · method tirg"
+        " · shared: dataset.num_test=100, trainer.epochs=3; 2 more at their defaults"
+    )
+    shared = {
+        "dataset.name": "synthetic", "dataset.image_size": 64, "dataset.num_test": 100, "model.name": "tirg",
+        "trainer.epochs": 3, "trainer.select_on": "test",
+    }  # fmt: skip
+    assert [d["shared"] for d in json.loads(formats.to_json(t))] == [shared, shared]
+    assert "shared" not in formats.to_csv(t).splitlines()[0].split(",")
     # every file format prints the config values as they are (lr 0.001 was "0.00" in csv/md/latex)
     rows = list(csv.DictReader(io.StringIO(formats.to_csv(t))))
     assert [r["trainer.lr"] for r in rows] == ["0.001", "0.5"]
     assert "| 0.001 |" in formats.to_markdown(t).replace("  ", " ")
     assert "0.001" in formats.to_latex(t)
+
+
+def test_shared_summary_lists_non_defaults_then_cuts_at_the_width():
+    defaults = [{"trainer.epochs": 30, "trainer.lr": 0.0001, "eval.ks": None}]
+    at_defaults = {"trainer.epochs": 30, "trainer.lr": 0.0001, "eval.ks": None, "model.name": "tirg"}
+    # model.name (and dataset.name) are in the title already: not counted
+    assert shared_summary(at_defaults, defaults) == "3 at their defaults"
+    assert shared_summary({}, defaults) == "no other settings shared"
+    # 12 non-default keys "model.kNN=1", 11 characters each and ", " between them: four fit in 60 characters
+    # (4 * 11 + 3 * 2 = 50; a fifth makes 63)
+    many = {f"model.k{i:02d}": 1 for i in range(12)} | {"trainer.epochs": 30}
+    text = shared_summary(many, defaults)
+    shown = ", ".join(f"model.k{i:02d}=1" for i in range(4))
+    assert text == f"shared: {shown} +8 more (all: --format json); 1 more at their defaults"
+    # a key that is at its default for one (dataset, method) of the rows but not for another is listed
+    two_methods = [{"model.embed_dim": 512}, {"model.embed_dim": 1024}]
+    assert shared_summary({"model.embed_dim": 512}, two_methods) == "shared: model.embed_dim=512"
+
+
+def test_tag_filter(reg, tmp_path):
+    seed_run(reg, tmp_path, "a", config(tags=["abl"]), {"R@1": 10.0})
+    seed_run(reg, tmp_path, "a", config(seed=2, tags=["abl"]), {"R@1": 13.0})
+    seed_run(reg, tmp_path, "b", config(tags=["abl", "paper"]), {"R@1": 20.0})
+    seed_run(reg, tmp_path, "c", config(), {"R@1": 30.0})
+    t = compare_rows(reg, tag="abl")
+    assert [(r.key, r.n, r.cells["R@1"].mean, r.cells["R@1"].std) for r in t.rows] == [
+        ("a", 2, 11.5, round(statistics.stdev([10.0, 13.0]), 2)), ("b", 1, 20.0, None),
+    ]  # fmt: skip
+    # best among the rows shown: c's 30.0 is filtered out, so b's 20.0 is the best
+    assert [r.cells["R@1"].best for r in t.rows] == [False, True]
+    assert [r.key for r in compare_rows(reg, tag="paper").rows] == ["b"]
+    with pytest.raises(UsageError, match="no runs with results match --tag nope"):
+        compare_rows(reg, tag="nope")
+
+
+def test_group_by_method_averages_identical_configs_across_experiments(reg, tmp_path):
+    # t1 and t2 are the same config (the experiment name is metadata): one tirg row over both
+    seed_run(reg, tmp_path, "t1", config(seed=1), {"R@1": 10.0, "R@10": 40.0})
+    seed_run(reg, tmp_path, "t2", config(seed=2), {"R@1": 14.0, "R@10": 44.0})
+    seed_run(reg, tmp_path, "t3", config(model={"embed_dim": 128}), {"R@1": 5.0, "R@10": 50.0})
+    seed_run(reg, tmp_path, "d", config(method="dwc"), {"R@1": 30.0, "R@10": 35.0})
+    t = compare_rows(reg, group_by="method")
+    got = [(r.key, r.label, r.experiment, r.n, r.cells["R@1"].mean, r.cells["R@1"].std) for r in t.rows]
+    assert got == [
+        ("dwc", "", "d", 1, 30.0, None),
+        ("tirg", "model.embed_dim=128", "t3", 1, 5.0, None),
+        ("tirg", "model.embed_dim=256", "t1, t2", 2, 12.0, round(statistics.stdev([10.0, 14.0]), 2)),
+    ]
+    assert t.key_column == "method" and "experiment" in t.info_columns()
+    best = {(r.key, r.label, m) for r in t.rows for m, c in r.cells.items() if c.best}
+    assert best == {("dwc", "", "R@1"), ("tirg", "model.embed_dim=128", "R@10")}
+
+
+def test_group_by_config_key(reg, tmp_path):
+    seed_run(reg, tmp_path, "a", config(seed=1, trainer={"lr": 0.1}), {"R@1": 10.0})
+    seed_run(reg, tmp_path, "a", config(seed=2, trainer={"lr": 0.1}), {"R@1": 20.0})
+    seed_run(reg, tmp_path, "b", config(model={"embed_dim": 128}), {"R@1": 7.0})
+    seed_run(reg, tmp_path, "c", config(), {"R@1": 9.0})
+    t = compare_rows(reg, group_by="trainer.lr")
+    # key = the value as text; under one key, the configs that still differ are separate rows, labelled
+    got = [(r.key, r.label, r.experiment, r.n, r.cells["R@1"].mean) for r in t.rows]
+    assert got == [
+        ("0.001", "model.embed_dim=128", "b", 1, 7.0),
+        ("0.001", "model.embed_dim=256", "c", 1, 9.0),
+        ("0.1", "", "a", 2, 15.0),
+    ]
+    assert t.rows[2].cells["R@1"].std == round(statistics.stdev([10.0, 20.0]), 2) == 7.07
+    assert t.title.startswith("best epoch per trainer.lr") and t.info_columns()[0] == "trainer.lr"
+
+
+def test_metric_picks_the_fashioniq_categories_and_avg(reg, tmp_path):
+    seed_run(reg, tmp_path, "fiq", fiq_config(), FIQ)
+    seed_run(reg, tmp_path, "syn", config(), {"R@1": 11.0, "R@10": 42.0, "R@50": 70.0, "mean": 41.0})
+    t = compare_rows(reg, metrics=["R@10"])
+    assert t.metrics == ["R@10", "dress/R@10", "shirt/R@10", "toptee/R@10", "avg/R@10"]
+    fiq, syn = t.rows
+    assert {m: c.mean for m, c in fiq.cells.items() if m in t.metrics} == {
+        "dress/R@10": 30.0, "shirt/R@10": 36.0, "toptee/R@10": 41.0, "avg/R@10": 35.67,
+    }  # fmt: skip
+    assert syn.cells["R@10"].mean == 42.0
+    # R@1 is R@1 only (not R@10, not dress/R@10); a full name picks its one column
+    assert compare_rows(reg, metrics=["R@1"]).metrics == ["R@1"]
+    assert compare_rows(reg, metrics=["shirt/R@50", "mean"]).metrics == ["shirt/R@50", "mean"]
+
+
+@pytest.fixture
+def proj(reg, tmp_path):
+    (tmp_path / "experiments.yaml").write_text("experiments: {}\n")
+    return tmp_path
+
+
+def test_cli_tag_group_by_and_metric(proj, reg):
+    seed_run(reg, proj, "a", config(tags=["abl"]), {"R@1": 10.0, "R@10": 40.0})
+    seed_run(reg, proj, "a", config(seed=2, tags=["abl"]), {"R@1": 12.0, "R@10": 41.0})
+    seed_run(reg, proj, "b", config(method="dwc", tags=["abl"]), {"R@1": 30.0, "R@10": 35.0})
+    seed_run(reg, proj, "fiq", fiq_config(), FIQ)
+    res = invoke(proj, "compare", "--tag", "abl", "--group-by", "method", "-f", "json")
+    assert res.exit_code == 0, res.output
+    got = [(d["method"], d["experiment"], d["n"], d["R@1"], d["R@1 std"]) for d in json.loads(res.output)]
+    assert got == [("dwc", "b", 1, 30.0, None), ("tirg", "a", 2, 11.0, round(statistics.stdev([10, 12]), 2))]
+    res = invoke(proj, "compare", "--metric", "R@10", "-f", "csv")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.output)))
+    metric_cols = [c for c in rows[0] if c.endswith("R@10")]
+    assert metric_cols == ["R@10", "dress/R@10", "shirt/R@10", "toptee/R@10", "avg/R@10"]
+    assert [(r["experiment"], r["R@10"], r["dress/R@10"], r["avg/R@10"]) for r in rows] == [
+        ("a", "40.50", "", ""), ("b", "35.00", "", ""), ("fiq", "", "30.00", "35.67"),
+    ]  # fmt: skip
+    res = invoke(proj, "compare", "--tag", "nope")
+    assert res.exit_code == 2 and "no runs with results match --tag nope" in res.output
 
 
 def test_filters_globs_and_errors(reg, tmp_path):
@@ -171,7 +294,7 @@ def test_reference_without_runs_states_each_rows_own_protocol(reg, tmp_path):
     rows = {r.key: r for r in compare_rows(reg, reference=True, dataset="shoes").rows}
     assert all(r.protocol_text != "same" for r in rows.values())
     assert rows["DWC (AAAI'24)"].protocol_text == (
-        "gallery=eval_im_names.txt, text=caption, mask_reference=true, model_selection=test"
+        "gallery=eval_im_names.txt, text=caption, mask_reference=true, model_selection=test, outside_eval_list=skip"
     )
     tirg = rows["TIRG (CVPR'19)"]
     assert tirg.protocol_text == "text=caption; not stated: gallery, mask_reference, model_selection"
@@ -182,6 +305,82 @@ def test_reference_without_runs_states_each_rows_own_protocol(reg, tmp_path):
     seed_run(reg, tmp_path, "s", config(dataset="shoes"), {"R@1": 10.0, "R@10": 40.0, "R@50": 70.0})
     rows = {r.key: r for r in compare_rows(reg, reference=True, dataset="shoes").rows}
     assert rows["DWC (AAAI'24)"].protocol_text == "same"
+
+
+def shoes_config(**dataset) -> dict:
+    cfg = config(dataset="shoes", method="dwc")
+    cfg["dataset"].update(dataset)
+    return cfg
+
+
+SHOES = {"R@1": 15.0, "R@10": 50.0, "R@50": 75.0, "mean": 46.67}
+
+
+def test_shoes_query_set_settings_are_part_of_the_protocol(reg, tmp_path):
+    # outside_eval_list: keep scores 29 more test pairs than DWC's code can: flagged, not "same"
+    seed_run(
+        reg, tmp_path, "shoes-keep", shoes_config(outside_eval_list="keep", missing_images="error"), SHOES
+    )
+    rows = {r.key: r for r in compare_rows(reg, reference=True).rows}
+    assert rows["DWC (AAAI'24)"].protocol_diff == ["outside_eval_list: keep vs skip"]
+    assert rows["DWC (AAAI'24)"].protocol_text == "outside_eval_list: keep vs skip"
+    assert rows["AMC (TOMM'23)"].protocol_diff == ["outside_eval_list: keep vs skip"]
+    # a source that does not state its gallery does not state which pairs it scored either
+    tirg = rows["TIRG (CVPR'19)"]
+    assert tirg.protocol_diff == [] and tirg.not_stated == [
+        "gallery", "mask_reference", "model_selection", "outside_eval_list",
+    ]  # fmt: skip
+    # VAL scores those pairs too (its gallery holds every test pair's images): only its gallery and selection differ
+    assert rows["VAL (GloVe) (CVPR'20)"].protocol_diff == [
+        "gallery: eval_im_names.txt vs test images and pairs", "model_selection: test vs fixed_step",
+    ]  # fmt: skip
+    # the deltas are still given (the row is flagged, not dropped): 15.00 − 18.94
+    assert rows["DWC (AAAI'24)"].cells["R@1"].delta == round(15.0 - 18.94, 2)
+
+
+def test_missing_images_skip_is_flagged_on_every_dataset(reg, tmp_path):
+    seed_run(reg, tmp_path, "shoes-skip", shoes_config(missing_images="skip"), SHOES)
+    seed_run(reg, tmp_path, "fiq-skip", fiq_config(missing_images="skip"), FIQ)
+    cfg = config(dataset="fashion200k", method="dwc")
+    cfg["dataset"].update({"text": "dwc", "missing_images": "skip"})
+    seed_run(reg, tmp_path, "f200k", cfg, {"R@1": 30.0, "R@10": 60.0, "R@50": 75.0, "mean": 55.0})
+    rows = {(r.dataset, r.key): r for r in compare_rows(reg, reference=True).rows}
+    assert rows[("shoes", "DWC (AAAI'24)")].protocol_diff == ["missing_images: skip vs error"]
+    assert rows[("fashioniq", "DWC (AAAI'24)")].protocol_diff == ["missing_images: skip vs error"]
+    assert rows[("fashion200k", "DWC (AAAI'24)")].protocol_diff == ["missing_images: skip vs error"]
+    # Fashion200k's text comes from the run's config too: TIRG's row used "replace X with Y"
+    assert "text: dwc vs tirg" in rows[("fashion200k", "TIRG (CVPR'19)")].protocol_diff
+
+
+def test_cli_reference_flags_a_shoes_run_that_keeps_the_outside_pairs(proj, reg):
+    seed_run(reg, proj, "shoes-keep", shoes_config(outside_eval_list="keep"), SHOES)
+    res = invoke(proj, "compare", "--reference")
+    assert res.exit_code == 0, res.output
+    dwc_row = next(line for line in res.stdout.splitlines() if line.startswith("DWC (AAAI'24)"))
+    assert "differs [" in dwc_row
+    assert "  DWC (AAAI'24): outside_eval_list: keep vs skip" in res.stdout
+    # --only-changed through the CLI: one row, so every setting is shared; json carries them all
+    shared = json.loads(invoke(proj, "compare", "--only-changed", "-f", "json").output)[0]["shared"]
+    assert shared["dataset.outside_eval_list"] == "keep" and shared["trainer.epochs"] == 3
+
+
+def test_run_protocol_reads_the_recorded_config():
+    from dwc_core.results.reference import run_protocol
+
+    # defaults where an older config lacks the keys: the loader's preset (FashionIQ), skip / error
+    assert run_protocol({"dataset": {"name": "fashioniq", "protocol": "clip4cir"}}) == {
+        "gallery": "split_all", "text": "joined", "mask_reference": False, "model_selection": "test",
+        "missing_images": "error",
+    }  # fmt: skip
+    assert run_protocol({"dataset": {"name": "shoes"}, "trainer": {"select_on": "last"}}) == {
+        "gallery": "eval_im_names.txt", "text": "caption", "mask_reference": True, "model_selection": "last",
+        "outside_eval_list": "skip", "missing_images": "error",
+    }  # fmt: skip
+    # outside_eval_list is a Shoes option only; datasets with no published rows get model selection alone
+    assert "outside_eval_list" not in run_protocol({"dataset": {"name": "fashion200k"}})
+    assert run_protocol({"dataset": {"name": "synthetic", "missing_images": "skip"}}) == {
+        "model_selection": "test"
+    }
 
 
 def test_metric_order_is_the_papers():

@@ -97,3 +97,39 @@ def test_with_overrides_adds_grid_values_and_overrides_but_not_the_seed():
     # what the listing already names is not repeated
     assert grouping.with_overrides("trainer.lr=0.1", cfg) == "trainer.lr=0.1 model.embed_dim=128"
     assert grouping.with_overrides("", {"variant": {"seed": 3}}) == ""
+
+
+def test_readme_lists_exactly_the_ignored_keys():
+    import re
+
+    from helpers import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Comparing runs") :]
+    start = section.index("except for the seed and these settings")
+    listed = re.findall(r"`([a-z_]+\.[a-z_]+)`", section[start : section.index("A thread count", start)])
+    assert sorted(listed) == sorted(grouping.NON_RESULT_KEYS)
+
+
+def test_a_thread_count_does_not_split_rows_other_settings_do(tmp_path):
+    from dwc_core.results.compare import compare_rows
+
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    try:
+        # inside NON_RESULT_KEYS: thread and worker counts, eval batching → one row over both seeds
+        one = config(seed=1, trainer={"cpu_threads": 1, "precision": "fp32"})
+        two = config(
+            seed=2, trainer={"cpu_threads": 8, "num_workers": 4, "precision": "fp32"}, eval={"batch_size": 16}
+        )
+        seed_run(reg, tmp_path, "x", one, {"R@1": 10.0})
+        seed_run(reg, tmp_path, "x", two, {"R@1": 20.0})
+        rows = compare_rows(reg).rows
+        assert [(r.n, r.label, r.cells["R@1"].mean) for r in rows] == [(2, "", 15.0)]
+        # outside it: trainer.precision (and the device) change what is computed → its own row, labelled
+        seed_run(reg, tmp_path, "x", config(seed=3, trainer={"precision": "bf16"}), {"R@1": 40.0})
+        rows = compare_rows(reg).rows
+        assert sorted((r.n, r.label, r.cells["R@1"].mean) for r in rows) == [
+            (1, "trainer.precision=bf16", 40.0), (2, "trainer.precision=fp32", 15.0),
+        ]  # fmt: skip
+    finally:
+        reg.close()

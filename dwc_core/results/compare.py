@@ -96,10 +96,12 @@ class CompareRow:
         if self.kind != "published":
             return ""
         if not self.compared:
+            # missing_images=error is implied for every published row (the full query set): not repeated here
+            keys = [k for k in reference.COMPARED_KEYS if k != "missing_images"]
             parts = [
                 ", ".join(
                     f"{k}={reference.show_value(self.protocol[k])}"
-                    for k in reference.PROTOCOL_KEYS
+                    for k in keys
                     if self.protocol.get(k) is not None
                 )
             ]
@@ -123,6 +125,8 @@ class CompareTable:
     reference: bool = False
     shared: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # --only-changed: every config key the rows share, with its value (the title summarises them)
+    shared_settings: dict[str, object] = field(default_factory=dict)
 
     def info_columns(self, compact: bool = False) -> list[str]:
         """Non-metric columns. ``compact`` (the terminal table) drops what every row shares (said in the title)."""
@@ -160,6 +164,9 @@ class CompareTable:
             if self.reference:
                 d["source"] = r.source
                 d["protocol"] = r.protocol_text
+            # json: every setting the title summarises (csv writes only record_columns, so not these)
+            if self.only_changed:
+                d["shared"] = dict(self.shared_settings) if r.kind == "ours" else {}
             out.append(d)
         return out
 
@@ -314,13 +321,54 @@ def compare_rows(
             shared[c] = values.pop()
     title = f"{which} epoch per {'run' if per_run else group_by}"
     title += "".join(f" · {k} {v}" for k, v in shared.items())
+    settings: dict[str, object] = {}
     if only_changed:
-        total = len({k for r in rows for k in r.identity})
-        title += f" · {max(total - len(changed), 0)} other settings shared"
+        ours = [r for r in rows if r.kind == "ours"]
+        # keys not in `changed` have one value in every row of ours (a key missing from one row is in `changed`)
+        settings = {k: v for k, v in (ours[0].identity if ours else {}).items() if k not in changed}
+        title += " · " + shared_summary(settings, _defaults([(r.dataset, r.method) for r in ours]))
     return CompareTable(
         title=title, key_column=group_by, metrics=keys, rows=rows, which=which, changed_keys=changed,
-        only_changed=only_changed, reference=reference, shared=shared, notes=notes,
+        only_changed=only_changed, reference=reference, shared=shared, notes=notes, shared_settings=settings,
     )  # fmt: skip
+
+
+SHARED_WIDTH = 60  # characters of "key=value" pairs the --only-changed title lists before "+N more"
+NAME_KEYS = ("dataset.name", "model.name")  # said in the title already when shared
+
+
+def _defaults(pairs: list[tuple[str, str]]) -> list[dict[str, object]]:
+    """The flattened schema defaults of each distinct (dataset, method) of the rows."""
+    from dwc_core.config.experiments import default_config
+
+    return [grouping.flatten(default_config(ds, m)) for ds, m in dict.fromkeys(pairs)]
+
+
+def shared_summary(settings: dict[str, object], defaults: list[dict[str, object]]) -> str:
+    """The --only-changed title's account of the shared settings: the ones that differ from the schema defaults
+    as ``key=value`` (the first ~:data:`SHARED_WIDTH` characters of them, then ``+N more``), then how many are at
+    their defaults. ``--format json`` carries every shared setting (``shared``)."""
+    missing = object()
+    own, at_default = [], 0
+    for key, value in settings.items():
+        if key in NAME_KEYS:
+            continue
+        if defaults and all(d.get(key, missing) == value for d in defaults):
+            at_default += 1
+        else:
+            own.append(f"{key}={grouping.fmt_value(value)}")
+    shown: list[str] = []
+    for item in own:
+        if shown and len(", ".join([*shown, item])) > SHARED_WIDTH:
+            break
+        shown.append(item)
+    parts = []
+    if own:
+        more = len(own) - len(shown)
+        parts.append("shared: " + ", ".join(shown) + (f" +{more} more (all: --format json)" if more else ""))
+    if at_default:
+        parts.append(f"{at_default} {'more ' if own else ''}at their defaults")
+    return "; ".join(parts) if parts else "no other settings shared"
 
 
 def _variant_keys(runs: list[dict]) -> list[str]:

@@ -1,8 +1,15 @@
 """Which runs may be averaged together, and how to label the ones that may not.
 
-Two runs are *replicates* when their resolved configs are identical except for the seed and a few settings that do
-not change results (worker counts, logging cadence, paths to the same data). Replicates form one row (mean ± std
-over seeds); every other difference makes its own row, labelled by the keys that differ.
+Two runs are *replicates* when their resolved configs are identical except for the seed and the settings in
+:data:`NON_RESULT_KEYS`, which do not change what is measured: thread and worker counts, evaluation batching,
+logging cadence, what is stored, paths to the same data. Replicates form one row (mean ± std over seeds); every
+other difference makes its own row, labelled by the keys that differ.
+
+Thread counts (``trainer.cpu_threads``) can change floating-point rounding and so the last digits of a result, like
+another CPU or torch build does; that is noise of the kind the seeds' std already shows, not a different
+experiment, so they are ignored too. (The count a run actually used is mostly not in its config anyway: with
+``cpu_threads: null`` the worker divides its cores among its slots.) The README's "Comparing runs" section lists
+these keys; a test keeps the two lists equal.
 """
 
 from __future__ import annotations

@@ -44,7 +44,12 @@ def compare(
         bool, typer.Option("--last/--best", help="last-epoch results instead of the best epoch's")
     ] = False,
     only_changed: Annotated[
-        bool, typer.Option("--only-changed", help="the config keys that differ between rows, as columns")
+        bool,
+        typer.Option(
+            "--only-changed",
+            help="the config keys that differ between rows, as columns; the title sums up the shared ones "
+            "(those off their defaults as key=value), --format json gives them all",
+        ),
     ] = False,
     reference: Annotated[
         bool, typer.Option("--reference", help="add the published rows (source, protocol, our delta)")
