@@ -246,6 +246,40 @@ async def test_dashboard_shows_runs_counts_and_detail(project):
         assert sorted(app.poller.focus.recall) == ["R@1", "R@10", "R@5", "R@50", "mean"]
 
 
+async def test_detail_pane_shows_the_phase_and_progress_of_a_running_run(project):
+    """The selected running run's phase line: data / cache (images done) / train (step in the epoch, it/s and how
+    much of the run is done) / eval, following its heartbeats."""
+    p, ids = project
+    reg = Registry(p / "runs" / "registry.db")
+    rid = add_run(reg, p, "live", "running", epochs=3, losses=[1.0])
+    reg.heartbeat(rid, epoch=1, phase="data")
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await select(pilot, rid)
+        phase = app.dashboard.query_one("#phase")
+
+        def lines() -> list[str]:
+            return str(phase.render()).splitlines()
+
+        await until(pilot, lambda: "phase data  epoch 1/3" in lines(), what="data phase")
+        assert lines()[0] == f"#{rid} live running"
+        reg.heartbeat(rid, epoch=1, phase="cache", cache_done=120, cache_total=480)
+        await until(pilot, lambda: "phase cache  epoch 1/3  120/480 images" in lines(), what="cache phase")
+        reg.heartbeat(rid, epoch=2, step=5, total_steps=12, phase="train", epoch_step=1, epoch_steps=4,
+                      loss=0.5, it_s=3.46, eta_s=30)  # fmt: skip
+        # epoch 2 of 3, step 1 of 4 in it: (1 + 1/4) / 3 of the run done = 41%
+        await until(pilot, lambda: "phase train  epoch 2/3  step 1/4" in lines(), what="train phase")
+        assert "3.5 it/s  41%" in lines()
+        reg.heartbeat(rid, epoch=2, phase="eval")
+        await until(pilot, lambda: "phase eval  epoch 2/3" in lines(), what="eval phase")
+        assert not any("it/s" in x for x in lines())
+        await select(pilot, ids["demo"])  # a finished run: no phase line
+        await until(pilot, lambda: lines()[0].startswith(f"#{ids['demo']} demo"), what="the done run")
+        assert not any(x.startswith("phase") for x in lines())
+    reg.close()
+
+
 async def test_filter_by_text_and_status(project):
     p, ids = project
     app = make_app(p)
@@ -317,6 +351,13 @@ async def test_marks_apply_actions_to_several_runs(project):
 
 async def test_open_run_screen_and_log(project):
     p, ids = project
+    run_dir = Path(status_of(p, ids["demo"])["run_dir"])
+    with open(
+        run_dir / "last.pt", "wb"
+    ) as fh:  # any bytes: the tab lists files and sizes, it does not load them
+        fh.truncate(3 * 2**20 + 2**19)  # 3.5 MB
+    (run_dir / "best.pt").write_bytes(b"\0" * 300 * 1024)  # 0.29 MB
+    (run_dir / "notes.txt").write_text("not a checkpoint")
     app = make_app(p)
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
@@ -329,6 +370,11 @@ async def test_open_run_screen_and_log(project):
         await pilot.press("v")
         assert "done" in text_of(app)
         await pilot.press("k")
+        ckpts = app.screen.query_one("#run-checkpoints")
+        rows = [[str(c) for c in ckpts.get_row_at(i)] for i in range(ckpts.row_count)]
+        assert [(r[0], r[1]) for r in rows] == [("best.pt", "0.3"), ("last.pt", "3.5")]
+        shown = text_of(app)
+        assert "best.pt" in shown and "last.pt" in shown and "3.5" in shown and "notes.txt" not in shown
         await pilot.press("escape", "l")
         await until(pilot, lambda: "epoch 2 done" in text_of(app), what="full log")
         # the log follows the tail

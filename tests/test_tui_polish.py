@@ -141,6 +141,37 @@ async def test_80_columns_fit_without_scrolling_sideways_and_wide_shows_everythi
         assert table.row_count == 5
 
 
+def test_downsample_keeps_the_ends_and_the_extremes_of_a_long_series():
+    import math
+    import random
+
+    from dwc_tui.app.widgets.plots import MAX_POINTS, downsample
+
+    rng = random.Random(7)
+    n = 10_000
+    xs = [i / 1000 for i in range(n)]  # epochs 0 … 9.999
+    ys = [2.0 - 1.5 * i / n + rng.uniform(-0.05, 0.05) for i in range(n)]
+    ys[5003] = 9.0  # a spike in one step: a bucket mean would shrink it ~40 times
+    ys[7777] = 0.01  # the best value
+    dx, dy = downsample(xs, ys)
+    assert len(dx) == len(dy) <= MAX_POINTS and len(dx) >= MAX_POINTS - 2
+    assert (dx[0], dy[0]) == (xs[0], ys[0]) and (dx[-1], dy[-1]) == (xs[-1], ys[-1])
+    pairs = list(zip(dx, dy, strict=True))
+    assert (xs[5003], 9.0) in pairs and (xs[7777], 0.01) in pairs
+    assert max(dy) == 9.0 and min(dy) == 0.01
+    assert all(a < b for a, b in zip(dx, dx[1:], strict=False)), "x must stay in order"
+    # the rest are means of consecutive buckets: they follow the trend (about 1.25 half-way), within the data
+    assert all(min(ys) <= y <= max(ys) for y in dy)
+    middle = [y for x, y in zip(dx, dy, strict=True) if 4.9 < x < 5.1 and y != 9.0]
+    assert middle and all(abs(y - 1.25) < 0.05 for y in middle)
+    # a series that fits is returned as it is (copies); a NaN loss does not break the extremes
+    short = [1.0, 0.5, 0.25]
+    assert downsample([0, 1, 2], short) == ([0, 1, 2], short)
+    ys[42] = math.nan
+    dx, dy = downsample(xs, ys)
+    assert len(dx) <= MAX_POINTS and 9.0 in dy and 0.01 in dy
+
+
 async def test_plots_arrive_after_the_first_paint_and_show_the_selected_run(project):
     p, ids = project
     app = make_app(p)

@@ -148,7 +148,9 @@ def fraction_done(r: dict) -> float:
     if r["status"] == "done":
         return min(1.0, (r.get("epoch") or 0) / epochs) if epochs else 1.0
     if p.get("epoch_steps") and epochs and r["status"] in ("running", "starting"):
-        return ((p.get("epoch", 1) - 1) + p.get("epoch_step", 0) / p["epoch_steps"]) / epochs
+        # the heartbeat keeps the (1-based) epoch in its own column, not in the progress fields
+        epoch = p.get("epoch", r.get("epoch") or 1)
+        return ((epoch - 1) + p.get("epoch_step", 0) / p["epoch_steps"]) / epochs
     if r.get("total_steps"):
         return (r.get("step") or 0) / r["total_steps"]
     return (r.get("epoch") or 0) / epochs if epochs else 0.0

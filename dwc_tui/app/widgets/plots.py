@@ -72,18 +72,31 @@ def legend(names: list[str]) -> tuple[str, list[str]]:
 def downsample(
     xs: list[float], ys: list[float], max_points: int = MAX_POINTS
 ) -> tuple[list[float], list[float]]:
-    """Bucket means down to at most ``max_points`` points (the last point is kept exactly)."""
+    """At most ``max_points`` points: bucket means, with the first and the last point and the lowest and the highest
+    value kept exactly (a loss spike, or the best value, is not averaged away; the curve spans the data)."""
     n = len(xs)
     if n <= max_points:
         return list(xs), list(ys)
-    size = n / max_points
-    out_x, out_y = [], []
-    for b in range(max_points):
+    finite = [i for i in range(n) if math.isfinite(ys[i])]
+    extremes = {min(finite, key=ys.__getitem__), max(finite, key=ys.__getitem__)} if finite else set()
+    keep = sorted(extremes - {0, n - 1})  # the ends are kept anyway
+    buckets = max_points - len(keep)
+    size = n / buckets
+    points = []
+    for b in range(buckets):
         lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
-        out_x.append(sum(xs[lo:hi]) / (hi - lo))
-        out_y.append(sum(ys[lo:hi]) / (hi - lo))
-    out_x[-1], out_y[-1] = xs[-1], ys[-1]
-    return out_x, out_y
+        sx, sy, count = sum(xs[lo:hi]), sum(ys[lo:hi]), hi - lo
+        # the kept extremes stand alone: they do not also lift (or sink) their bucket's mean
+        inside = [i for i in extremes if lo <= i < hi]
+        if inside and count > len(inside):
+            sx -= sum(xs[i] for i in inside)
+            sy -= sum(ys[i] for i in inside)
+            count -= len(inside)
+        points.append((sx / count, sy / count))
+    points[0], points[-1] = (xs[0], ys[0]), (xs[-1], ys[-1])
+    points += [(xs[i], ys[i]) for i in keep]
+    points.sort(key=lambda pt: pt[0])  # an extreme between the means of its bucket's neighbours
+    return [x for x, _ in points], [y for _, y in points]
 
 
 class Curves(PlotWidget):
