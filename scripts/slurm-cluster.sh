@@ -5,6 +5,10 @@
 #           start munged, slurmctld and slurmd, wait until the node is idle; prints `export SLURM_CONF=...`.
 #           A cluster it started earlier with a different slurm.conf (an older version of this script) is
 #           restarted with the new one (down, then up); one with the same configuration is left running.
+#           Each daemon's pid is recorded as soon as it has one. When a daemon fails to start (or the node does
+#           not become idle), up stops what it started before returning 1; what an earlier, failed up left running
+#           (recorded, but no full cluster) is stopped before starting again. Recorded pids are only ever dropped
+#           once their process is gone.
 #   down    stop the daemons that `up` started (by the pids it recorded; nothing else) and remove the folder
 #   status  sinfo of the cluster, or why there is none
 #   env     print the export line for the running cluster (and a warning on stderr if its slurm.conf is out of date)
@@ -53,6 +57,10 @@ install_if_missing() {
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
+ours() { # name pid: the pid is alive and is still that daemon (not a later process that reuses a dead one's pid)
+    alive "${2:-}" && [ "$(cat "/proc/$2/comm" 2>/dev/null)" = "$1" ]
+}
+
 pid_of() { # name -> recorded pid
     [ -f "$PIDS" ] && awk -v n="$1" '$1 == n {print $2}' "$PIDS" | tail -n 1
 }
@@ -60,7 +68,45 @@ pid_of() { # name -> recorded pid
 running() {
     local p
     p="$(pid_of slurmctld)"
-    alive "$p" && p="$(pid_of slurmd)" && alive "$p"
+    ours slurmctld "$p" && p="$(pid_of slurmd)" && ours slurmd "$p"
+}
+
+stop_recorded() { # stop every daemon recorded in $PIDS, the last started first; 1 (keeping its line) if one survives
+    [ -f "$PIDS" ] || return 0
+    local name pid left=""
+    while read -r name pid; do
+        [ -n "${pid:-}" ] || continue
+        if ours "$name" "$pid"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do ours "$name" "$pid" || break; sleep 0.2; done
+            if ours "$name" "$pid"; then
+                kill -KILL "$pid" 2>/dev/null || true
+                sleep 0.5
+            fi
+            if ours "$name" "$pid"; then left="$left$name $pid"$'\n'; fi
+        fi
+    done < <(tac "$PIDS")
+    printf '%s' "$left" >"$PIDS"
+    [ -z "$left" ]
+}
+
+record() { # name pidfile: wait for the daemon's pid file and append "name pid" to $PIDS; 1 if none or it died
+    local name="$1" file="$2" pid=""
+    for _ in $(seq 50); do
+        if [ -s "$file" ]; then
+            pid="$(cat "$file")"
+            break
+        fi
+        sleep 0.2
+    done
+    [ -n "$pid" ] || return 1
+    echo "$name $pid" >>"$PIDS"
+    ours "$name" "$pid"
+}
+
+fail_up() { # why: stop what this `up` started (its recorded pids), say why; the caller returns 1
+    say "$1; stopping what this up started"
+    stop_recorded || say "still running (recorded in $PIDS for down): $(tr '\n' ' ' <"$PIDS")"
 }
 
 conf_text() { # the slurm.conf this script wants, on stdout
@@ -147,27 +193,37 @@ up() {
         mkdir -p "$DIR"
     fi
     install_if_missing || return 2
+    if [ -s "$PIDS" ]; then # an earlier up that failed partway, or a cluster whose slurmctld or slurmd died
+        say "stopping what an earlier up left running ($(tr '\n' ' ' <"$PIDS"))"
+        if ! stop_recorded; then
+            say "cannot start: these recorded daemons did not stop: $(tr '\n' ' ' <"$PIDS")"
+            return 1
+        fi
+    fi
     write_conf
-    : >"$PIDS"
+    touch "$PIDS"
+    rm -f "$DIR/run/munged.pid" "$DIR/run/slurmctld.pid" "$DIR/run/slurmd.pid" # a stale one would be recorded
     if [ ! -s /etc/munge/munge.key ]; then
         mkdir -p /etc/munge
         dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 2>/dev/null
     fi
     chown munge:munge /etc/munge/munge.key 2>/dev/null || true
     chmod 400 /etc/munge/munge.key
-    munged --force --socket="$DIR/munge/munge.socket" --pid-file="$DIR/run/munged.pid" \
-        --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/seed" || {
-        say "munged failed to start (log: $DIR/log/munged.log)"
+    if ! munged --force --socket="$DIR/munge/munge.socket" --pid-file="$DIR/run/munged.pid" \
+        --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/seed" ||
+        ! record munged "$DIR/run/munged.pid"; then
+        fail_up "munged failed to start (log: $DIR/log/munged.log)"
         return 1
-    }
-    echo "munged $(cat "$DIR/run/munged.pid")" >>"$PIDS"
+    fi
     export SLURM_CONF="$CONF"
-    slurmctld -f "$CONF" || { say "slurmctld failed (log: $DIR/log/slurmctld.log)"; return 1; }
-    for _ in $(seq 50); do [ -s "$DIR/run/slurmctld.pid" ] && break; sleep 0.2; done
-    echo "slurmctld $(cat "$DIR/run/slurmctld.pid")" >>"$PIDS"
-    slurmd -f "$CONF" || { say "slurmd failed (log: $DIR/log/slurmd.log)"; return 1; }
-    for _ in $(seq 50); do [ -s "$DIR/run/slurmd.pid" ] && break; sleep 0.2; done
-    echo "slurmd $(cat "$DIR/run/slurmd.pid")" >>"$PIDS"
+    if ! slurmctld -f "$CONF" || ! record slurmctld "$DIR/run/slurmctld.pid"; then
+        fail_up "slurmctld failed to start (log: $DIR/log/slurmctld.log)"
+        return 1
+    fi
+    if ! slurmd -f "$CONF" || ! record slurmd "$DIR/run/slurmd.pid"; then
+        fail_up "slurmd failed to start (log: $DIR/log/slurmd.log)"
+        return 1
+    fi
     for _ in $(seq 60); do
         if sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
             say "up: $(sinfo -h -o '%N %t %c CPUs' 2>/dev/null)"
@@ -176,7 +232,7 @@ up() {
         fi
         sleep 0.5
     done
-    say "the node did not become idle in 30 s (logs: $DIR/log/)"
+    fail_up "the node did not become idle in 30 s (logs: $DIR/log/)"
     return 1
 }
 
@@ -189,15 +245,10 @@ down() {
     if command -v scancel >/dev/null; then
         for part in debug debug-cancel urgent; do scancel --quiet --partition="$part" 2>/dev/null || true; done
     fi
-    local name pid part
-    for name in slurmd slurmctld munged; do
-        pid="$(pid_of "$name")"
-        if alive "$pid"; then
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do alive "$pid" || break; sleep 0.2; done
-            if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-        fi
-    done
+    if ! stop_recorded; then
+        say "these daemons did not stop (kept in $PIDS): $(tr '\n' ' ' <"$PIDS")"
+        return 1
+    fi
     rm -rf "$DIR"
     say "down"
 }
