@@ -3,6 +3,7 @@ never claimed by any path, and what a new user meets at the command line (unknow
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,26 @@ def test_ctrl_c_at_a_prompt_is_an_interruption_and_ctrl_d_a_no(proj, reg):
     code, text = _answer_prompt(proj, ["purge"], b"\x04")
     assert code == 0 and "nothing was deleted" in text
     assert reg.get(row["id"])["deleted"] == 1  # still there, soft-deleted
+
+
+def test_queue_asks_before_repeating_a_finished_run_on_a_terminal(proj, reg):
+    (done,) = control.queue_experiment(reg, proj, "tiny")
+    reg.set_status(done["id"], "done", "done")
+
+    def answer(keys: bytes) -> tuple[int, str]:
+        code, text = _answer_prompt(proj, ["queue", "tiny"], keys)
+        return code, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())  # a terminal: without its colours
+
+    code, said = answer(b"n\n")
+    asked = f"identical runs already finished ({done['id']}); queue them again? [y/N]"
+    assert code == 0 and asked in said, said
+    assert "nothing was queued" in said and "Traceback" not in said
+    assert [r["id"] for r in reg.runs()] == [done["id"]]  # no: nothing changed
+    code, said = answer(b"y\n")
+    assert code == 0 and "queued run 2 (tiny)" in said and "nothing was queued" not in said, said
+    rows = reg.runs()
+    assert [(r["id"], r["status"]) for r in rows] == [(done["id"], "done"), (2, "queued")]
+    assert rows[1]["config"] == reg.get(done["id"])["config"]  # the same run again, as asked
 
 
 def test_small_verbs_say_what_they_did(proj, reg):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import dwc, invoke, start, wait_for, write_project
+from helpers import dwc, finish, invoke, start, wait_for, write_project
 
 from dwc_core.errors import UsageError
 from dwc_core.runs import control
@@ -619,3 +619,84 @@ def test_show_and_logs_leave_a_read_only_registry_as_it_is(proj, reg, monkeypatc
     monkeypatch.undo()
     assert invoke(proj, "show", str(a["id"])).exit_code == 0
     assert reg.get(a["id"])["status"] == "lost"  # writable again: reconciled
+
+
+# --------------------------------------------------------------------------------- workers on real tiny runs
+def _worker_proc(project: Path, *args: str) -> subprocess.Popen:
+    return start(project, "worker", *args, merge_stderr=True)
+
+
+@pytest.mark.slow
+def test_worker_max_runs_starts_n_runs_then_exits(proj, reg):
+    a, b, c = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2, 3])
+    w = _worker_proc(proj, "--cpu", "--max-runs", "2")  # no --once: --max-runs alone ends it
+    out = finish(w, what="the worker", timeout=400)
+    assert w.returncode == 0, out
+    rows = {r["id"]: r for r in reg.runs()}
+    assert [rows[r["id"]]["status"] for r in (a, b, c)] == ["done", "done", "queued"], out
+    assert rows[a["id"]]["worker"] == rows[b["id"]]["worker"] and rows[c["id"]]["worker"] is None
+    assert out.count("started on CPU") == 2 and "stopped" in out
+    assert control.live_workers(proj) == []  # its files are gone
+
+
+# a process that holds a run's lock as its trainer would, and lives on
+STAND_IN_TRAINER = """\
+import sys, time
+from dwc_core.runs.locks import run_lock
+lock = run_lock(sys.argv[1], int(sys.argv[2])).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_sigint_to_a_worker_stops_it_and_leaves_its_run_training(proj, reg):
+    """Ctrl-C in the worker's terminal is SIGTERM's twin: the worker stops claiming and exits 0, the run it
+    follows (here a stand-in trainer holding the run lock, adopted from a dead worker) goes on, still running."""
+    a, b = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    argv = [sys.executable, "-c", STAND_IN_TRAINER, a["run_dir"], str(a["id"])]
+    trainer = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    w = None
+    try:
+        assert trainer.stdout.readline().strip() == "locked"
+        _running_here(reg, a["id"], trainer.pid)
+        reg.update(a["id"], heartbeat=time.time(), worker="gone-1")  # its worker died
+        control.set_hold(reg, [b["id"]], True)  # nothing else for it to take meanwhile
+        w = _worker_proc(proj, "--cpu")
+        wait_for(
+            lambda: any(e["kind"] == "adopted" for e in reg.events(a["id"])), timeout=60, what="adoption"
+        )
+        w.send_signal(signal.SIGINT)
+        out = finish(w, what="the worker", timeout=30)
+        assert w.returncode == 0, out
+        assert "SIGINT: stop claiming" in out and f"runs [{a['id']}] go on" in out, out
+        assert "Traceback" not in out and "KeyboardInterrupt" not in out
+        assert trainer.poll() is None  # the run's process lives on
+        assert reg.get(a["id"])["status"] == "running"
+        control.set_hold(reg, [b["id"]], False)
+        time.sleep(1.0)
+        assert reg.get(b["id"])["status"] == "queued"  # the stopped worker took nothing more
+        assert control.live_workers(proj) == []
+    finally:
+        if w is not None and w.poll() is None:
+            w.kill()
+        trainer.kill()
+        trainer.wait()
+
+
+@pytest.mark.slow
+def test_foreground_run_says_a_worker_is_running_and_offers_queue(proj, reg):
+    w = _worker_proc(proj, "--cpu")
+    try:
+        (live,) = wait_for(lambda: control.live_workers(proj), timeout=30, what="the worker to register")
+        res = dwc(proj, "run", "tiny", timeout=400)
+        assert res.returncode == 0, res.stderr
+        said = " ".join(res.stderr.split())
+        assert f"note: a worker is running ({live['name']})" in said
+        assert "trains here in the foreground anyway" in said and "`dwc run tiny --queue`" in said
+        (row,) = reg.runs()
+        assert row["status"] == "done" and row["worker"].startswith("cli:")  # trained here, not by the worker
+    finally:
+        w.send_signal(signal.SIGTERM)
+        out = finish(w, what="the worker", timeout=60)
+    assert w.returncode == 0, out
+    assert "started on CPU" not in out  # the worker never took the foreground run

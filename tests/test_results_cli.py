@@ -392,3 +392,73 @@ def test_show_names_the_dwc_version_on_the_versions_line(proj):
     (line,) = [x for x in res.stdout.splitlines() if "versions " in x]
     assert "versions dwc 9.8.7, python 3.11.2, torch 2.4.0" in line
     assert "platform" not in line  # the long ones stay in `dwc show -f json`
+
+
+# -------------------------------------------------------------------------------------------- dwc runs --watch
+def test_runs_watch_is_for_the_table_only(proj):
+    for fmt in ("json", "csv"):
+        res = invoke(proj, "runs", "--watch", "-f", fmt)
+        assert res.exit_code == 2 and "--watch redraws a table" in res.output, res.output
+
+
+def test_runs_watch_redraws_until_ctrl_c(proj):
+    """On a terminal, `dwc runs --watch` draws the table again every 2 s (a run's new status shows up) and leaves
+    quietly, exit 0, on SIGINT."""
+    import os
+    import pty
+    import select
+    import signal
+    import time
+
+    from helpers import dwc_argv
+
+    reg = Registry(proj / "runs" / "registry.db")
+    watched = reg.create_run("watched", config(seed=8), proj / "runs")["id"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: `dwc runs --watch` on a terminal
+        os.environ["COLUMNS"] = "120"
+        try:
+            os.execv(sys.executable, dwc_argv(proj, "runs", "--watch"))
+        finally:
+            os._exit(127)
+    out, status = b"", None
+
+    def text() -> str:
+        return out.decode(errors="replace")
+
+    def read_until(pred, seconds: float) -> bool:
+        nonlocal out
+        deadline = time.time() + seconds
+        while time.time() < deadline and not pred(text()):
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:  # the terminal closed: the command ended
+                    break
+        return pred(text())
+
+    try:
+        assert read_until(lambda t: "watched" in t and "queued" in t, 60), text()
+        drawn = text().count("dwc runs ·")
+        assert "failed" not in text()
+        reg.set_status(watched, "failed", "boom")
+        assert read_until(lambda t: "failed" in t, 15), text()  # drawn again, from the registry
+        assert text().count("dwc runs ·") > drawn
+        os.kill(pid, signal.SIGINT)
+        read_until(lambda t: False, 3)  # what it writes as it leaves
+        deadline = time.time() + 15
+        while status is None and time.time() < deadline:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = code
+            else:
+                time.sleep(0.1)
+        assert status is not None, "dwc runs --watch did not exit on SIGINT"
+    finally:
+        reg.close()
+        if status is None:  # not reaped yet: the pid is still its own
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "Traceback" not in text() and "KeyboardInterrupt" not in text()
