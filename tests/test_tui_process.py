@@ -7,6 +7,8 @@ import contextlib
 import os
 import pty
 import select
+import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tui import add_run, make_app, make_project, ready, seed_registry, text_of, until
+from test_tui import add_run, make_app, make_project, ready, recall, seed_registry, text_of, until
 from typer.testing import CliRunner
 
 from dwc_core.runs import registry as registry_mod
@@ -67,24 +69,57 @@ async def test_progress_written_by_another_process_shows_within_2s(project):
         assert time.time() - written < 2.0
 
 
+NO_TORCH_SCREENS = """
+import asyncio, sys, time
+from dwc_tui.app.app import DwcApp
+
+async def main(project):
+    app = DwcApp(project, poll_interval=0.2)
+    seen = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        async def wait(cond, what):
+            deadline = time.monotonic() + 30
+            while not cond():
+                if time.monotonic() > deadline:
+                    raise SystemExit("timed out waiting for " + what)
+                await pilot.pause(0.05)
+
+        async def open_with(keys, name, loaded):
+            await pilot.press(*keys)
+            await wait(lambda: type(app.screen).__name__ == name and loaded(app.screen), name)
+            seen.append(name)
+            await pilot.press("escape")
+            await wait(lambda: type(app.screen).__name__ == "DashboardScreen", "the dashboard again")
+
+        await wait(lambda: app.polls_applied >= 2 and app.dashboard.shown_ids, "two polls")
+        app.dashboard.query_one("#runs").move_cursor(row=0)  # the finished demo run
+        await wait(lambda: app.poller.focus is not None, "the selected run's curves")
+        await open_with(["enter"], "RunScreen", lambda s: s.info is not None)
+        await open_with(["q"], "QueueScreen", lambda s: s.valid)
+        await open_with(["b"], "BrowseScreen", lambda s: s.view is not None)
+        await open_with(["space", "space", "space", "C"], "CompareScreen", lambda s: s.table is not None)
+    print("SCREENS=" + ",".join(seen))
+
+asyncio.run(main(sys.argv[1]))
+print("HEAVY=" + ",".join(m for m in sys.argv[2:] if m in sys.modules))
+"""
+
+
 def test_tui_does_not_import_torch(tmp_path):
+    """The dashboard and every screen it opens (run, queue, browse, compare) load without torch, torchvision or
+    open_clip: checked in a fresh interpreter after all of them were shown."""
     make_project(tmp_path)
     seed_registry(tmp_path)
-    code = (
-        "import asyncio, sys\n"
-        "from dwc_tui.app.app import DwcApp\n"
-        "async def main():\n"
-        f"    app = DwcApp({str(tmp_path)!r}, poll_interval=0.2)\n"
-        "    async with app.run_test(size=(80, 24)) as pilot:\n"
-        "        while app.polls_applied < 2:\n"
-        "            await pilot.pause(0.05)\n"
-        "        await pilot.press('enter'); await pilot.pause(0.5)\n"
-        "asyncio.run(main())\n"
-        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    res = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_SCREENS, str(tmp_path), *HEAVY],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "HEAVY=" in res.stdout, res.stderr
-    assert res.stdout.strip().splitlines()[-1] == "HEAVY="
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert "SCREENS=RunScreen,QueueScreen,BrowseScreen,CompareScreen" in lines, res.stdout + res.stderr
+    assert lines[-1] == "HEAVY=", res.stdout
 
 
 def test_newer_registry_schema_is_a_clear_error(tmp_path):
@@ -219,3 +254,65 @@ async def test_a_cell_that_grows_after_its_row_was_added_is_shown_whole(project)
         line = next(x for x in text_of(app).splitlines() if "grows" in x)
         assert "running" in line and "1h05m" in line and "12.346" in line, line
     reg.close()
+
+
+# ------------------------------------------------------------------------------------------- in a real terminal
+@pytest.mark.slow
+def test_in_tmux_100x30_shows_the_finished_demo_run_and_ctrl_q_exits_0(tmp_path):
+    """`dwc tui` in a real terminal: a detached tmux session of 100×30 on a socket of its own, in a project with a
+    finished demo run; the screen shows `demo` and `done`, ctrl+q (sent as a key) quits with exit status 0."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        pytest.skip("tmux is not installed: this test drives `dwc tui` in a real terminal through tmux")
+    make_project(tmp_path)
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    add_run(
+        reg,
+        tmp_path,
+        "demo",
+        "done",
+        losses=[2.0, 1.2, 0.8],
+        recalls=[recall(1, 2, 3, 9), recall(50, 70, 80, 95)],
+    )
+    reg.close()
+    rc_file = tmp_path / "exit_status"
+    socket = f"dwc-test-{os.getpid()}-{time.monotonic_ns()}"
+    tm = [tmux, "-L", socket, "-f", "/dev/null"]
+    command = (
+        f"cd {shlex.quote(str(tmp_path))} && {shlex.quote(sys.executable)} -m dwc_tui.cli tui; "
+        f"echo $? > {shlex.quote(str(rc_file))}"
+    )
+    env = {**os.environ, "TERM": "xterm-256color"}
+    env.pop("TMUX", None)  # a tmux the tests themselves run in is not this one
+    socket_path = None
+    try:
+        subprocess.run([*tm, "new-session", "-d", "-s", "dwc", "-x", "100", "-y", "30", command], env=env, check=True,
+                       timeout=30)  # fmt: skip
+        what = "#{pane_width}x#{pane_height} #{socket_path}"
+        shown = subprocess.run([*tm, "display-message", "-p", "-t", "dwc", what], capture_output=True, text=True,
+                               timeout=30).stdout.split()  # fmt: skip
+        socket_path = Path(shown[1])
+        assert shown[0] == "100x30", shown
+        screen = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            screen = subprocess.run([*tm, "capture-pane", "-p", "-t", "dwc"], capture_output=True, text=True,
+                                    timeout=30).stdout  # fmt: skip
+            row = next((x for x in screen.splitlines() if " demo " in x and " done " in x), None)
+            if row is not None:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"demo and done never showed together:\n{screen}")
+        assert "Traceback" not in screen
+        subprocess.run([*tm, "send-keys", "-t", "dwc", "C-q"], check=True, timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (rc_file.exists() and rc_file.read_text().strip()):
+            time.sleep(0.1)
+        assert rc_file.exists(), "dwc tui did not exit after ctrl+q"
+        assert rc_file.read_text().strip() == "0"
+    finally:
+        subprocess.run([*tm, "kill-server"], capture_output=True, timeout=30)
+        # tmux leaves its socket file behind when the server ends with its session
+        if socket_path is not None:
+            socket_path.unlink(missing_ok=True)
