@@ -224,9 +224,6 @@ def _preempt(tmp_path: Path) -> str:
     return res.stdout.strip().split(";")[0]
 
 
-@pytest.mark.skip(
-    reason="flaky in the full suite (failed once in make test 2026-11-23, passed alone 3x); cause not established"
-)
 def test_preemption_requeue_mode_slurm_restarts_the_same_job_from_last_pt(project, tmp_path, monkeypatch):
     """PreemptMode=REQUEUE (partition debug): Slurm kills the job (SIGTERM, KillWait), puts the same job id back
     in the queue and restarts it after the preempting job; the worker keeps following it, and the run resumes
@@ -239,11 +236,23 @@ def test_preemption_requeue_mode_slurm_restarts_the_same_job_from_last_pt(projec
     t.join(timeout=240)
     assert not t.is_alive()
     row = _assert_done_once(
-        reg, run_id, run_dir, "(restart 1): requeued by Slurm after a preemption", "resumed from last.pt"
+        reg, run_id, run_dir, "(restart 1): requeued by Slurm after ", "resumed from last.pt"
     )
     assert row["slurm_job"] == job and int(row["slurm_requeues"] or 0) == 0  # Slurm's requeue, not ours
     assert slurm.job_states([urgent])[urgent].state == "COMPLETED"
-    assert f"JOB {job} ON" in (run_dir / "train.log").read_text()  # Slurm's "... DUE TO PREEMPTION" line
+    # Why the job came back is told only as far as Slurm showed it: its "DUE TO PREEMPTION" line in the log or a
+    # PreemptTime at the SIGTERM make it "a preemption"; a requeue seen at the SIGTERM leaves preemption or
+    # scontrol requeue open; when Slurm's kill reached the batch script before it could ask (about one time in
+    # three on this cluster), the generic wording stays. Any of the three, never none.
+    restart = next(e["message"] for e in reg.events(run_id) if "(restart 1)" in e["message"])
+    assert any(
+        f"requeued by Slurm after {why}; the run resumes from last.pt" in restart
+        for why in (
+            "a preemption",
+            "a preemption (PreemptMode=REQUEUE) or scontrol requeue",
+            "scontrol requeue or a node failure",
+        )
+    ), restart
 
 
 def test_preemption_cancel_mode_with_grace_time_resubmits_from_last_pt(project, tmp_path, monkeypatch):
