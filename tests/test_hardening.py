@@ -385,6 +385,22 @@ def test_tiny_validation_split_is_an_error_unless_allowed():
     check_eval_sizes(cfg, {"test": _eval_set(100)}, val_queries=1)
 
 
+def test_a_gallery_below_k_names_the_option_that_sizes_that_split():
+    """A small val split's gallery is raised by trainer.val_fraction, not dataset.num_test; a real dataset's by
+    pointing dataset.root at the whole split."""
+    cfg = default_config()
+    with pytest.raises(ConfigError) as info:
+        check_eval_sizes(cfg, {"val": _eval_set(30)})
+    assert "trainer.val_fraction" in info.value.message and "num_test" not in info.value.message
+    with pytest.raises(ConfigError) as info:
+        check_eval_sizes(cfg, {"test": _eval_set(30)})
+    assert "dataset.num_test" in info.value.message
+    cfg["dataset"] = {"name": "shoes", "root": "/data/shoes"}
+    with pytest.raises(ConfigError) as info:
+        check_eval_sizes(cfg, {"test": _eval_set(30)})
+    assert "dwc data check shoes" in info.value.message and "num_test" not in info.value.message
+
+
 @pytest.mark.parametrize(
     ("section", "text", "expected"),
     [

@@ -276,7 +276,7 @@ def test_resume_refuses_the_last_pt_of_another_run(proj):
     reg.set_status(2, "failed", "simulated kill")  # resumable
     (dir_b / "last.pt").write_bytes((dir_a / "last.pt").read_bytes())
     res = dwc(proj, "resume", "2", "--now")
-    assert res.returncode == 1, res.stdout + res.stderr  # the run failed
+    assert res.returncode == 2, res.stdout + res.stderr  # refused before training, as `dwc run` would say
     assert "Traceback" not in res.stderr
     err = " ".join(res.stderr.split())
     assert a["uid"] in err and b["uid"] in err and "another run" in err, res.stderr

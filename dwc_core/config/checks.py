@@ -83,8 +83,8 @@ def check_eval_sizes(config: dict, eval_sets: dict, val_queries: int | None = No
             source = "eval.ks" if ks else f"the {config['dataset']['name']} protocol's K"
             raise ConfigError(
                 f"Recall@{too_big[0]} on the {name} split is meaningless: its gallery holds only {gallery} images "
-                f"(K = {', '.join(map(str, too_big))} from {source} must be smaller than the gallery). Use a larger "
-                f"test set (e.g. dataset.num_test) or smaller cut-offs (eval.ks)."
+                f"(K = {', '.join(map(str, too_big))} from {source} must be smaller than the gallery). "
+                f"{_larger_gallery(config, name)} or smaller cut-offs (eval.ks)."
             )
     if val_queries is not None:
         minimum = int(config["trainer"].get("val_min_queries", VAL_MIN_QUERIES))
@@ -94,3 +94,12 @@ def check_eval_sizes(config: dict, eval_sets: dict, val_queries: int | None = No
                 f"queries (minimum {minimum}): model selection on so few is noise. Raise trainer.val_fraction, or "
                 "allow it explicitly with trainer.val_min_queries."
             )
+
+
+def _larger_gallery(config: dict, split: str) -> str:
+    """What makes this split's gallery larger: the option that sizes it, not one that leaves it as it is."""
+    if split == "val":  # held out of the training split
+        return "Hold out more with trainer.val_fraction"
+    if config["dataset"]["name"] == "synthetic":
+        return "Use a larger test set (dataset.num_test)"
+    return f"Check that dataset.root holds the whole split (dwc data check {config['dataset']['name']})"

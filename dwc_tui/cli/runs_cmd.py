@@ -110,8 +110,7 @@ def run(
                 if settled or row["status"] == "cancelled":
                     settle(f"run {r['id']} was cancelled")
                     raise typer.Exit(130)
-                if row["status"] != "done":  # 2: the trainer found a config/data error before training
-                    worst = max(worst, 2 if row.get("exit_code") == 2 else 1)
+                worst = max(worst, outcome_code(row))
         except KeyboardInterrupt:  # between runs (a Ctrl-C during one is handled by run_foreground)
             settle("`dwc run` was interrupted (Ctrl-C)")
             raise typer.Exit(130) from None
@@ -119,6 +118,14 @@ def run(
             settle(f"`dwc run` was interrupted ({exc.signame})", current=_training(registry, runs))
             raise typer.Exit(130) from None
     raise typer.Exit(worst)
+
+
+def outcome_code(row: dict) -> int:
+    """The exit code for a run trained in the foreground: 0 done, 2 when its trainer found a config, data or
+    checkpoint error before training (the trainer's own exit code 2), else 1."""
+    if row["status"] == "done":
+        return 0
+    return 2 if row.get("exit_code") == 2 else 1
 
 
 def _training(registry, runs: list[dict]) -> dict | None:
@@ -630,4 +637,4 @@ def resume(
 
     row = run_foreground(registry, _project() / "runs" / "registry.db", row, sys.stderr.isatty())
     print_summary(registry, run_id)
-    raise typer.Exit(0 if row["status"] == "done" else 130 if row["status"] == "cancelled" else 1)
+    raise typer.Exit(130 if row["status"] == "cancelled" else outcome_code(row))
