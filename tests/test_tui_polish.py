@@ -450,6 +450,47 @@ async def test_run_screen_title_and_versions_stay_on_one_line_at_80_columns(proj
         )
 
 
+async def test_compare_title_is_read_whole_at_80x24_and_the_table_keeps_its_rows(project):
+    """The --only-changed title lists the shared settings ("shared: dataset.num_test=16, …"): longer than 80
+    columns, it used to be cut with "…". Now the shared settings have a line of their own, wrapped at the words."""
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        marked = [ids["demo"], ids["failed"], ids["grid1"], ids["grid2"]]
+        for rid in marked:
+            await select(pilot, rid)
+            await pilot.press("space")
+        await pilot.press("C")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "CompareScreen" and app.screen.table is not None
+        )
+        await pilot.pause(0.2)
+        table = app.screen.table
+        assert "shared: dataset.num_test=16" in table.title and len(table.title) > 80
+        title = _region_text(app, app.screen.query_one("#compare-title"))
+        lines = [line.strip() for line in title.split("\n")]
+        assert 3 <= len(lines) <= 4, title
+        assert "…" not in title, title
+        assert lines[0] == f"compare {', '.join(f'#{i}' for i in marked)} — best metrics  (w: last)"
+        head, _, shared = table.title.rpartition(" · ")
+        assert lines[1] == head  # which epoch, dataset and method: one line
+        assert lines[2].startswith("shared: dataset.num_test=16")
+        assert " ".join(lines[2:]) == shared  # every word of the shared settings, in order
+        screen = _lines(app)
+        table_top = app.screen.query_one("#compare-table").region.y
+        assert table_top == len(lines)  # the table starts right under the title
+        assert screen[table_top].split()[:3] == ["experiment", "model.embed_dim", "trainer.epochs"]
+        assert "42.00 ± 2.83" in text_of(app)  # the grid row (R@1 over seeds 1 and 2: 40, 44) on screen
+        assert "includes runs that are not done" in text_of(app)
+        assert screen[-1].lstrip().startswith("esc back")
+        await pilot.resize_terminal(120, 40)  # wide: the shared settings fit on their line
+        await until(
+            pilot, lambda: app.screen.query_one("#compare-title").region.height == 3, what="3 lines at 120"
+        )
+        assert shared in text_of(app)
+
+
 async def test_no_color_recall_curves_have_marks_of_their_own(project, monkeypatch):
     from dwc_tui.app.widgets.plots import MARKS, legend, mark_points
 

@@ -81,7 +81,7 @@ class CompareScreen(Screen):
                 (f"compare {ids} — {table.which} metrics", "bold"),
                 (f"  (w: {other})", "dim"),
                 "\n",
-                table.title,
+                "\n".join(title_lines(table)),
             )
         )
         dt = self.query_one("#compare-table", DataTable)
@@ -109,6 +109,17 @@ class CompareScreen(Screen):
         elif table.only_changed:
             notes.insert(0, "the compared runs share every config key (apart from the seed)")
         self.query_one("#compare-notes", Static).update(Text("\n".join(notes), style="italic"))
+
+
+def title_lines(table) -> list[str]:
+    """The table's title as the lines the screen shows: what every row shares (which epoch, dataset, method) on
+    one, and with --only-changed its account of the shared settings (the title's last " · " part, often longer
+    than 80 columns) on the next, so a narrow terminal wraps that line rather than cutting the title short."""
+    if table.only_changed:
+        head, sep, shared = table.title.rpartition(" · ")
+        if sep:
+            return [head, shared]
+    return [table.title]
 
 
 def _plain(v) -> str:
