@@ -50,11 +50,13 @@ class FakeSlurm:
     state; none by default), or cannot be reached (``down``: the controller answers nothing, as its clients say it),
     or does not answer at all for the next ``hang`` calls (each raises what ``_slurm`` raises on a timeout). sbatch
     submits job 555, 556, ... (recorded in ``jobs`` as PENDING under its job name), or fails with
-    ``sbatch_error`` (return code 1 and that error output). Records every command."""
+    ``sbatch_error`` (return code 1 and that error output); for the next ``lost_answers`` sbatch calls it submits
+    the job and then times out (the job exists, its id never reaches the worker). Records every command."""
 
-    def __init__(self, down=False, hang=0, jobs=None, sbatch_error=None):
+    def __init__(self, down=False, hang=0, jobs=None, sbatch_error=None, lost_answers=0):
         self.down = down
         self.hang = hang
+        self.lost_answers = lost_answers
         self.jobs: dict[str, str] = dict(jobs or {})
         self.names: dict[str, str] = {}  # job id → job name
         self.sbatch_error = sbatch_error
@@ -91,6 +93,9 @@ class FakeSlurm:
             self.next_job += 1
             self.jobs[job] = "PENDING"
             self.names[job] = next(a.split("=", 1)[1] for a in args if a.startswith("--job-name="))
+            if self.lost_answers:
+                self.lost_answers -= 1
+                raise slurm.SlurmUnreachable(f"`{' '.join(args)}` did not answer within {timeout:.0f}s.")
             return _completed(args, 0, out=f"{job}\n")
         return _completed(args, 0)
 
@@ -372,6 +377,85 @@ def test_sbatch_without_an_answer_leaves_the_run_queued_and_its_job_is_found_lat
     assert w.submit_queued() == [rid] and w.followed == {rid: "777"}
     assert fake.count("sbatch") == sbatches and reg.get(rid)["slurm_job"] == "777"
     assert reg.get(rid)["status"] == "starting" and "Slurm answers again" in logs
+
+
+def test_a_lost_sbatch_answer_outlives_its_worker_the_next_one_follows_the_job(reg, tmp_path, monkeypatch):
+    rid = _queued(reg, tmp_path)
+    fake = FakeSlurm(lost_answers=1)  # sbatch submits job 555, then its answer is lost (a timeout)
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    first = _worker(reg)
+    assert first.submit_queued() == [] and reg.get(rid)["status"] == "queued"
+    assert fake.jobs == {"555": "PENDING"} and reg.get(rid)["slurm_job"] is None
+    pending = Path(reg.get(rid)["run_dir"]) / slurm.SBATCH_PENDING_FILE
+    assert json.loads(pending.read_text())["job_name"] == f"dwc-{rid}-synth"
+    del first  # the worker dies before trying again: what it knew in memory is gone
+    fake.calls.clear()
+    second = slurm.SlurmWorker(reg.path, slurm.SlurmOptions(poll_s=0.01), name="w2", log=lambda m: None)
+    assert second.unanswered == set()
+    assert second.submit_queued() == [rid] and second.followed == {rid: "555"}
+    assert (
+        fake.count("sbatch") == 0
+        and ["squeue", "-h", "--name", f"dwc-{rid}-synth", "-o", "%i|%T"] in fake.calls
+    )
+    assert reg.get(rid)["slurm_job"] == "555" and reg.get(rid)["status"] == "starting"
+    assert any("Slurm has job 555 for this run: followed" in e["message"] for e in reg.events(rid))
+    assert not pending.exists()  # answered: a later re-submission of this run submits straight away
+
+
+def test_no_job_of_the_runs_name_after_a_lost_answer_is_submitted_and_the_mark_cleared(
+    reg, tmp_path, monkeypatch
+):
+    rid = _queued(reg, tmp_path)
+    fake = FakeSlurm(hang=1)  # the first sbatch hangs without submitting anything
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    assert _worker(reg).submit_queued() == []
+    pending = Path(reg.get(rid)["run_dir"]) / slurm.SBATCH_PENDING_FILE
+    assert pending.exists()
+    second = slurm.SlurmWorker(reg.path, slurm.SlurmOptions(poll_s=0.01), name="w2", log=lambda m: None)
+    assert second.submit_queued() == [rid] and second.followed == {rid: "555"}
+    assert fake.count("sbatch") == 2 and any("--name" in c for c in fake.calls)
+    assert not pending.exists()
+    # sbatch refusing a run: Slurm answered, no job exists, nothing is left marked
+    refused = _queued(reg, tmp_path)
+    fake.sbatch_error = "sbatch: error: Batch job submission failed: Invalid account or account/partition"
+    assert second.submit_queued() == [] and reg.get(refused)["status"] == "failed"
+    assert not (Path(reg.get(refused)["run_dir"]) / slurm.SBATCH_PENDING_FILE).exists()
+
+
+class _Died(BaseException):
+    """The worker process dies (SIGKILL, the node reboots) while sbatch has not answered."""
+
+
+def test_a_worker_that_died_during_sbatch_leaves_the_run_to_the_next_which_follows_its_job(
+    reg, tmp_path, monkeypatch
+):
+    rid = _queued(reg, tmp_path)
+    fake = FakeSlurm()
+
+    def dies_in_sbatch(args, timeout=60.0):
+        out = fake(args, timeout)
+        if args[0] == "sbatch":
+            raise _Died  # the job was submitted; the worker never hears of it
+        return out
+
+    monkeypatch.setattr(slurm, "_slurm", dies_in_sbatch)
+    dead = _worker(reg)
+    with pytest.raises(_Died):
+        dead.submit_queued()
+    assert reg.get(rid)["status"] == "starting" and reg.get(rid)["slurm_job"] is None
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    second = slurm.SlurmWorker(reg.path, slurm.SlurmOptions(poll_s=0.01), name="w2", log=lambda m: None)
+    second.adopt()
+    assert reg.get(rid)["status"] == "starting"  # a fresh claim: its worker may still be submitting it
+    reg.update(rid, claimed=time.time() - 3600)
+    second.adopt()
+    row = reg.get(rid)
+    assert (
+        row["status"] == "queued"
+        and "which ended while its sbatch had no answer" in reg.events(rid)[-1]["message"]
+    )
+    assert second.submit_queued() == [rid] and second.followed == {rid: "555"}
+    assert fake.count("sbatch") == 1 and reg.get(rid)["slurm_job"] == "555"
 
 
 def test_sbatch_refusing_a_run_fails_it_with_sbatchs_message(reg, tmp_path, monkeypatch):

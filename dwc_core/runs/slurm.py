@@ -24,7 +24,10 @@ where accounting is off), ingests the run directories' report files into the reg
 When Slurm does not answer (a command times out, the controller is unreachable) the worker says so once, settles,
 fails and forgets nothing, keeps ingesting the run directories, and asks again at the next poll. sbatch refusing a
 run fails that run with sbatch's message; sbatch getting no answer puts the run back in the queue, and its next
-submission first looks for a job of the run's name (sbatch may have submitted one before its answer was lost).
+submission first looks for a job of the run's name (sbatch may have submitted one before its answer was lost). That
+"no answer yet" is recorded in the run directory (``slurm_sbatch_pending``, written before sbatch runs and removed
+once Slurm answered and the job id is in the registry), so it outlives the worker: a worker that died while sbatch
+hung, or before it submitted the run again, leaves the next worker to look before submitting.
 
 A run is one job at a time: each submission writes a token (``slurm_attempt``) that the job gets as an argument,
 and a job of an earlier submission that Slurm starts late exits without touching the run directory; ``dwc resume``
@@ -60,7 +63,13 @@ from dwc_core.runs import control
 from dwc_core.runs.ingest import STATUS_FILE, ingest, read_final
 from dwc_core.runs.locks import LockHeld
 from dwc_core.runs.registry import ACTIVE, CLAIMABLE, Registry
-from dwc_core.runs.worker import INFO_EVERY_S, hold_worker_lock, remove_worker_files, write_worker_file
+from dwc_core.runs.worker import (
+    INFO_EVERY_S,
+    ORPHAN_CLAIM_S,
+    hold_worker_lock,
+    remove_worker_files,
+    write_worker_file,
+)
 
 ACTIVE_STATES = {
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
@@ -72,6 +81,9 @@ RESUBMIT_STATES = {"TIMEOUT", "PREEMPTED"}
 # TIMEOUT, and this file is what tells a time-limit stop from a crash.
 SIGNAL_FILE = "slurm_signal.json"
 ATTEMPT_FILE = "slurm_attempt"  # the token of the run's current submission
+# present while an sbatch of the run has not been answered (written before sbatch runs, removed once Slurm
+# answered and its job id is recorded): whoever submits the run next looks for a job of its name first
+SBATCH_PENDING_FILE = "slurm_sbatch_pending"
 #: polls after which a followed job that neither Slurm (squeue, sacct, scontrol) nor its run directory knows is
 #: settled as failed (it ended while no worker followed it, and Slurm forgot it after MinJobAge)
 UNKNOWN_POLLS = 24
@@ -335,10 +347,13 @@ def submit(
     note: str = "",
     look_first: bool = False,
 ) -> str:
-    """Submit a claimed run as a batch job; records the job id on the run and in its events. With ``look_first``
-    (an earlier sbatch of this run got no answer, so it may have submitted a job all the same), a job of the run's
-    name that Slurm has is followed instead of submitting a second one."""
-    if look_first:
+    """Submit a claimed run as a batch job; records the job id on the run and in its events. With ``look_first``,
+    or when the run directory records an sbatch that got no answer (``SBATCH_PENDING_FILE``: by this worker or by
+    one that died since — it may have submitted a job all the same), a job of the run's name that Slurm has is
+    followed instead of submitting a second one."""
+    run_dir = Path(run["run_dir"])
+    pending = run_dir / SBATCH_PENDING_FILE
+    if look_first or pending.exists():
         found = find_job(job_name(run))
         if found is not None:
             registry.update(
@@ -349,8 +364,8 @@ def submit(
                 "slurm",
                 f"sbatch got no answer earlier, but Slurm has job {found} for this run: followed",
             )
+            pending.unlink(missing_ok=True)
             return found
-    run_dir = Path(run["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STATUS_FILE).unlink(missing_ok=True)  # a new attempt: the last one's final word is stale
     (run_dir / SIGNAL_FILE).unlink(missing_ok=True)
@@ -361,18 +376,25 @@ def submit(
     attempt = secrets.token_hex(6)
     atomic_write_text(run_dir / ATTEMPT_FILE, attempt)
     cmd = sbatch_command(row, registry_path, opts, job_script(registry_path.parent.parent), attempt)
-    res = _slurm(cmd)  # a timeout raises SlurmUnreachable
+    # until Slurm answers, this sbatch may or may not submit a job: say so where any later worker looks
+    atomic_write_text(
+        pending, json.dumps({"time": time.time(), "job_name": job_name(row), "attempt": attempt})
+    )
+    res = _slurm(cmd)  # a timeout raises SlurmUnreachable (and the pending file stays)
     job_id = res.stdout.strip().split(";")[0] if res.returncode == 0 else ""
     if not job_id.isdigit():
         # the controller did not answer: a later try may work (it first looks for a job that this sbatch did
         # submit before its answer was lost: see look_first)
         error = SlurmUnreachable if _unreachable(res) else SlurmError
+        if error is SlurmError:  # Slurm answered with a refusal: no job was submitted
+            pending.unlink(missing_ok=True)
         raise error(
             f"sbatch refused run {run['id']}: {(res.stderr or res.stdout).strip() or f'exit code {res.returncode}'} "
             f"(command: {' '.join(cmd)})"
         )
     registry.update(run["id"], slurm_job=job_id, slurm_state="PENDING", slurm_reason=None, slurm_nodes=None)
     registry.event(run["id"], "slurm", f"submitted as slurm job {job_id}{note}")
+    pending.unlink(missing_ok=True)  # only now: a worker dying before the update above finds the job by name
     return job_id
 
 
@@ -397,7 +419,8 @@ class SlurmWorker:
         self._last_info = 0.0
         # why Slurm does not answer, while it does not (logged once per outage)
         self.outage: str | None = None
-        # runs whose last sbatch got no answer (it may have submitted a job all the same)
+        # runs whose last sbatch got no answer (it may have submitted a job all the same); what outlives this
+        # worker is the run directory's SBATCH_PENDING_FILE, which submit() looks at too
         self.unanswered: set[int] = set()
 
     # -------------------------------------------------------------------------------- runs/workers/ entry
@@ -464,7 +487,35 @@ class SlurmWorker:
                     self.registry.event(
                         r["id"], "slurm", f"followed by {self.name} (slurm job {r['slurm_job']})"
                     )
+        self._requeue_unanswered_claims()
         return [r["id"] for r in rows]
+
+    def _requeue_unanswered_claims(self) -> list[int]:
+        """Runs a worker claimed and died with while its sbatch had no answer (no job id recorded, the run
+        directory's SBATCH_PENDING_FILE still there): back in the queue, where the next submission looks for a job
+        of the run's name before submitting (the lost sbatch may have submitted one)."""
+        live = {w.get("name") for w in control.live_workers(self.registry_path.parent.parent)} | {self.name}
+        back = []
+        for r in self.registry._rows(
+            "SELECT id, worker, run_dir FROM runs WHERE status = 'starting' AND slurm_job IS NULL AND pid IS NULL "
+            "AND deleted = 0 AND claimed < ?",
+            [time.time() - ORPHAN_CLAIM_S],
+        ):
+            if (
+                r["worker"] in live
+                or not r["run_dir"]
+                or not (Path(r["run_dir"]) / SBATCH_PENDING_FILE).exists()
+            ):
+                continue
+            why = (
+                f"back in the queue: claimed by {r['worker']}, which ended while its sbatch had no answer (the next "
+                "submission first looks for a job of this run's name)"
+            )
+            if self.registry.set_status(r["id"], "queued", why, only_from=("starting",)):
+                self.unanswered.add(r["id"])
+                back.append(r["id"])
+                self.log(f"run {r['id']}: {why}")
+        return back
 
     def _slurm_down(self, why: str) -> None:
         """Slurm did not answer: say so once per outage (the worker keeps going and asks again at each poll)."""
