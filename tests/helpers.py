@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HEAVY = ("torch", "torchvision", "open_clip", "textual")
+HEAVY = ("torch", "torchvision", "open_clip", "textual", "pynvml")  # pynvml: nvidia-ml-py, `dwc gpus` only
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import dwc, finish, invoke, start, wait_for, write_project
+from helpers import HEAVY, dwc, finish, heavy_modules_after, invoke, start, wait_for, write_project
 
 from dwc_core.errors import UsageError
 from dwc_core.runs import control
@@ -700,3 +700,110 @@ def test_foreground_run_says_a_worker_is_running_and_offers_queue(proj, reg):
         out = finish(w, what="the worker", timeout=60)
     assert w.returncode == 0, out
     assert "started on CPU" not in out  # the worker never took the foreground run
+
+
+# ---------------------------------------------------------------------------------- dwc gpus through NVML
+# A stand-in for nvidia-ml-py: the few NVML calls runs/gpus.py makes, answering for two fixed devices.
+FAKE_PYNVML = """\
+from types import SimpleNamespace
+
+NVML_TEMPERATURE_GPU = 0
+_DEVICES = [
+    {"name": b"Fake GPU A", "used": 1024 * 2**20, "total": 16384 * 2**20, "util": 7, "temp": 40},
+    {"name": "Fake GPU B", "used": 12288 * 2**20, "total": 81920 * 2**20, "util": 93, "temp": 71},
+]
+_open = False
+
+
+def nvmlInit():
+    global _open
+    _open = True
+
+
+def nvmlShutdown():
+    global _open
+    _open = False
+
+
+def nvmlDeviceGetCount():
+    assert _open, "nvmlInit first"
+    return len(_DEVICES)
+
+
+def nvmlDeviceGetHandleByIndex(i):
+    return _DEVICES[i]
+
+
+def nvmlDeviceGetName(h):
+    return h["name"]
+
+
+def nvmlDeviceGetMemoryInfo(h):
+    return SimpleNamespace(used=h["used"], total=h["total"], free=h["total"] - h["used"])
+
+
+def nvmlDeviceGetUtilizationRates(h):
+    return SimpleNamespace(gpu=h["util"], memory=0)
+
+
+def nvmlDeviceGetTemperature(h, sensor):
+    return h["temp"]
+"""
+
+
+def test_gpus_shows_nvml_memory_and_utilisation_and_the_run_holding_each_gpu(proj, reg, tmp_path):
+    """`dwc gpus` with NVML (a fake pynvml ahead of the real one on the path): one row per device with its memory
+    and utilisation; GPU 1, whose lock a worker holds, names that worker and the run it trains there; GPU 0 no
+    one (a finished run that once used it is not a holder)."""
+    import socket
+
+    from dwc_core.runs.locks import FileLock
+
+    fake = tmp_path / "fake_nvml"
+    fake.mkdir()
+    (fake / "pynvml.py").write_text(FAKE_PYNVML)
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    holder = f"{socket.gethostname()}-424242"
+    training, finished = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    reg.set_status(training["id"], "running", "running", pid=os.getpid(), host=socket.gethostname())
+    reg.update(training["id"], gpus="1", worker=holder, heartbeat=time.time())
+    reg.set_status(finished["id"], "done", "done")
+    reg.update(finished["id"], gpus="0")
+    folder = proj / "runs" / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / "gpu-1.lock", what=f"worker {holder}").acquire()
+    try:
+        res = dwc(proj, "gpus", "--format", "json", env=env)
+        assert res.returncode == 0, res.stderr
+        rows = {r["gpu"]: r for r in json.loads(res.stdout)}
+        assert rows == {
+            "0": {"gpu": "0", "name": "Fake GPU A", "memory": "1024/16384 MiB", "util %": 7, "worker": None,
+                  "runs": None},
+            "1": {"gpu": "1", "name": "Fake GPU B", "memory": "12288/81920 MiB", "util %": 93, "worker": holder,
+                  "runs": str(training["id"])},
+        }  # fmt: skip
+        assert res.stderr == ""  # NVML answered: no note
+        res = dwc(proj, "gpus", env={**env, "COLUMNS": "200"})
+        assert res.returncode == 0, res.stderr
+        lines = {
+            line.split()[0]: line for line in res.stdout.splitlines() if line.split()[:1] in (["0"], ["1"])
+        }
+        assert "1024/16384 MiB" in lines["0"] and " 7 " in f"{lines['0']} " and holder not in lines["0"]
+        assert "12288/81920 MiB" in lines["1"] and " 93 " in lines["1"] and holder in lines["1"]
+        assert lines["1"].rstrip().endswith(str(training["id"]))  # the runs column, last
+    finally:
+        lock.release()
+    res = dwc(proj, "gpus", "--format", "json", env=env)  # the lock released: GPU 1 has no worker now
+    assert res.returncode == 0 and json.loads(res.stdout)[1]["worker"] is None, res.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["runs"], ["workers"], ["worker", "--help"], ["queue", "--help"], ["gpus", "--help"]]
+)
+def test_only_dwc_gpus_imports_pynvml(proj, reg, args):
+    """nvidia-ml-py is imported by `dwc gpus` alone, not by the listings beside it (a registry with a run in it, so
+    `dwc runs` reconciles and lists); pynvml is in helpers.HEAVY, so every import-hygiene check covers it too."""
+    (row,) = control.queue_experiment(reg, proj, "tiny")
+    reg.set_status(row["id"], "running", "running", pid=os.getpid(), host=os.uname().nodename)
+    assert "pynvml" in HEAVY
+    assert heavy_modules_after(args, proj) == []
