@@ -69,6 +69,41 @@ async def test_progress_written_by_another_process_shows_within_2s(project):
         assert time.time() - written < 2.0
 
 
+async def test_a_run_queued_by_another_process_shows_within_2s_of_its_creation(project):
+    """`dwc queue` in another process creates a new run while the TUI runs (the poll interval is the real one):
+    its row is on the dashboard, queued, within 2 s of the time the registry recorded its creation."""
+    import asyncio
+
+    p, ids = project
+    app = make_app(p, poll_interval=1.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.pause(1.5)  # a poll or two of nothing new: the next one must notice the new row by itself
+        assert sorted(app.dashboard.shown_ids) == sorted(ids.values())
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dwc_tui.cli", "--project", str(p), "queue", "demo",
+            "--set", "dataset.num_test=64",  # a gallery large enough for R@50
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)  # the app keeps running meanwhile
+        assert proc.returncode == 0, err.decode()
+        new = int(out.decode().split()[0])  # `dwc queue` prints the new run's id
+        assert new not in ids.values()
+        seen = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if new in app.dashboard.shown_ids:
+                seen = time.time()
+                break
+            await pilot.pause(0.02)
+        assert seen is not None, f"run {new} never showed:\n{text_of(app)}"
+        created = Registry(p / "runs" / "registry.db", create=False).get(new)["created"]
+        assert seen - created < 2.0, f"shown {seen - created:.2f} s after it was created"
+        line = next(x for x in text_of(app).splitlines() if x.split()[:1] == [str(new)])
+        assert "demo" in line and "queued" in line, line
+        assert "queued 2" in text_of(app)  # the header counts it too
+
+
 NO_TORCH_SCREENS = """
 import asyncio, sys, time
 from dwc_tui.app.app import DwcApp
