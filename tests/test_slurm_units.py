@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from test_results_registry import config, seed_run
 from typer.testing import CliRunner
 
@@ -547,3 +548,125 @@ def test_a_job_slurm_forgot_whose_run_directory_says_done_ends_done(reg, tmp_pat
     row = reg.get(rid)
     assert row["status"] == "done" and row["slurm_state"] == "UNKNOWN" and row["error"] is None
     assert fake.count("squeue") == 1 and fake.count("scontrol") == 1  # it was asked, and answered
+
+
+# ------------------------------------------------------------------------------------------------ sacct's answer
+# What `sacct -n -P -X -j ... -o JobID,State,NodeList,ExitCode` prints (Slurm 22.05). -X leaves the job steps out;
+# they are here too (as sacct prints them without -X) and must not be taken for jobs. Job 14 was requeued: sacct
+# lists one line per instance, oldest first (as with -D).
+SACCT_OUT = """\
+12|COMPLETED|vm|0:0
+12.batch|COMPLETED|vm|0:0
+12.extern|COMPLETED|vm|0:0
+13|CANCELLED by 0|vm|0:15
+13.batch|CANCELLED|vm|0:15
+13.extern|COMPLETED|vm|0:0
+14|REQUEUED|vm|0:0
+14|RUNNING|vm|0:0
+14.batch|RUNNING|vm|0:0
+15|PENDING|None assigned|0:0
+16|FAILED|vm|1:0
+16.batch|FAILED|vm|1:0
+99|COMPLETED|vm|0:0
+"""
+
+
+def test_sacct_lines_become_one_job_state_each(monkeypatch):
+    asked = []
+
+    def fake(args, timeout=60.0):
+        asked.append(args)
+        return _completed(args, 0, out=SACCT_OUT)
+
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    got = slurm._sacct(["12", "13", "14", "15", "16"])
+    assert asked == [
+        ["sacct", "-n", "-P", "-X", "-j", "12,13,14,15,16", "-o", "JobID,State,NodeList,ExitCode"]
+    ]
+    assert sorted(got) == ["12", "13", "14", "15", "16"]  # no step line taken for a job, no job not asked
+    seen = {j: (i.state, i.reason, i.nodes, i.exit_code, i.source) for j, i in got.items()}
+    assert seen == {
+        "12": ("COMPLETED", "", "vm", "0:0", "sacct"),
+        "13": ("CANCELLED", "by 0", "vm", "0:15", "sacct"),
+        "14": ("RUNNING", "", "vm", "0:0", "sacct"),  # the requeued job's current instance
+        "15": ("PENDING", "", "None assigned", "0:0", "sacct"),
+        "16": ("FAILED", "", "vm", "1:0", "sacct"),
+    }
+    assert [got[j].describe() for j in ("12", "13", "14", "16")] == [
+        "COMPLETED", "CANCELLED (by 0)", "RUNNING on vm", "FAILED",
+    ]  # fmt: skip
+    assert got["14"].active and got["15"].active and not got["12"].active
+
+
+def test_a_job_squeue_forgot_is_judged_by_sacct(reg, tmp_path, monkeypatch):
+    rid = _slurm_run(reg, tmp_path, job="16")
+    run_dir = Path(reg.get(rid)["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train.log").write_text("Traceback ...\nValueError: boom\n")
+    fake = FakeSlurm()  # squeue and scontrol: "Invalid job id specified"
+
+    def with_sacct(args, timeout=60.0):
+        if args[0] == "sacct":
+            fake.calls.append(list(args))
+            return _completed(args, 0, out=SACCT_OUT)
+        return fake(args, timeout)
+
+    monkeypatch.setattr(slurm, "_slurm", with_sacct)
+    states = slurm.job_states(["16"])
+    assert states["16"].state == "FAILED" and states["16"].source == "sacct" and not states.forgotten
+    w = _worker(reg)
+    w.followed[rid] = "16"
+    assert w.poll() == [rid]
+    row = reg.get(rid)
+    assert row["status"] == "failed" and row["slurm_state"] == "FAILED"
+    assert row["error"].startswith("slurm job 16 ended FAILED, exit code 1:0\n"), row["error"]
+    assert row["error"].endswith("ValueError: boom")
+
+
+# ------------------------------------------------------------------------------------------- --detach
+FAKE_TOOL = """#!/bin/sh
+# a stand-in for Slurm's client commands: a cluster with one idle partition and no jobs
+case "$(basename "$0")" in
+  sinfo) echo "debug up" ;;
+esac
+exit 0
+"""
+
+
+def test_detached_slurm_worker_registers_is_listed_and_sigterm_removes_it(reg, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    bin_dir = tmp_path / "fake-slurm-bin"
+    bin_dir.mkdir()
+    for tool in ("sinfo", "squeue", "sbatch", "sacct", "scontrol", "scancel"):
+        (bin_dir / tool).write_text(FAKE_TOOL)
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv(
+        "PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    )  # the detached worker inherits it
+    res = CliRunner().invoke(
+        app, ["--project", str(tmp_path), "worker", "--slurm", "--detach", "--partition", "debug"]
+    )
+    assert res.exit_code == 0, res.output
+    pid = int(res.stdout.strip().splitlines()[-1])
+    folder = tmp_path / "runs" / "workers"
+    try:
+        info_file = wait_for(lambda: next(iter(folder.glob("*.json")), None), timeout=60, what="worker file")
+        info = json.loads(info_file.read_text())
+        assert info["kind"] == "slurm" and info["pid"] == pid and info["partition"] == "debug"
+        assert Path(info["log"]).parent == folder and Path(info["log"]).exists()
+        assert os.getsid(pid) == pid  # in its own session: it outlives the terminal that started it
+        listed = CliRunner().invoke(app, ["--project", str(tmp_path), "workers", "--format", "json"])
+        assert listed.exit_code == 0, listed.output
+        rows = json.loads(listed.stdout)
+        assert [(r["pid"], r["kind"], r["state"]) for r in rows] == [(pid, "slurm", "alive")], rows
+        assert "debug partition" in rows[0]["gpus"]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        t0 = time.time()
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):  # our child: reap it
+            assert time.time() - t0 < 30, "the detached worker did not stop on SIGTERM"
+            time.sleep(0.1)
+    assert not list(folder.glob("*.json")) and not list(folder.glob("*.lock"))
+    assert "no worker" in CliRunner().invoke(app, ["--project", str(tmp_path), "workers"]).output

@@ -209,14 +209,20 @@ def _squeue(job_ids: list[str]) -> tuple[dict[str, JobInfo], bool, str]:
 
 
 def _sacct(job_ids: list[str]) -> dict[str, JobInfo]:
+    """sacct's view of the jobs: one ``JobID|State|NodeList|ExitCode`` line per job allocation (``-X``: step lines
+    such as ``12.batch`` are left out, and ignored if printed); a job Slurm requeued may be listed once per
+    instance, oldest first: the last line is the current one. ``State`` may carry words after the state
+    (``CANCELLED by 0``): they become the reason."""
     res = _slurm(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State,NodeList,ExitCode"])
     out = {}
     if res.returncode == 0:
         for line in res.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 4 and parts[0] in job_ids:
-                state = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0" → CANCELLED
-                out[parts[0]] = JobInfo(parts[0], state, parts[1], parts[2], parts[3], source="sacct")
+                state, _, reason = parts[1].strip().partition(" ")  # "CANCELLED by 0" → CANCELLED, "by 0"
+                out[parts[0]] = JobInfo(
+                    parts[0], state or "UNKNOWN", reason.strip(), parts[2], parts[3], source="sacct"
+                )
     return out
 
 
