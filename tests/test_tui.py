@@ -499,6 +499,75 @@ async def test_help_and_command_palette(project):
         assert type(app.screen).__name__ == "CommandPalette"
 
 
+async def run_from_palette(pilot, title: str) -> None:
+    """ctrl+p, type `title`, enter: the way a user runs a command (not its callback called by the test)."""
+    app = pilot.app
+    await pilot.press("ctrl+p")
+    await until(pilot, lambda: type(app.screen).__name__ == "CommandPalette", what="the command palette")
+    await pilot.press(*title)
+    palette = app.screen
+
+    def first_hit() -> str | None:
+        from textual.command import CommandList
+
+        options = palette.query_one(CommandList)
+        if not options.option_count:
+            return None
+        return str(options.get_option_at_index(0).prompt).split("\n")[0]
+
+    await until(pilot, lambda: (first_hit() or "").startswith(title), what=f"{title!r} first in the palette")
+    for _ in range(
+        3
+    ):  # enter highlights the first hit (and runs it when it is the only one), enter again runs it
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        if app.screen is not palette:
+            break
+    assert app.screen is not palette, "the palette stayed open"
+
+
+async def test_palette_cancel_cancels_the_selected_queued_run(project):
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await select(pilot, ids["queued"])
+        await run_from_palette(pilot, "Cancel runs")
+        await until(pilot, lambda: app.messages, what="the cancel's outcome")
+        assert app.messages[-1][0] == "information", app.messages
+        assert status_of(p, ids["queued"])["status"] == "cancelled"
+        await until(pilot, lambda: app.dashboard.rows[ids["queued"]]["status"] == "cancelled", what="row")
+        assert status_of(p, ids["demo"])["status"] == "done"  # only the selected run
+
+
+async def test_palette_action_from_another_screen_returns_to_the_dashboard_first(project):
+    """A dashboard command run from the palette on the Run screen (or from the help over it) leaves that screen
+    and does the action for the dashboard's selected run: one screen over the dashboard, not a stack."""
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await open_run(pilot, ids["demo"])
+        await run_from_palette(pilot, "Browse queries")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None,
+            what="the browse screen",
+        )  # fmt: skip
+        assert [type(s).__name__ for s in app.screen_stack[1:]] == ["DashboardScreen", "BrowseScreen"]
+        assert app.screen.run_id == ids["demo"]
+        await pilot.press("question_mark")  # two screens over the dashboard: browse, and the help over it
+        await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen", what="help")
+        await run_from_palette(pilot, "Open run")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "RunScreen" and app.screen.info is not None,
+            what="the run screen",
+        )  # fmt: skip
+        assert [type(s).__name__ for s in app.screen_stack[1:]] == ["DashboardScreen", "RunScreen"]
+        assert app.screen.info["run"]["id"] == ids["demo"]
+        await pilot.press("escape")
+        assert app.screen is app.dashboard
+
+
 # ------------------------------------------------------------------------------- cheap full re-reads, live screens
 def test_full_reread_decodes_only_changed_rows_and_still_catches_plain_updates(project, monkeypatch):
     """Every FULL_EVERY-th poll compares each run's raw columns and reads whole, decodes and formats only the rows

@@ -151,9 +151,13 @@ class DwcApp(App):
 
 
 def _runner(screen, action: str):
+    """A palette command doing a dashboard action: it leaves every screen over the dashboard first (the palette
+    can be opened on any screen, and a Run screen may have the help over it), then acts on the selected run."""
+
     def run() -> None:
-        if screen.app.screen is not screen:
-            screen.app.pop_screen()
+        app = screen.app
+        while app.screen is not screen and screen in app.screen_stack:
+            app.pop_screen()
         getattr(screen, f"action_{action}")()
 
     return run
