@@ -193,3 +193,61 @@ def test_clear_read_before_and_after_the_emptied_metrics_file(run):
     append_lines(path, [metric(1, 0.7)])
     ingest(reg, run_id)
     assert steps(reg, run_id) == [(1, 0.7)]
+
+
+TINY_PROJECT = """\
+experiments:
+  tiny:
+    dataset: {name: synthetic, num_train: 48, num_test: 24, image_size: 32}
+    model: {name: tirg, embed_dim: 32, cnn: {arch: tiny}, text: {word_dim: 16, hidden: 32}}
+    eval: {ks: [1, 5, 10], query_results: false}
+    trainer: {epochs: 1, batch_size: 16, lr: 1.0e-3, num_workers: 0, log_every: 1, heartbeat_s: 0.5,
+              device: cpu, cpu_threads: 1}
+"""
+
+
+@pytest.mark.slow
+def test_a_trainer_with_the_files_sink_never_opens_the_registry_and_its_reports_are_ingested(tmp_path):
+    """The Slurm job's path without Slurm: job_main starts ``python -m dwc_core.engine.train ID --sink files``
+    with a registry path in a folder that does not exist (were it opened, sqlite could not even create it); the run
+    trains to done writing only its run directory, and ingestion brings that into the real registry."""
+    import subprocess
+    import sys
+
+    from dwc_core.runs.control import queue_experiment
+
+    (tmp_path / "experiments.yaml").write_text(TINY_PROJECT)
+    reg = Registry(tmp_path / "runs" / "registry.db")
+    rid = queue_experiment(reg, tmp_path, "tiny", seeds=[1])[0]["id"]
+    run = reg.claim("test-head")
+    assert run is not None and run["id"] == rid
+    run_dir = Path(run["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(reg.get(rid), default=str))  # as the Slurm worker writes it
+    nowhere = tmp_path / "no-such-folder" / "runs" / "registry.db"
+    job = [sys.executable, "-c", "from dwc_core.runs.slurm import job_main; raise SystemExit(job_main())"]
+    res = subprocess.run(
+        [*job, str(rid), str(nowhere), str(run_dir)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"dwc_core.engine.train {rid} --registry {nowhere} --sink files --run-dir {run_dir}" in res.stdout
+    # never opened: no database, journal or lock beside it. (The trainer does take its project folder from the
+    # registry path: it put the dataset cache in <that folder>/runs/.cache, and nothing else.)
+    assert not any(p.name.startswith("registry.db") for p in nowhere.parent.parent.rglob("*"))
+    assert sorted(p.name for p in nowhere.parent.iterdir()) == [".cache"]
+    assert read_final(run_dir)["status"] == "done"
+    for name in ("events.jsonl", "metrics.jsonl", "heartbeat.json", "status.json", "last.pt"):
+        assert (run_dir / name).exists(), name
+    # the real registry learnt nothing while the trainer ran
+    assert reg.get(rid)["status"] == "starting" and reg.metrics(rid) == [] and reg.evaluations(rid) == []
+    ingest(reg, rid)
+    row = reg.get(rid)
+    assert row["status"] == "done" and row["exit_code"] == 0, row
+    assert [m["epoch"] for m in reg.metrics(rid, split="test", name="R@10")] == [0.0, 1.0]
+    assert [m["step"] for m in reg.metrics(rid, split="train", name="loss")] == [1, 2, 3]
+    assert [e["epoch"] for e in reg.evaluations(rid)] == [0, 1]
+    messages = " | ".join(e["message"] for e in reg.events(rid))
+    assert "slurm job ? started on" in messages and "running on" in messages, messages
+    ingest(reg, rid)  # again: nothing doubles
+    assert [m["step"] for m in reg.metrics(rid, split="train", name="loss")] == [1, 2, 3]

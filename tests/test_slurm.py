@@ -312,3 +312,24 @@ def test_a_held_job_is_never_lost_nor_doubled_and_cancel_scancels_it(project):
     wait_for(lambda: not slurm.job_states([job])[job].active, what="the job to leave Slurm's queue")
     assert control.resume(reg, run_id)["status"] == "queued"  # now it may be submitted again
     control.cancel(reg, run_id)
+
+
+def test_dwc_worker_slurm_once_cli_submits_follows_and_exits(project):
+    """`dwc worker --slurm --once` as a user types it: one queued tiny run → a batch job → done, then it exits 0."""
+    run_id = queue(project, "trainer.max_steps_per_epoch=2")
+    res = subprocess.run(
+        [sys.executable, "-m", "dwc_tui.cli", "--project", str(project), "worker", "--slurm", "--once"],
+        capture_output=True, text=True, timeout=300, cwd=project, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    reg = Registry(project / "runs" / "registry.db")
+    row = reg.get(run_id)
+    job = row["slurm_job"]
+    assert row["status"] == "done" and row["slurm_state"] == "COMPLETED", row["error"]
+    assert f"run {run_id} (tiny): slurm job {job}" in res.stdout
+    assert f"run {run_id}: slurm job {job} ended COMPLETED → done" in res.stdout
+    assert f"submitted as slurm job {job}" in [e["message"] for e in reg.events(run_id)]
+    assert [m["epoch"] for m in reg.metrics(run_id, split="test", name="R@10")] == [0.0, 1.0]
+    assert loss_steps(reg, run_id) == [1, 2]
+    assert not list((project / "runs" / "workers").glob("*.json"))  # it unregistered on the way out
+    assert not slurm.job_states([job])[job].active
