@@ -166,19 +166,36 @@ def test_ties_crossing_the_cutoff_keep_the_lowest_positions():
     assert r.indices[1].tolist() == [0, 1, 2, 9, 10]  # 3 at 1.0, then the 0.5 group from its lowest position
 
 
+def test_k_as_large_as_the_gallery_and_ties_at_the_last_place():
+    """k = the whole gallery (no (k+1)-th score to look at), and a tie group that ends exactly at rank k."""
+    g = torch.tensor([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 3)
+    q = torch.tensor([[0.0, 1.0]])
+    assert rank(q, g, 5).indices[0].tolist() == [2, 3, 4, 0, 1]
+    assert rank(q, g, 9).indices[0].tolist() == [2, 3, 4, 0, 1]  # k beyond the gallery: all of it
+    assert rank(q, g, 3).indices[0].tolist() == [2, 3, 4]  # the group fills the cut-off exactly
+    assert rank(q, g, 4).indices[0].tolist() == [
+        2,
+        3,
+        4,
+        0,
+    ]  # the next group crosses it: lowest position kept
+
+
 def test_ranking_is_exact_and_independent_of_chunk_size():
     gen = torch.Generator().manual_seed(3)
     base = torch.nn.functional.normalize(torch.randn(40, 16, generator=gen), dim=1)
     gallery = base[torch.randint(0, 40, (300,), generator=gen)]  # many identical rows: ties everywhere
-    queries = torch.nn.functional.normalize(torch.randn(150, 16, generator=gen), dim=1)
+    n = 2 * SCORE_BLOCK + 150  # several blocks and chunks, the last block partial
+    queries = torch.nn.functional.normalize(torch.randn(n, 16, generator=gen), dim=1)
     queries[:15] = gallery[::20]  # queries equal to gallery rows: exact ties at the top
-    refs = torch.randint(-1, 300, (150,), generator=gen)
-    results = [rank(queries, gallery, 50, refs, chunk_size=c) for c in (1, 3, 7, SCORE_BLOCK, 100, 2048)]
+    refs = torch.randint(-1, 300, (n,), generator=gen)
+    chunks = (1, 3, SCORE_BLOCK, SCORE_BLOCK + 1, 2 * SCORE_BLOCK, 4096)
+    results = [rank(queries, gallery, 50, refs, chunk_size=c) for c in chunks]
     for r in results[1:]:
         assert torch.equal(r.indices, results[0].indices) and torch.equal(r.scores, results[0].scores)
     # and the order is exactly (score desc, position asc) of the scores the ranking itself used
     full = _scores(queries, gallery)
-    full[torch.arange(150)[refs >= 0], refs[refs >= 0]] = float("-inf")
+    full[torch.arange(n)[refs >= 0], refs[refs >= 0]] = float("-inf")
     assert np.array_equal(results[0].indices.numpy(), _reference_order(full.numpy(), 50))
 
 

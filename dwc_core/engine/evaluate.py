@@ -31,8 +31,10 @@ import torch
 from dwc_core.data.loading import ImageCache, image_batches
 from dwc_core.data.types import CIRDataset, EvalSet
 
-#: queries per score matrix multiply; chunks are whole numbers of blocks, so scores are chunk-size independent
-SCORE_BLOCK = 64
+#: queries per score matrix multiply; chunks are whole numbers of blocks, so scores are chunk-size independent.
+#: Each block reads the whole gallery once: 64 made ranking a Fashion200k-sized set 2x the bare mm + topk on a
+#: CPU (bench/recall.py); at 512 the extra reads are a few percent.
+SCORE_BLOCK = 512
 
 
 @dataclass
@@ -56,15 +58,23 @@ def _scores(q: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _order_ties(s: torch.Tensor, i: torch.Tensor, scores: torch.Tensor, k: int) -> None:
+def _order_ties(
+    s: torch.Tensor, i: torch.Tensor, scores: torch.Tensor, k: int, next_best: torch.Tensor | None
+) -> None:
     """In place: make the top-k (``s``, ``i``) follow (score desc, position asc) exactly, ties included.
 
     ``topk`` orders equal scores arbitrarily and, when a group of equal scores crosses rank k, keeps an arbitrary
     subset of it. Rows whose k-th score is shared with items left out get that group's lowest positions instead;
-    rows holding any tie are then re-sorted stably by position, then by score.
+    rows holding any tie are then re-sorted stably by position, then by score. ``next_best``: each row's (k+1)-th
+    score (None when k is the whole gallery): an item left out can tie with the k-th only where it equals the k-th,
+    so only those rows are scanned in full.
     """
     kth = s[:, k - 1 : k]
-    outside = (scores == kth).sum(dim=1) > (s == kth).sum(dim=1)
+    outside = torch.zeros(s.size(0), dtype=torch.bool, device=s.device)
+    if next_best is not None:
+        maybe = torch.nonzero(next_best == kth.squeeze(1)).squeeze(1)
+        if maybe.numel():
+            outside[maybe] = (scores[maybe] == kth[maybe]).sum(dim=1) > (s[maybe] == kth[maybe]).sum(dim=1)
     for r in torch.nonzero(outside).squeeze(1).tolist():
         above = s[r] > kth[r]
         n_above = int(above.sum())
@@ -102,9 +112,14 @@ def rank(
             rows = torch.nonzero(refs >= 0).squeeze(1)
             if rows.numel():
                 scores[rows, refs[rows]] = float("-inf")
-        s, i = scores.topk(k, dim=1)  # sorted by score desc; order among equal scores unspecified
+        # sorted by score desc; order among equal scores unspecified. One more than k where the gallery has it:
+        # the (k+1)-th score tells which rows may have a tie crossing the cut-off
+        wider = k < scores.size(1)
+        s, i = scores.topk(k + 1 if wider else k, dim=1)
+        next_best = s[:, k].clone() if wider and k else None
+        s, i = s[:, :k].contiguous(), i[:, :k].contiguous()
         if k:
-            _order_ties(s, i, scores, k)
+            _order_ties(s, i, scores, k, next_best)
         del scores  # free this chunk before the next one is allocated
         out_idx.append(i)
         out_scores.append(s)
