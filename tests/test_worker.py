@@ -9,11 +9,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import dwc, finish, loss_steps, start, tiny_experiments, wait_for, write_project
 
-from dwc_core.runs import control
+from dwc_core.runs import control, launcher
 from dwc_core.runs.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -202,3 +203,107 @@ def test_hold_release_and_sigterm_leaves_the_run_training(proj):
     wait_for(lambda: reg.get(rid)["status"] == "done", timeout=180, what="run done without its worker")
     res = dwc(proj, "logs", str(rid), "-n", "200")
     assert f"start run {rid}" in res.stdout and "done" in res.stdout
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_two_slots_per_gpu_share_one_gpu_and_a_third_run_waits(proj):
+    """--slots-per-gpu 2 on fake GPU 1: two 1-GPU runs train at once, both with CUDA_VISIBLE_DEVICES=1 in their
+    environment; the third waits in the queue until one of them ends, then takes the freed slot on that GPU."""
+    # two fake GPUs; slow steps (test-only delay), so that both runs are still training when looked at
+    env = {"DWC_FAKE_GPUS": "2", "DWC_TEST_PHASE_DELAY": "step=1.0"}
+    a, b, c = queue(proj, "tiny", "--seeds", "1,2,3")
+    reg = Registry(proj / "runs" / "registry.db")
+    w = worker(proj, "--gpus", "1", "--slots-per-gpu", "2", "--once", env=env)
+    try:
+        wait_for(lambda: all(reg.get(r)["pid"] for r in (a, b)), timeout=60, what="two runs started")
+        seen = {r: _environ(reg.get(r)["pid"]).get("CUDA_VISIBLE_DEVICES") for r in (a, b)}
+        assert seen == {a: "1", b: "1"}
+        assert all(launcher.pid_alive(reg.get(r)["pid"]) for r in (a, b))  # both training, side by side
+        assert reg.get(c)["status"] == "queued" and reg.get(c)["pid"] is None  # no third slot
+    finally:
+        out = finish(w, timeout=400)
+    assert w.returncode == 0, out
+    rows = {r: reg.get(r) for r in (a, b, c)}
+    assert [rows[r]["status"] for r in (a, b, c)] == ["done"] * 3, [rows[r]["error"] for r in (a, b, c)]
+    assert {str(rows[r]["gpus"]) for r in (a, b, c)} == {"1"}
+    assert max(rows[a]["claimed"], rows[b]["claimed"]) < min(rows[a]["ended"], rows[b]["ended"])  # overlapped
+    assert rows[c]["claimed"] >= min(rows[a]["ended"], rows[b]["ended"])  # waited for a free slot
+    assert out.count("started on GPU 1,") == 3 and "GPUs 1 × 2" in out
+
+
+def test_shell_metacharacters_in_names_paths_and_tags_never_reach_a_shell(tmp_path, monkeypatch):
+    """The project folder, the experiment name (hence the run directory), its description and tags carry shell
+    syntax; the worker starts the trainer with an argument list: the run trains, nothing named PWNED* appears,
+    the trainer's argv is exactly the list train_command builds, and launcher.spawn hands Popen that list
+    without shell=True and an environment free of the config's strings."""
+    name = "x; touch PWNED1 `touch PWNED2` | touch PWNED3"
+    project = tmp_path / "p; touch PWNED4 $(touch PWNED5) && touch PWNED6"
+    project.mkdir()
+    write_project(
+        project,
+        TINY.replace(
+            "experiments:\n  tiny:\n",
+            f'experiments:\n  "{name}":\n    description: "$(touch PWNED7)"\n    tags: ["a;touch PWNED8", "`touch PWNED9`"]\n',
+        ).split("\n  many:")[0],
+    )
+    (rid,) = queue(project, name)
+    reg = Registry(project / "runs" / "registry.db")
+    w = worker(project, "--cpu", "--once", env={"DWC_TEST_PHASE_DELAY": "step=0.5"})
+    try:
+        pid = wait_for(lambda: reg.get(rid)["pid"], timeout=60, what="the trainer to start")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    finally:
+        out = finish(w, timeout=300)
+    assert w.returncode == 0, out
+    row = reg.get(rid)
+    assert row["status"] == "done", (row["error"], out)
+    expected = launcher.train_command(row, project / "runs" / "registry.db")
+    assert isinstance(expected, list) and expected[-1] == str(project / "runs" / "registry.db")
+    assert argv == expected
+    assert Path(row["run_dir"]).parent == project / "runs" and name in Path(row["run_dir"]).name
+    assert f"start run {rid} ===" in (Path(row["run_dir"]) / "train.log").read_text()
+    # a shell would have run in the project folder (the trainer's cwd) or the worker's
+    assert list(tmp_path.rglob("PWNED*")) == [] and list(Path.cwd().glob("PWNED*")) == []
+
+    calls = []  # what spawn hands to Popen (a shell that execs its command would leave the same argv)
+
+    def popen(args, **kwargs):
+        calls.append((args, kwargs))
+        return SimpleNamespace(pid=2**22 + 17)  # above pid_max: no such process
+
+    with monkeypatch.context() as m:
+        m.setattr(launcher.subprocess, "Popen", popen)
+        launcher.spawn(
+            reg, row, project / "runs" / "registry.db", gpus="", env_extra={"OMP_NUM_THREADS": "1"}
+        )
+    ((args, kwargs),) = calls
+    assert args == expected and not kwargs.get("shell") and kwargs.get("executable") is None
+    assert kwargs["cwd"] == str(project)
+    assert not [k for k, v in kwargs["env"].items() if "PWNED" in v and os.environ.get(k) != v]
+
+
+def test_trainer_exiting_with_a_code_fails_the_run_with_the_code_and_the_log_tail(proj, tmp_path):
+    """A trainer that dies with exit code 3 before it can record anything (a broken torch install: a stand-in
+    torch module on PYTHONPATH prints a line and exits 3 at import; the worker itself never imports torch): the
+    worker marks the run failed with the code and train.log's last lines, and exits 0."""
+    broken = tmp_path / "broken_torch"
+    broken.mkdir()
+    (broken / "torch.py").write_text(
+        'print("stand-in torch: this installation is broken", flush=True)\nraise SystemExit(3)\n'
+    )
+    pythonpath = os.pathsep.join([str(broken), *filter(None, [os.environ.get("PYTHONPATH")])])
+    (rid,) = queue(proj, "tiny")
+    w = worker(proj, "--cpu", "--once", env={"PYTHONPATH": pythonpath})
+    out = finish(w, timeout=120)
+    assert w.returncode == 0, out
+    row = Registry(proj / "runs" / "registry.db").get(rid)
+    assert row["status"] == "failed" and row["exit_code"] == 3, (row["status"], row["error"], out)
+    assert row["error"].startswith("training process exited with code 3 without finishing the run")
+    tail = row["error"].split("last lines of train.log:\n", 1)[1].splitlines()
+    assert tail[0].startswith("=== ") and f"start run {rid} ===" in tail[0]
+    assert tail[-1] == "stand-in torch: this installation is broken"
+    assert f"run {rid} ended (exit code 3): failed" in out
