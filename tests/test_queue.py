@@ -764,11 +764,16 @@ def test_gpus_shows_nvml_memory_and_utilisation_and_the_run_holding_each_gpu(pro
     (fake / "pynvml.py").write_text(FAKE_PYNVML)
     env = {"PYTHONPATH": os.pathsep.join([str(fake), *filter(None, [os.environ.get("PYTHONPATH")])])}
     holder = f"{socket.gethostname()}-424242"
-    training, finished = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2])
+    training, finished, elsewhere, in_slurm = control.queue_experiment(reg, proj, "tiny", seeds=[1, 2, 3, 4])
     reg.set_status(training["id"], "running", "running", pid=os.getpid(), host=socket.gethostname())
     reg.update(training["id"], gpus="1", worker=holder, heartbeat=time.time())
     reg.set_status(finished["id"], "done", "done")
     reg.update(finished["id"], gpus="0")
+    # GPU 0 of another machine sharing the registry, and a Slurm job on a compute node's GPU 0: not this GPU 0
+    reg.set_status(elsewhere["id"], "running", "running", pid=1, host="another-host")
+    reg.update(elsewhere["id"], gpus="0", heartbeat=time.time())
+    reg.set_status(in_slurm["id"], "running", "running", host=socket.gethostname())
+    reg.update(in_slurm["id"], gpus="0", slurm_job="77", heartbeat=time.time())
     folder = proj / "runs" / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(folder / "gpu-1.lock", what=f"worker {holder}").acquire()

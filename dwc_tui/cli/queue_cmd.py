@@ -5,6 +5,7 @@ Thin wrappers over ``dwc_core.runs.control`` (the verbs the TUI shares) and ``dw
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -265,7 +266,11 @@ def gpus(fmt: FormatOpt = "table") -> None:
     reg_path = project / "runs" / "registry.db"
     if reg_path.exists():
         registry = _registry(create=False)
+        here = socket.gethostname()
         for r in registry.runs(statuses=["starting", "running"]):
+            # this machine's GPUs only: a registry may list runs of other hosts, and Slurm's jobs use its nodes'
+            if r.get("host") != here or r.get("slurm_job"):
+                continue
             for g in str(r.get("gpus") if r.get("gpus") is not None else "").split(","):
                 if g.strip():
                     running.setdefault(g.strip(), []).append(r["id"])
