@@ -200,6 +200,81 @@ async def test_read_only_registry_shows_runs_and_refuses_changes(project, monkey
     assert Registry(p / "runs" / "registry.db", create=False).get(ids["queued"])["status"] == "queued"
 
 
+@contextlib.contextmanager
+def read_only_mount(folder: Path):
+    """``folder`` bind-mounted read-only onto itself (a real read-only file system, even for root; skips where
+    mounting is not allowed)."""
+    res = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot bind-mount read-only here: {res.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+async def test_starting_on_a_read_only_mount_shows_runs_and_says_read_only_once(project):
+    """`dwc tui` opened on a project that is read-only from the start (a real read-only mount, not a registry
+    turning read-only): every run is shown, the read-only note comes once (not at every poll), an action is
+    refused with a clear message, and nothing changes."""
+    p, ids = project
+    with read_only_mount(p):
+        assert not os.access(p / "runs" / "registry.db", os.W_OK)
+        app = make_app(p)
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            await ready(pilot)
+            assert sorted(app.dashboard.shown_ids) == sorted(ids.values())
+            await until(pilot, lambda: "read-only" in text_of(app), what="the read-only note")
+            polls = app.polls_applied
+            await until(pilot, lambda: app.polls_applied >= polls + 3, what="three more polls")
+            notes = [m for m in app.messages if "read-only" in m[1]]
+            assert notes == [("warning", f"{p / 'runs' / 'registry.db'} is read-only here: the runs are shown as "
+                              "they are; queue, cancel, resume and delete are refused.")]  # fmt: skip
+            assert text_of(app).count("read-only") == 1
+            assert "Traceback" not in text_of(app)
+            table = app.dashboard.query_one("#runs")
+            table.move_cursor(row=app.dashboard.shown_ids.index(ids["queued"]))
+            await pilot.press("c")
+            await until(pilot, lambda: app.messages[-1][0] == "error", what="the refused cancel")
+            assert "read-only" in app.messages[-1][1]
+        assert Registry(p / "runs" / "registry.db", create=False).get(ids["queued"])["status"] == "queued"
+    app = make_app(p)  # writable again: no note
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.pause(0.5)
+        assert not app.messages and "read-only" not in text_of(app)
+
+
+def test_dwc_tui_process_on_a_read_only_mount_shows_runs_and_quits_cleanly(project):
+    """The real command in a terminal of its own, on a read-only mount: the runs and the read-only note are on the
+    screen, no traceback, and ctrl+q exits 0."""
+    p, ids = project
+    with read_only_mount(p):
+        pid, fd = _start_tui(p)
+        status = None
+        try:
+            out = b""
+            deadline = time.time() + 30
+            while time.time() < deadline and not (b"grid" in out and b"read-only" in out):
+                if select.select([fd], [], [], 0.2)[0]:
+                    try:
+                        out += os.read(fd, 65536)
+                    except OSError:
+                        break
+            assert b"grid" in out and b"read-only" in out, out[-2000:]
+            assert b"Traceback" not in out
+            os.write(fd, b"\x11")
+            status = _wait_exit(pid, fd)
+        finally:
+            if status is None:  # failed before it quit: do not leave it running on the mount
+                with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+            os.close(fd)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 # ------------------------------------------------------------------------------------- quitting never touches runs
 def _dummy_run(project: Path) -> tuple[int, subprocess.Popen]:
     """A long-lived process in its own session, registered as a running run (as a worker would start it)."""

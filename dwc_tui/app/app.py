@@ -65,6 +65,7 @@ class DwcApp(App):
         self.polls_applied = 0
         self._poll_timer = None
         self.messages: list[tuple[str, str]] = []  # (severity, text) of every action's outcome, oldest first
+        self.readonly_noted = False  # said once that the registry is read-only here
         self.sub_title = str(self.project)
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -122,6 +123,14 @@ class DwcApp(App):
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.last_snapshot = snap
+        if snap.readonly and not self.readonly_noted:
+            self.readonly_noted = True
+            note = (
+                f"{self.registry_path} is read-only here: the runs are shown as they are; queue, cancel, resume "
+                "and delete are refused."
+            )
+            self.messages.append(("warning", note))
+            self.notify(escape(note), severity="warning", timeout=10)
         if self.dashboard is not None:
             self.dashboard.apply(snap)
         self.polls_applied += 1

@@ -73,6 +73,7 @@ class Snapshot:
     focus: Focus | None
     poll_ms: float
     error: str | None = None
+    readonly: bool = False  # the registry file or its folder is not writable here (e.g. a read-only mount)
 
 
 class Poller:
@@ -111,7 +112,7 @@ class Poller:
             self._gpus = self._read_gpus()
         if not self.registry_path.exists():
             return Snapshot({}, set(), True, fmt.counts({}), 0, self._gpus, None, 0.0)
-        conn = open_read(self.registry_path)
+        conn, readonly = open_registry(self.registry_path)
         try:
             full = self.polls % FULL_EVERY == 0
             self.polls += 1
@@ -140,6 +141,7 @@ class Poller:
             gpus=self._gpus,
             focus=focus,
             poll_ms=(time.perf_counter() - t0) * 1000,
+            readonly=readonly,
         )
 
     def _live_workers(self) -> int:
@@ -351,9 +353,15 @@ def read_tail_lines(path: Path, n: int) -> list[str]:
 
 def open_read(path: Path) -> sqlite3.Connection:
     """The registry's connection for the current thread, after checking that this dwc knows its schema."""
+    return open_registry(path)[0]
+
+
+def open_registry(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """:func:`open_read`'s connection, and whether the registry is read-only here (opened for reading only)."""
     from dwc_core.runs.registry import Registry
 
-    return check_schema(Registry(path, create=False).conn, path)
+    reg = Registry(path, create=False)
+    return check_schema(reg.conn, path), reg.readonly
 
 
 def check_schema(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
