@@ -106,10 +106,12 @@ def pick_evaluation(registry, run_id: int, eval_id: int | None = None, last: boo
 
 
 def _eval_text(ev: dict) -> str:
-    """``epoch 3, best`` for a per-epoch evaluation, ``reeval, epoch 3`` for a re-evaluation."""
+    """``epoch 3, best`` for a per-epoch evaluation, ``reeval, epoch 3`` for a re-evaluation; ``, val split``
+    after either when it was not on the test split (the default choice takes test evaluations only)."""
+    split = f", {ev['split']} split" if ev.get("split", "test") != "test" else ""
     if ev["kind"] == "epoch":
-        return f"epoch {ev['epoch']}{', best' if ev['is_best'] else ''}"
-    return f"{ev['kind']}, epoch {ev['epoch']}"
+        return f"epoch {ev['epoch']}{', best' if ev['is_best'] else ''}{split}"
+    return f"{ev['kind']}, epoch {ev['epoch']}{split}"
 
 
 DEFAULT_K = 10  # hits/misses "within K" when no K is given (at most the stored depth)
