@@ -568,6 +568,43 @@ async def test_palette_action_from_another_screen_returns_to_the_dashboard_first
         assert app.screen is app.dashboard
 
 
+async def test_a_poll_asked_for_while_one_runs_never_drops_what_the_running_one_read(project):
+    """poll_soon() (after an action, or a change of selection) while a poll is running on its thread: the running
+    poll used to be replaced and its snapshot dropped, though the poller had already taken its changes as seen;
+    a run cancelled at that moment kept showing "queued" for good (the counts, re-sent each poll, said 0 queued)."""
+    import threading
+
+    p, ids = project
+    app = make_app(p)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        real_poll = app.poller.poll
+        read, slow = threading.Event(), threading.Event()
+
+        def poll():
+            snap = real_poll()
+            if slow.is_set():
+                slow.clear()
+                read.set()
+                time.sleep(0.5)  # the changes are read; the snapshot is not delivered yet
+            return snap
+
+        app.poller.poll = poll
+        reg = Registry(p / "runs" / "registry.db", create=False)
+        reg.set_status(ids["queued"], "cancelled", "cancelled in the test")
+        reg.close()
+        slow.set()
+        app.start_poll()
+        await until(pilot, read.is_set, what="the poll that reads the cancel")
+        app.poll_soon()  # while that poll sleeps
+        await until(
+            pilot, lambda: app.dashboard.rows[ids["queued"]]["status"] == "cancelled", timeout=5,
+            what="the cancelled run's row",
+        )  # fmt: skip
+        line = next(x for x in text_of(app).splitlines() if x.split()[:1] == [str(ids["queued"])])
+        assert "cancelled" in line, line
+
+
 # ------------------------------------------------------------------------------- cheap full re-reads, live screens
 def test_full_reread_decodes_only_changed_rows_and_still_catches_plain_updates(project, monkeypatch):
     """Every FULL_EVERY-th poll compares each run's raw columns and reads whole, decodes and formats only the rows

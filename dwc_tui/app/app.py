@@ -1,7 +1,7 @@
 """The `dwc tui` application: screens over a registry poller and the run actions.
 
-The app owns the :class:`~dwc_tui.app.poller.Poller` and drives it from an exclusive Textual thread worker that is
-re-armed after each poll; screens receive plain snapshots. Actions (queue, cancel, resume, delete) also run on
+The app owns the :class:`~dwc_tui.app.poller.Poller` and drives it from a Textual thread worker, one poll at
+a time, re-armed after each poll; screens receive plain snapshots. Actions (queue, cancel, resume, delete) also run on
 thread workers through :mod:`dwc_tui.app.actions`. Nothing here runs SQL on the UI thread, and nothing here
 touches a training process: runs live in their own sessions, so quitting (or SIGHUP) leaves them running.
 """
@@ -64,6 +64,8 @@ class DwcApp(App):
         self.poll_error: str | None = None
         self.polls_applied = 0
         self._poll_timer = None
+        self._polling = False  # a poll worker is running
+        self._poll_again = False  # a poll was asked for meanwhile: start it once this one is applied
         self.messages: list[tuple[str, str]] = []  # (severity, text) of every action's outcome, oldest first
         self.readonly_noted = False  # said once that the registry is read-only here
         self.sub_title = str(self.project)
@@ -86,11 +88,18 @@ class DwcApp(App):
 
     # ---------------------------------------------------------------------------------------------- polling
     def start_poll(self) -> None:
-        """Run one poll on a thread worker (exclusive: a poll in progress is replaced)."""
+        """Run one poll on a thread worker; asked while one runs, the next starts as soon as that one is applied.
+
+        A running poll is never replaced: its thread cannot be stopped, and the poller takes what it read as seen,
+        so a dropped snapshot lost those changes for good (a run cancelled then kept showing "queued")."""
         if self._poll_timer is not None:
             self._poll_timer.stop()
             self._poll_timer = None
-        self.run_worker(self.poller.poll, thread=True, exclusive=True, group="poll", exit_on_error=False)
+        if self._polling:
+            self._poll_again = True
+            return
+        self._polling = True
+        self.run_worker(self.poller.poll, thread=True, group="poll", exit_on_error=False)
 
     def poll_soon(self) -> None:
         """Poll now rather than at the next tick (after an action or a change of focus)."""
@@ -101,6 +110,8 @@ class DwcApp(App):
         if self._exit or not self.is_running:  # shutting down: screens are being taken apart
             return
         if worker.group == "poll":
+            if event.state in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+                self._polling = False
             if event.state == WorkerState.SUCCESS:
                 self.poll_error = None
                 self.apply_snapshot(worker.result)
@@ -109,7 +120,10 @@ class DwcApp(App):
                 self.poll_error = exc.message if isinstance(exc, DwcError) else f"{type(exc).__name__}: {exc}"
                 if self.dashboard is not None:
                     self.dashboard.show_error(self.poll_error)
-            if event.state in (WorkerState.SUCCESS, WorkerState.ERROR) and self._poll_timer is None:
+            if event.state in (WorkerState.SUCCESS, WorkerState.ERROR) and self._poll_again:
+                self._poll_again = False
+                self.start_poll()
+            elif event.state in (WorkerState.SUCCESS, WorkerState.ERROR) and self._poll_timer is None:
                 self._poll_timer = self.set_timer(self.poll_interval, self.start_poll)
         elif worker.group == "action":
             if event.state == WorkerState.SUCCESS:

@@ -95,7 +95,7 @@ class Poller:
         self._visible_gpus = visible_gpus
         self._workers = 0
         self._workers_at = float("-inf")
-        self._lock = threading.Lock()  # an exclusive worker replaced mid-poll may still be running
+        self._lock = threading.Lock()  # one poll at a time (the app starts the next once one is applied)
 
     # ---------------------------------------------------------------------------------------------------- api
     def set_focus(self, run_id: int | None) -> None:
