@@ -258,6 +258,23 @@ def test_time_budget_cuts_training_evaluates_and_finishes(proj):
 
 
 @pytest.mark.slow
+def test_a_budget_spent_before_the_first_step_still_trains_one_epoch_with_steps(proj):
+    """A budget shorter than the loader's start-up: the first epoch still takes a step, is evaluated as the last,
+    and no epoch of zero steps follows (it would re-evaluate the same weights and replace the epoch's timing)."""
+    res = dwc(proj, "run", "tiny", "--set", "trainer.epochs=50", "--set", "trainer.time_budget_min=0.00001")
+    assert res.returncode == 0, res.stderr
+    reg = Registry(proj / "runs" / "registry.db")
+    assert reg.get(1)["status"] == "done"
+    assert [e["epoch"] for e in reg.evaluations(1)] == [0, 1]
+    (timing,) = reg.metrics(1, split="train", name="epoch_seconds")
+    assert timing["step"] == 1  # one step, then the budget is looked at
+    assert [m["step"] for m in reg.metrics(1, split="train", name="loss")] == [1]  # the step's loss is logged
+    assert [e["message"] for e in reg.events(1) if e["kind"] == "budget"] == [
+        "time budget of 1e-05 min reached during epoch 1 at step 1; evaluated and stopped"
+    ]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["swap", "restart"])
 def test_ema_runs_evaluate_and_save_the_average(proj, mode):
     res = dwc(proj, "run", "tiny", "--set", "trainer.ema=0.9", "--set", f"trainer.ema_mode={mode}", *SHORT)

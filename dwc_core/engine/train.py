@@ -593,11 +593,6 @@ class Trainer:
             stop = self.stop_requested.is_set() or self.reporter.cancel_requested.is_set()
             if self.dist.any(stop, self.device):  # every rank stops at the same step
                 raise Stop()
-            if budget is not None:
-                over = self.train_seconds + time.time() - t_epoch >= budget * 60
-                if self.dist.any(over, self.device):
-                    self.budget_reached = True
-                    break
             nb = self.device.type == "cuda"
             batch = Batch(
                 ref.to(self.device, non_blocking=nb), tgt.to(self.device, non_blocking=nb), texts,
@@ -634,7 +629,12 @@ class Trainer:
             steps_since += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
-            if self.step % log_every == 0 or self.batch_in_epoch == self.steps_per_epoch:
+            # the budget is looked at after each step: every epoch takes one at least (an epoch of none would
+            # evaluate the last one's weights again as a new epoch), and the steps since the last log are logged
+            over_budget = budget is not None and self.dist.any(
+                self.train_seconds + time.time() - t_epoch >= budget * 60, self.device
+            )
+            if self.step % log_every == 0 or self.batch_in_epoch == self.steps_per_epoch or over_budget:
                 now = time.time()
                 values = {k: float(v.item()) / steps_since for k, v in sums.items()}
                 rate = steps_since / max(now - t_log, 1e-9)
@@ -656,6 +656,9 @@ class Trainer:
                     it_s=rate, eta_s=remaining / max(rate, 1e-9), lr=lr,
                 )  # fmt: skip
                 sums, t_log, steps_since = {}, now, 0
+            if over_budget:
+                self.budget_reached = True
+                break
         seconds = time.time() - t_epoch
         self.train_seconds += seconds
         self.reporter.metric(self.step, epoch, "train", "epoch_seconds", seconds)
@@ -678,6 +681,9 @@ class Trainer:
             epoch = self.epoch + 1
             self.train_epoch(epoch)
             self.epoch, self.batch_in_epoch = epoch, 0
+            budget = self.tcfg["time_budget_min"]
+            if budget is not None and not self.budget_reached:  # spent by this epoch's end: it is the last
+                self.budget_reached = self.dist.any(self.train_seconds >= budget * 60, self.device)
             last = epoch == epochs or self.budget_reached
             if epoch % int(self.tcfg["eval_every"]) == 0 or last:
                 self.pending_eval = epoch
