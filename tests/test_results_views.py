@@ -226,3 +226,59 @@ def test_key_column_is_never_cut_at_60_columns(tmp_path, command):
             assert len(cells) >= 4, row  # the other columns are on the same line
     header = [c.strip() for c in next(line for line in res.stdout.splitlines() if "┃" in line).split("┃")]
     assert "experiment" in header and "R@10" in header, header
+
+
+def _on_terminal(project: Path, args: list[str], columns: int) -> str:
+    """What `dwc ARGS` prints on a pseudo-terminal of ``columns`` × 24 (colours stripped)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
+
+    from helpers import dwc_argv
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: set the terminal's size, then run dwc on it
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+        os.execve(sys.executable, dwc_argv(project, *args), env)
+    out = b""
+    while True:
+        if not select.select([fd], [], [], 60)[0]:
+            break
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    os.waitpid(pid, 0)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace")).replace("\r", "")
+
+
+DESCRIBED = """\
+experiments:
+  an-experiment-with-a-long-name:
+    description: a description long enough that a table of every column at its natural width is far wider than
+      an 80-column terminal, so its words must wrap inside their cell
+    tags: [synthetic, methods]
+    dataset: {name: synthetic}
+    model: {name: tirg}
+"""
+
+
+def test_a_table_that_can_fit_the_terminal_wraps_its_free_text_there_and_stays_whole_when_piped(tmp_path):
+    (tmp_path / "experiments.yaml").write_text(DESCRIBED)
+    shown = _on_terminal(tmp_path, ["experiments"], 80)
+    lines = [line for line in shown.splitlines() if line.strip()]
+    assert lines and all(len(line) <= 80 for line in lines), shown  # nothing for the terminal to wrap
+    assert "an-experiment-with-a-long-name" in shown  # the key column whole
+    words = " ".join(" ".join(line.split("│")[1].split()) for line in lines if "│" in line)
+    assert "must wrap inside their cell" in words  # the description whole, wrapped inside its column
+    piped = dwc(tmp_path, "experiments", env={"COLUMNS": "80"})
+    rows = [line for line in piped.stdout.splitlines() if "an-experiment" in line]
+    assert len(rows) == 1 and "must wrap inside their cell" in rows[0] and len(rows[0]) > 80  # natural width

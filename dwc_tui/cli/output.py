@@ -80,13 +80,16 @@ def emit(
 
 
 def print_wide(renderable) -> None:
-    """Print at the table's natural width when the terminal is narrower: columns are never squeezed into
-    ellipses (piped output and ``less -S`` stay readable; a narrow terminal wraps the lines)."""
+    """Piped, print at the table's natural width: columns are never squeezed into ellipses (``less -S`` and
+    ``grep`` read whole rows). On a terminal narrower than that, fit the terminal when the table can without
+    breaking a word (free text such as descriptions wraps inside its cell, the key column stays whole); only a
+    table that cannot fit is printed at its natural width (the terminal then wraps the lines)."""
     from rich.measure import Measurement
 
-    natural = Measurement.get(out, out.options.update(max_width=100_000), renderable).maximum
+    measure = Measurement.get(out, out.options.update(max_width=100_000), renderable)
     width = out.width
-    out.width = max(width, natural)
+    fits = out.is_terminal and measure.minimum <= width
+    out.width = width if fits else max(width, measure.maximum)
     try:
         out.print(renderable)
     finally:
