@@ -403,6 +403,40 @@ def test_a_lost_sbatch_answer_outlives_its_worker_the_next_one_follows_the_job(r
     assert not pending.exists()  # answered: a later re-submission of this run submits straight away
 
 
+def test_a_lost_answers_job_that_already_ended_is_followed_from_its_event_not_submitted_again(
+    reg, tmp_path, monkeypatch
+):
+    """The job the unanswered sbatch created ran and ended before any worker looked: squeue no longer lists it,
+    but its batch script's "slurm job N started on" event is in the run directory (newer than the sbatch), so the
+    next worker follows that job (and settles the run from its final status) instead of training the run again."""
+    from dwc_core.engine.reporting import EVENTS_FILE, STATUS_FILE
+
+    rid = _queued(reg, tmp_path)
+    fake = FakeSlurm(lost_answers=1)
+    monkeypatch.setattr(slurm, "_slurm", fake)
+    assert _worker(reg).submit_queued() == []
+    run_dir = Path(reg.get(rid)["run_dir"])
+    sent = json.loads((run_dir / slurm.SBATCH_PENDING_FILE).read_text())["time"]
+    # an older job's start (before this sbatch) must not be taken for it
+    lines = [
+        {"seq": 1, "time": sent - 600, "op": "event", "kind": "slurm", "message": "slurm job 400 started on n1 (restart 0)"},
+        {"seq": 2, "time": sent + 5, "op": "event", "kind": "slurm", "message": "slurm job 555 started on n1 (restart 0)"},
+        {"seq": 3, "time": sent + 9, "op": "status", "status": "done", "message": "finished", "fields": {}},
+    ]  # fmt: skip
+    (run_dir / EVENTS_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (run_dir / STATUS_FILE).write_text(
+        json.dumps({"status": "done", "message": "finished", "time": sent + 9})
+    )
+    del fake.jobs["555"], fake.names["555"]  # ended, and Slurm has forgotten it
+    fake.calls.clear()
+    second = slurm.SlurmWorker(reg.path, slurm.SlurmOptions(poll_s=0.01), name="w2", log=lambda m: None)
+    assert second.submit_queued() == [rid] and second.followed == {rid: "555"}
+    assert fake.count("sbatch") == 0
+    assert not (run_dir / slurm.SBATCH_PENDING_FILE).exists()
+    second.poll()
+    assert reg.get(rid)["status"] == "done"
+
+
 def test_no_job_of_the_runs_name_after_a_lost_answer_is_submitted_and_the_mark_cleared(
     reg, tmp_path, monkeypatch
 ):

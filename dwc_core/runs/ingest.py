@@ -47,6 +47,25 @@ def read_final(run_dir: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("status") in FINISHED else None
 
 
+def job_started_since(run_dir: Path, since: float) -> str | None:
+    """The id of the last Slurm job whose batch script started this run at or after ``since`` (its "slurm job N
+    started on ..." event in the run directory's events file), None when there is none. Only a job of the run's
+    current submission writes that event (an earlier one exits on the attempt token), so this finds the job an
+    sbatch created before its answer was lost, even once Slurm no longer lists it."""
+    found = None
+    for line, _ in _complete_lines(_read(Path(run_dir) / EVENTS_FILE), 0):
+        try:
+            op = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(op, dict) or op.get("op") != "event" or float(op.get("time") or 0) < since:
+            continue
+        words = str(op.get("message", "")).split()
+        if words[:2] == ["slurm", "job"] and len(words) > 4 and words[3:5] == ["started", "on"]:
+            found = words[2] if words[2].isdigit() else found
+    return found
+
+
 def _complete_lines(data: bytes, start: int) -> list[tuple[bytes, int]]:
     """(line, offset just after it) for each complete line of ``data`` from ``start``."""
     out = []

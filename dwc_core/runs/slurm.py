@@ -60,7 +60,7 @@ from pathlib import Path
 from dwc_core.errors import DwcError, UsageError
 from dwc_core.fileio import atomic_write_text
 from dwc_core.runs import control
-from dwc_core.runs.ingest import STATUS_FILE, ingest, read_final
+from dwc_core.runs.ingest import STATUS_FILE, ingest, job_started_since, read_final
 from dwc_core.runs.locks import LockHeld
 from dwc_core.runs.registry import ACTIVE, CLAIMABLE, Registry
 from dwc_core.runs.worker import (
@@ -244,13 +244,18 @@ def _scontrol_query(job_id: str) -> tuple[JobInfo | None, bool]:
     ), False  # fmt: skip
 
 
-def _read_signal(run_dir: Path) -> dict:
-    """What the batch script recorded about Slurm's SIGTERM ({} when none)."""
+def _read_json(path: Path) -> dict:
+    """A small JSON object written by the worker or the batch script ({} when missing or unreadable)."""
     try:
-        data = json.loads((run_dir / SIGNAL_FILE).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _read_signal(run_dir: Path) -> dict:
+    """What the batch script recorded about Slurm's SIGTERM ({} when none)."""
+    return _read_json(run_dir / SIGNAL_FILE)
 
 
 def job_states(job_ids: list[str]) -> JobStates:
@@ -361,6 +366,9 @@ def submit(
     pending = run_dir / SBATCH_PENDING_FILE
     if look_first or pending.exists():
         found = find_job(job_name(run))
+        if found is None and pending.exists():  # a job that started, and may have ended, since that sbatch
+            marker = _read_json(pending)
+            found = job_started_since(run_dir, float(marker.get("time") or 0) - 1.0)
         if found is not None:
             registry.update(
                 run["id"], slurm_job=found, slurm_state="PENDING", slurm_reason=None, slurm_nodes=None
