@@ -196,9 +196,14 @@ def status_of(project: Path, rid: int) -> dict:
 
 
 async def ready(pilot) -> None:
+    """The first poll is applied and the runs table drawn: DataTable measures rows it was given when idle, so on
+    a loaded machine the rows can exist a few frames before they are on screen."""
     await until(
-        pilot, lambda: pilot.app.polls_applied >= 1 and pilot.app.dashboard.shown_ids, what="first poll"
+        pilot, lambda: pilot.app.dashboard.shown_ids and pilot.app.polls_applied >= 1, what="first poll"
     )
+    dash = pilot.app.dashboard
+    runs = dash.query_one("#runs")
+    await until(pilot, lambda: runs.virtual_size.height > len(dash.shown_ids), what="the runs table drawn")
 
 
 async def select(pilot, rid: int) -> None:
