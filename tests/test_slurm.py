@@ -106,10 +106,10 @@ def test_scancel_ends_the_run_cancelled_with_the_reason(project):
     assert row["slurm_state"] == "CANCELLED"
 
 
-def _first_checkpoint(project: Path, partition: str | None = None):
+def _first_checkpoint(project: Path, partition: str | None = None, *overrides: str):
     """Queue a 12-step run, start a worker thread (submitting to ``partition``, default: the cluster's default
     one), wait for the run's first last.pt: (run id, registry, worker thread, run dir, slurm job id)."""
-    run_id = queue(project, "trainer.epochs=3", "trainer.max_steps_per_epoch=4")
+    run_id = queue(project, "trainer.epochs=3", "trainer.max_steps_per_epoch=4", *overrides)
     reg = Registry(project / "runs" / "registry.db")
     t = worker_thread(project, partition)
     run_dir = Path(wait_for(lambda: reg.get(run_id)["run_dir"], what="run dir"))
@@ -134,14 +134,15 @@ def _start_requeued_now(job: str) -> None:
     )
 
 
-def _assert_done_once(reg: Registry, run_id: int, run_dir: Path, *events: str) -> dict:
-    """The run ended done, its events hold ``events``, and every step and evaluation was recorded once."""
+def _assert_done_once(reg: Registry, run_id: int, run_dir: Path, *events: str, steps: int = 12) -> dict:
+    """The run ended done, its events hold ``events``, and every step (``steps`` in all) and evaluation was
+    recorded once."""
     row = reg.get(run_id)
     log = (run_dir / "train.log").read_text()[-3000:]
     assert row["status"] == "done", (row["error"], log)
     messages = " | ".join(e["message"] for e in reg.events(run_id))
     assert all(e in messages for e in events), messages
-    assert loss_steps(reg, run_id) == list(range(1, 13))  # every step once: none lost, none duplicated
+    assert loss_steps(reg, run_id) == list(range(1, steps + 1))  # every step once: none lost, none duplicated
     assert [e["epoch"] for e in reg.evaluations(run_id)] == [0, 1, 2, 3]
     return row
 
@@ -190,6 +191,25 @@ def test_time_limit_warning_signal_resubmits_from_last_pt(project):
     t.join(timeout=240)
     row = _assert_done_once(reg, run_id, run_dir, "re-submitted after TIMEOUT, 1/", "resumed from last.pt")
     assert row["slurm_job"] != job and int(row["slurm_requeues"]) == 1
+
+
+def test_time_limit_warning_reaches_every_process_of_a_two_process_run_through_srun_and_torchrun(
+    project, monkeypatch
+):
+    """The same warning for a data-parallel job (srun → torchrun → 2 gloo trainers): the batch script forwards
+    SIGTERM to srun, which passes it to torchrun, which passes it to both ranks; they stop at the same step,
+    rank 0 checkpoints, every process exits, and the re-submitted job resumes both ranks from last.pt. (Each
+    rank takes half of an epoch's 6 batches: 3 steps an epoch, 9 in all.)"""
+    monkeypatch.setenv("DWC_TEST_PHASE_DELAY", "step=0.5")  # the signal lands while training goes on
+    run_id, reg, t, run_dir, job = _first_checkpoint(project, None, "trainer.gpus=2")
+    subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True, capture_output=True)
+    t.join(timeout=240)
+    assert not t.is_alive()
+    row = _assert_done_once(
+        reg, run_id, run_dir, "re-submitted after TIMEOUT, 1/", "resumed from last.pt", steps=9
+    )
+    assert row["slurm_job"] != job and int(row["slurm_requeues"]) == 1
+    assert "world size 2" in " | ".join(e["message"] for e in reg.events(run_id))
 
 
 # ------------------------------------------------------------------------------------------------- preemption
