@@ -392,7 +392,6 @@ def test_a_lost_sbatch_answer_outlives_its_worker_the_next_one_follows_the_job(r
     del first  # the worker dies before trying again: what it knew in memory is gone
     fake.calls.clear()
     second = slurm.SlurmWorker(reg.path, slurm.SlurmOptions(poll_s=0.01), name="w2", log=lambda m: None)
-    assert second.unanswered == set()
     assert second.submit_queued() == [rid] and second.followed == {rid: "555"}
     assert (
         fake.count("sbatch") == 0
@@ -517,7 +516,7 @@ def test_a_resubmission_without_an_answer_puts_the_run_back_in_the_queue(reg, tm
     assert w.poll() == [rid] and not w.followed
     row = reg.get(rid)
     assert row["status"] == "queued" and row["error"] is None and int(row["slurm_requeues"]) == 1
-    assert rid in w.unanswered and fake.count("sbatch") == 1
+    assert (Path(row["run_dir"]) / slurm.SBATCH_PENDING_FILE).exists() and fake.count("sbatch") == 1
 
 
 # ----------------------------------------------------------------------------------- cancel, caps, requeues

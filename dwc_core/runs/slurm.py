@@ -356,19 +356,18 @@ def submit(
     run: dict,
     opts: SlurmOptions,
     note: str = "",
-    look_first: bool = False,
 ) -> str:
-    """Submit a claimed run as a batch job; records the job id on the run and in its events. With ``look_first``,
-    or when the run directory records an sbatch that got no answer (``SBATCH_PENDING_FILE``: by this worker or by
-    one that died since — it may have submitted a job all the same), a job of the run's name that Slurm has is
-    followed instead of submitting a second one."""
+    """Submit a claimed run as a batch job; records the job id on the run and in its events. When the run
+    directory records an sbatch that got no answer (``SBATCH_PENDING_FILE``, written before each sbatch and removed
+    once Slurm answered: by this worker or by one that died since — it may have submitted a job all the same), a
+    job of the run's name that Slurm has, or one that started the run since, is followed instead of submitting a
+    second one."""
     run_dir = Path(run["run_dir"])
     pending = run_dir / SBATCH_PENDING_FILE
-    if look_first or pending.exists():
+    if pending.exists():
         found = find_job(job_name(run))
-        if found is None and pending.exists():  # a job that started, and may have ended, since that sbatch
-            marker = _read_json(pending)
-            found = job_started_since(run_dir, float(marker.get("time") or 0) - 1.0)
+        if found is None:  # a job that started, and may have ended, since that sbatch
+            found = job_started_since(run_dir, float(_read_json(pending).get("time") or 0) - 1.0)
         if found is not None:
             registry.update(
                 run["id"], slurm_job=found, slurm_state="PENDING", slurm_reason=None, slurm_nodes=None
@@ -398,7 +397,7 @@ def submit(
     job_id = res.stdout.strip().split(";")[0] if res.returncode == 0 else ""
     if not job_id.isdigit():
         # the controller did not answer: a later try may work (it first looks for a job that this sbatch did
-        # submit before its answer was lost: see look_first)
+        # submit before its answer was lost: the pending file stays for that)
         error = SlurmUnreachable if _unreachable(res) else SlurmError
         if error is SlurmError:  # Slurm answered with a refusal: no job was submitted
             pending.unlink(missing_ok=True)
@@ -433,9 +432,6 @@ class SlurmWorker:
         self._last_info = 0.0
         # why Slurm does not answer, while it does not (logged once per outage)
         self.outage: str | None = None
-        # runs whose last sbatch got no answer (it may have submitted a job all the same); what outlives this
-        # worker is the run directory's SBATCH_PENDING_FILE, which submit() looks at too
-        self.unanswered: set[int] = set()
 
     # -------------------------------------------------------------------------------- runs/workers/ entry
     def register(self) -> None:
@@ -526,7 +522,6 @@ class SlurmWorker:
                 "submission first looks for a job of this run's name)"
             )
             if self.registry.set_status(r["id"], "queued", why, only_from=("starting",)):
-                self.unanswered.add(r["id"])
                 back.append(r["id"])
                 self.log(f"run {r['id']}: {why}")
         return back
@@ -559,8 +554,8 @@ class SlurmWorker:
         return True
 
     def _back_to_queue(self, run_id: int, why: str) -> None:
-        """sbatch got no answer: the run waits in the queue (not failed), and is submitted once Slurm answers."""
-        self.unanswered.add(run_id)
+        """sbatch got no answer: the run waits in the queue (not failed), and is submitted once Slurm answers
+        (its run directory's SBATCH_PENDING_FILE makes that submission look for the job this one may have made)."""
         self.registry.set_status(
             run_id, "queued", f"back in the queue: sbatch got no answer ({why}); submitted when Slurm answers",
             only_from=ACTIVE,
@@ -578,9 +573,8 @@ class SlurmWorker:
             run = self.registry.claim(self.name)
             if run is None:
                 break
-            look_first = run["id"] in self.unanswered
             try:
-                job = submit(self.registry, self.registry_path, run, self.opts, look_first=look_first)
+                job = submit(self.registry, self.registry_path, run, self.opts)
             except SlurmUnreachable as exc:
                 self._back_to_queue(run["id"], exc.message)
                 self._slurm_down(exc.message)
@@ -590,7 +584,6 @@ class SlurmWorker:
                 self.registry.set_status(run["id"], "failed", msg, only_from=ACTIVE, error=msg)
                 self.log(f"run {run['id']}: {msg}")
                 continue
-            self.unanswered.discard(run["id"])
             self.followed[run["id"]] = job
             started.append(run["id"])
             self.log(f"run {run['id']} ({run['experiment']}): slurm job {job}")
