@@ -15,6 +15,25 @@ HEAVY = ("torch", "torchvision", "open_clip", "textual", "pynvml")  # pynvml: nv
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 
+def read_to_end(fd: int, deadline: float) -> bytes:
+    """What the child on a pseudo-terminal (``pty.fork``) writes until it closes the terminal, or ``deadline``
+    (a ``time.time()``) passes."""
+    import select
+
+    out = b""
+    while time.time() < deadline:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal (EIO on Linux)
+            break
+        if not data:
+            break
+        out += data
+    return out
+
+
 def _env(env: dict | None) -> dict | None:
     return {**os.environ, **env} if env else None
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import dwc, dwc_argv, write_project
+from helpers import dwc, dwc_argv, read_to_end, write_project
 
 from dwc_core.runs import control
 from dwc_core.runs.registry import Registry
@@ -195,16 +195,7 @@ def _answer_prompt(project: Path, args: list[str], keys: bytes) -> tuple[int, st
         if select.select([fd], [], [], 1)[0]:
             out += os.read(fd, 4096)
     os.write(fd, keys)
-    while time.time() < deadline:
-        if not select.select([fd], [], [], 1)[0]:
-            continue
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        out += data
+    out += read_to_end(fd, deadline)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 

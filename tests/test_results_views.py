@@ -233,29 +233,19 @@ def _on_terminal(project: Path, args: list[str], columns: int) -> str:
     import fcntl
     import os
     import pty
-    import select
     import struct
     import sys
     import termios
+    import time
 
-    from helpers import dwc_argv
+    from helpers import dwc_argv, read_to_end
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: set the terminal's size, then run dwc on it
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
         os.execve(sys.executable, dwc_argv(project, *args), env)
-    out = b""
-    while True:
-        if not select.select([fd], [], [], 60)[0]:
-            break
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        out += data
+    out = read_to_end(fd, time.time() + 60)
     os.waitpid(pid, 0)
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace")).replace("\r", "")
 

@@ -223,6 +223,16 @@ async def open_run(pilot, rid: int) -> None:
     )  # fmt: skip
 
 
+async def open_browse(pilot, rid: int) -> None:
+    """Select run `rid` on the dashboard, press b, and wait until its Browse screen has loaded."""
+    await select(pilot, rid)
+    await pilot.press("b")
+    await until(
+        pilot, lambda: type(pilot.app.screen).__name__ == "BrowseScreen" and pilot.app.screen.view is not None,
+        what="browse screen",
+    )  # fmt: skip
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.setenv("DWC_FAKE_GPUS", "2")
@@ -458,11 +468,7 @@ async def test_browse_and_against(project):
     app = make_app(p)
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
-        await select(pilot, ids["demo"])
-        await pilot.press("b")
-        await until(
-            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None
-        )
+        await open_browse(pilot, ids["demo"])
         assert "4/4 queries" in text_of(app)
         assert "make shape 0 red" in text_of(app) and "HIT" in text_of(app)
         await pilot.press("m")  # misses
@@ -475,11 +481,7 @@ async def test_browse_and_against(project):
         # against: the demo run with grid1 marked
         await select(pilot, ids["grid1"])
         await pilot.press("space")
-        await select(pilot, ids["demo"])
-        await pilot.press("b")
-        await until(
-            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None
-        )
+        await open_browse(pilot, ids["demo"])
         assert f"only #{ids['demo']} 1" in text_of(app) and f"only #{ids['grid1']} 1" in text_of(app)
 
 

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 
 import pytest
-from test_tui import make_app, open_run, ready, select, status_of, table_ids, until
+from test_tui import make_app, open_browse, open_run, ready, select, status_of, table_ids, until
 
 pytestmark = pytest.mark.anyio
 
@@ -52,11 +52,7 @@ async def test_no_registry_connection_is_opened_on_the_ui_thread(project, monkey
             await pilot.press(key)
             await pilot.pause(0.1)
         await pilot.press("escape")
-        await select(pilot, ids["demo"])
-        await pilot.press("b")  # browse, then its filters
-        await until(
-            pilot, lambda: type(app.screen).__name__ == "BrowseScreen" and app.screen.view is not None
-        )
+        await open_browse(pilot, ids["demo"])  # browse, then its filters
         await pilot.press("m")
         await pilot.pause(0.3)
         await pilot.press("escape")

@@ -274,9 +274,8 @@ class Trainer:
             val.ks = list(next(iter(self.ds.eval_sets.values())).ks)
             self.val_set = {"val": val}
         val_set = getattr(self, "val_set", {}) if t["select_on"] == "val_split" else {}
-        if (
-            val_set
-        ):  # its size first: a too small split's gallery is below K too, but val_fraction is the cause
+        # the val split's size first: a too small split's gallery is below K too, but val_fraction is the cause
+        if val_set:
             check_eval_sizes(self.config, {}, len(val_set["val"].queries))
         check_eval_sizes(
             self.config,

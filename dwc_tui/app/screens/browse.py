@@ -121,10 +121,8 @@ class BrowseScreen(Screen):
         self.query_one("#browse-rank-below", Input).focus()
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id in (
-            "browse-rank",
-            "browse-rank-below",
-        ):  # a number filters as it is typed; a wrong one is named on enter
+        # a number filters as it is typed; a wrong one is named on enter
+        if event.input.id in ("browse-rank", "browse-rank-below"):
             self.reload(quiet=True)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
