@@ -462,3 +462,16 @@ def test_latex_is_booktabs_and_escapes(reg, tmp_path):
     assert r"my\_exp 100\%" in tex and r"b\&w" in tex
     assert r"$11.00 \pm 1.41$" in tex and r"$\mathbf{30.00}$" in tex
     assert "\\begin{tabular}" in tex and "\\end{tabular}" in tex
+
+
+def test_given_runs_without_results_are_left_out_not_counted(reg, tmp_path):
+    """The TUI compares the marked runs: a queued seed beside a finished one must not make n say 2 for a mean over
+    one value; it is left out, and a note says so."""
+    done = seed_run(reg, tmp_path, "tiny", config(seed=1), {"R@1": 25.0, "R@10": 63.0, "mean": 44.0})
+    queued = reg.create_run("tiny", {**config(seed=2), "experiment": "tiny"}, tmp_path / "runs")["id"]
+    t = compare_rows(reg, runs=[reg.get(done), reg.get(queued)], only_changed=True)
+    (row,) = t.rows
+    assert row.n == 1 and row.runs == [done] and row.cells["R@10"].mean == 63.0
+    assert f"left out, no best-epoch results yet: #{queued}" in t.notes
+    with pytest.raises(UsageError, match="no runs with results"):
+        compare_rows(reg, runs=[reg.get(queued)])

@@ -278,7 +278,13 @@ def compare_rows(
     """The compare table over the registry's runs with results (or over ``runs`` when given, e.g. the TUI's
     marked runs). Raises :class:`UsageError` for filters that match nothing (with what exists)."""
     _check_choice("--dataset", dataset, _dataset_names())
-    selected = runs if runs is not None else select_runs(registry, names, dataset, method, tag, which)
+    # given runs (the TUI's marked ones) count only with results, as select_runs picks them: a queued run in a
+    # group would make its n say one seed more than its mean is over
+    without = [r["id"] for r in runs or [] if not run_metrics(r, which)]
+    if runs is not None:
+        selected = [r for r in runs if run_metrics(r, which)]
+    else:
+        selected = select_runs(registry, names, dataset, method, tag, which)
     if runs is None and names:
         missing = [n for n in names if not any(fnmatch.fnmatchcase(r["experiment"], n) for r in selected)]
         if missing:
@@ -314,6 +320,8 @@ def compare_rows(
     unfinished = sorted({rid for r in rows for rid, s in zip(r.runs, r.statuses, strict=True) if s != "done"})
     if unfinished:
         notes.append(f"includes runs that are not done: {', '.join(f'#{i}' for i in unfinished)}")
+    if without:
+        notes.append(f"left out, no {which}-epoch results yet: {', '.join(f'#{i}' for i in without)}")
     shared = {}
     for c in ("dataset", "method"):
         values = {getattr(r, c) for r in rows}
